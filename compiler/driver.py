@@ -1,0 +1,128 @@
+"""The compile driver: source -> traced IR -> passes -> plan -> bundle, one phase after another.
+
+Each phase reports progress through a callback; the CLI prints it. Nothing is written at the output
+path unless every phase succeeded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fdpp.codegen.emit import emit_plan, weights_used
+from fdpp.compiler.bundle_writer import check_writable, write_bundle
+from fdpp.compiler.errors import CompileError
+from fdpp.compiler.ir import Graph
+from fdpp.compiler.options import DTYPES, CompileOptions
+from fdpp.compiler.sources import LoadedSource, resolve_source
+from fdpp.compiler.targets import Target, get_target
+from fdpp.passes.pass_manager import PassContext, PassManager
+from fdpp.passes.pipeline import PIPELINE
+from fdpp.runtime.schema import FORMAT_VERSION, Envelope, Manifest, Plan
+
+Progress = Callable[[str], None]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def validate_options(options: CompileOptions) -> None:
+    if options.dtype not in DTYPES:
+        raise CompileError(f"unknown dtype '{options.dtype}'; valid: {', '.join(DTYPES)}")
+    if not 0.0 <= options.sparsity < 1.0:
+        raise CompileError(f"--sparsity must be in [0, 1), got {options.sparsity}")
+    if options.sparsity > 0:
+        raise CompileError("--sparsity > 0 needs the pruning passes, which this fdpp build does not have yet; "
+                           "compile with --sparsity 0")
+    if options.max_batch < 1 or options.max_seq_len < 16:
+        raise CompileError(f"--max-batch must be >= 1 and --max-seq-len >= 16 (got {options.max_batch}, "
+                           f"{options.max_seq_len})")
+    if options.weights not in ("real", "random"):
+        raise CompileError(f"--weights must be real or random, got {options.weights}")
+
+
+def trace_source(loaded: LoadedSource, options: CompileOptions) -> Graph:
+    if loaded.onnx_path is not None:
+        from fdpp.compiler.frontend_onnx import import_onnx
+        return import_onnx(loaded.onnx_path, options)
+    from fdpp.compiler.frontend_torch import trace
+    return trace(loaded.model, loaded.weights, loaded.config, options.max_batch, options.max_seq_len)
+
+
+def optimize(graph: Graph, options: CompileOptions, target: Target, dump_dir: Path | None = None,
+             progress: Progress | None = None) -> Graph:
+    def report(name, result):
+        if progress:
+            changed = ", ".join(f"{k} {v}" for k, v in result.changes.items() if v) or "no change"
+            progress(f"  pass {name}: {changed}")
+    return PassManager(list(PIPELINE), dump_dir, report).run(graph, PassContext(options, target))
+
+
+def _layers(plan: Plan) -> list[dict]:
+    """Per attention layer, what the manifest records: its attention facts."""
+    layers = []
+    for step in plan.steps:
+        if step.op.value == "attention":
+            a = step.attrs
+            layers.append({"index": a["layer"], "attention": step.output, "n_heads": a["n_heads"],
+                           "n_kv_heads": a["n_kv_heads"], "head_dim": a["head_dim"]})
+    return layers
+
+
+def compile_model(source: str, target_name: str, output: str | Path, options: CompileOptions,
+                  dump_ir: Path | None = None, progress: Progress | None = None) -> Path:
+    """Compile SOURCE for one target into one .fdpp file; returns its path."""
+    say = progress or (lambda msg: None)
+    validate_options(options)
+    target = get_target(target_name)
+    output = Path(output)
+    try:
+        check_writable(output)
+    except OSError as e:
+        raise CompileError(str(e)) from None
+    dtype = getattr(torch, options.dtype)
+
+    t0 = time.perf_counter()
+    say(f"[1/5] loading {source}")
+    loaded = resolve_source(source, options.weights, options.seed, dtype)
+    say(f"[2/5] tracing {loaded.description} ({time.perf_counter() - t0:.1f}s)")
+    graph = trace_source(loaded, options)
+    say(f"[3/5] running {len(PIPELINE)} passes over {len(graph.nodes)} nodes")
+    graph = optimize(graph, options, target, dump_ir, say)
+    say("[4/5] emitting the plan")
+    plan = emit_plan(graph)
+    names = weights_used(plan)
+
+    def get_weight(name: str) -> torch.Tensor:
+        t = graph.weights.get(name)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, fdpp_version=_version("fdpp"),
+        built_with={p: _version(p) for p in ("torch", "triton", "transformers")},
+        target=asdict(target), model={**graph.config, **loaded.config}, source=loaded.description,
+        dtype=options.dtype,
+        envelope=Envelope(options.max_batch, options.max_seq_len, options.batch_buckets(), options.prefill_chunk),
+        tokenizer=({"bos_token_id": loaded.bos_token_id, "eos_token_ids": loaded.eos_token_ids}
+                   if loaded.tokenizer_json is not None else None),
+        weights={}, layers=_layers(plan))
+    say(f"[5/5] writing {output} ({len(names)} weights)")
+    last = [0.0]
+
+    def weight_progress(done: int, total: int):
+        if time.perf_counter() - last[0] > 5 or done == total:
+            last[0] = time.perf_counter()
+            say(f"  weights {done}/{total}")
+
+    size = write_bundle(output, manifest, plan, names, get_weight, loaded.tokenizer_json, {}, weight_progress)
+    say(f"done: {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+    return output

@@ -1,0 +1,25 @@
+"""Everything `fdcc compile` can be told, as one frozen dataclass the passes read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    dtype: str = "float16"
+    max_batch: int = 8
+    max_seq_len: int = 2048
+    prefill_chunk: int = 512          # longest prompt piece one prefill launch takes
+    sparsity: float = 0.0
+    weights: str = "real"             # "real" | "random"
+    seed: int = 0                     # for --weights random
+
+    def batch_buckets(self) -> tuple[int, ...]:
+        buckets, b = [], 1
+        while b < self.max_batch:
+            buckets.append(b)
+            b *= 2
+        return tuple(buckets + [self.max_batch])

@@ -1,0 +1,59 @@
+"""FuseRMSNorm: weight * cast(x * rsqrt(mean(x^2, -1) + eps)) -> RMS_NORM(x, weight).
+
+Needs: canonicalized graph. Guarantees: each match computes Hugging Face's LlamaRMSNorm exactly as
+runtime.reference_ops.rms_norm defines it: power 2, mean over the last dim with keepdim, eps a constant,
+weight a 1-D parameter of the hidden size.
+"""
+
+from __future__ import annotations
+
+from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
+from fdpp.passes.matching import constant_value, is_constant, is_last_dim, split_operands, strip_casts
+from fdpp.passes.pass_manager import PassContext, PassResult
+
+
+def _match(graph: Graph, node: Node) -> tuple[str, str, float] | None:
+    """node = MUL(weight, normed) -> (x, weight, eps)."""
+    if node.op is not Op.MUL:
+        return None
+    hidden = node.type.shape[-1] if node.type.rank else None
+    is_weight = lambda n: n.op is Op.PARAM and n.type.shape == (hidden,)
+    pair = split_operands(graph, node, is_weight)
+    if pair is None:
+        return None
+    weight, normed = pair
+    scaled = graph.node(strip_casts(graph, normed))                    # x * rsqrt(var + eps)
+    if scaled.op is not Op.MUL:
+        return None
+    pair = split_operands(graph, scaled, lambda n: n.op is Op.RSQRT)
+    if pair is None:
+        return None
+    rsqrt, x = pair
+    add = graph.node(graph.node(rsqrt).inputs[0])
+    if add.op is not Op.ADD or constant_value(graph, add.inputs[1]) is None:
+        return None
+    eps = float(constant_value(graph, add.inputs[1]))
+    mean = graph.node(add.inputs[0])
+    if mean.op is not Op.MEAN or not mean.attr("keepdim") or not is_last_dim(mean, mean.attr("dims")):
+        return None
+    power = graph.node(mean.inputs[0])
+    if power.op is not Op.POW or not is_constant(graph, power.inputs[1], 2) or power.inputs[0] != x:
+        return None
+    original = strip_casts(graph, x)
+    if graph.node(original).type.shape != node.type.shape:
+        return None
+    return original, weight, eps
+
+
+def fuse_rms_norm(graph: Graph, ctx: PassContext) -> PassResult:
+    edit = GraphEditor(graph)
+    count = 0
+    for n in graph.nodes:
+        m = _match(graph, n)
+        if m is None:
+            continue
+        x, weight, eps = m
+        fused = Node(n.name + "_rmsnorm", Op.RMS_NORM, (x, weight), n.type, {"eps": eps}, n.source)
+        edit.replace_uses(n.name, edit.add(fused, before=n.name))
+        count += 1
+    return PassResult(edit.commit(), {"rms_norm": count})

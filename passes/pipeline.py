@@ -1,0 +1,29 @@
+"""The one ordered list of passes. Each step has its reason; the order lives here and nowhere else."""
+
+from __future__ import annotations
+
+from fdpp.passes.canonicalize import canonicalize
+from fdpp.passes.fold_position_tables import fold_position_tables
+from fdpp.passes.fuse_attention import fuse_attention
+from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
+from fdpp.passes.fuse_rms_norm import fuse_rms_norm
+from fdpp.passes.fuse_rotary import fuse_rotary
+from fdpp.passes.insert_kv_cache import insert_kv_cache
+from fdpp.passes.pass_manager import PassFn
+from fdpp.passes.select_kernels import select_kernels
+
+PIPELINE: list[tuple[str, PassFn]] = [
+    # one spelling per computation, so that the patterns below match
+    ("canonicalize", canonicalize),
+    # fusions, innermost first: rotary sits inside attention's pattern
+    ("fuse_rms_norm", fuse_rms_norm),
+    ("fuse_rotary", fuse_rotary),
+    ("fuse_attention", fuse_attention),
+    ("fuse_gated_mlp", fuse_gated_mlp),
+    # with masks gone, what depends on positions alone becomes tables indexed by `positions`
+    ("fold_position_tables", fold_position_tables),
+    # attention reads and writes the KV cache at those positions
+    ("insert_kv_cache", insert_kv_cache),
+    # the heuristic dataflow binds each op to a kernel per row bucket for the target
+    ("select_kernels", select_kernels),
+]

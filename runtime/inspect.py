@@ -1,0 +1,40 @@
+"""Human-readable description of a bundle: manifest facts, layers, and each step's kernel choice."""
+
+from __future__ import annotations
+
+from fdpp.runtime.bundle import Bundle
+
+
+def describe(bundle: Bundle) -> str:
+    m, plan = bundle.manifest, bundle.plan
+    t = m.target
+    lines = [
+        f"bundle      {bundle.path}",
+        f"format      v{m.format_version}, fdpp {m.fdpp_version}, built with "
+        + ", ".join(f"{k} {v}" for k, v in m.built_with.items()),
+        f"target      {t['name']} ({t['vendor']} {t['arch']})",
+        f"source      {m.source}",
+        f"model       " + ", ".join(f"{k}={v}" for k, v in m.model.items()),
+        f"dtype       {m.dtype}",
+        f"envelope    max batch {m.envelope.max_batch}, max seq {m.envelope.max_seq_len}, "
+        f"prefill chunk {m.envelope.prefill_chunk}, decode buckets {list(m.envelope.batch_buckets)}",
+        f"tokenizer   {'yes' if bundle.tokenizer_json else 'none (token ids only)'}",
+        f"weights     {len(m.weights)} tensors, "
+        f"{sum(v.numel() * v.element_size() for v in bundle.weights.values()) / 1e6:.1f} MB",
+        f"kv cache    {plan.kv_layers} layers x {plan.kv_heads} heads x {plan.head_dim}",
+        "",
+        f"{'step':<28} {'op':<16} kernel choice (rows <= max: kernel)",
+    ]
+    for s in plan.steps:
+        choices = "; ".join(f"{k.phase + ' ' if k.phase != 'any' else ''}<= {k.max_rows}: {k.kernel}"
+                            for k in s.kernels) or "(view, no kernel)"
+        lines.append(f"{s.output:<28} {s.op.value:<16} {choices}")
+    linears = [s for s in plan.steps if s.op.value == "linear"]
+    if linears:
+        lines += ["", "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
+        for s in linears:
+            shape = bundle.weights[s.inputs[1][1:]].shape
+            m1 = next((prev.max_rows + 1 for prev, k in zip(s.kernels, s.kernels[1:]) if k.kernel == "flat_gemm"), None)
+            m2 = next((prev.max_rows + 1 for prev, k in zip(s.kernels, s.kernels[1:]) if k.kernel == "tc_gemm"), None)
+            lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}")
+    return "\n".join(lines)

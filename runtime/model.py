@@ -1,0 +1,211 @@
+"""`fdpp.load` and the Model it returns: logits, generate (greedy / sampled, batched, streaming)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from fdpp.runtime.bundle import Bundle, read_bundle
+from fdpp.runtime.errors import BundleError, GenerationError
+from fdpp.runtime.kv_cache import KVCache
+from fdpp.runtime.reference_executor import ReferenceExecutor
+from fdpp.runtime.sampling import SamplingParams, next_tokens
+from fdpp.runtime.tokenizer import Tokenizer
+
+Prompts = str | Sequence[str] | Sequence[Sequence[int]]
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[list[int]]               # the new tokens, one list per prompt
+    text: list[str]                          # their decoded text ("" without a tokenizer)
+    prompt_token_ids: list[list[int]]
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reasons: list[str] = field(default_factory=list)   # "stop_token" | "stop_string" | "length"
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        steps = max(len(t) for t in self.token_ids) - 1 if self.token_ids else 0
+        return steps * len(self.token_ids) / self.decode_seconds if self.decode_seconds > 0 and steps > 0 else 0.0
+
+
+@dataclass
+class StreamEvent:
+    index: int                               # which prompt
+    token_id: int
+    text: str                                # the text this token added
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+class Model:
+    """A loaded bundle. Use `fdpp.load(path)` rather than building one."""
+
+    def __init__(self, bundle: Bundle, device: str):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.plan = bundle.plan
+        self.device = device
+        self.dtype = _dtype(self.manifest.dtype)
+        self.envelope = self.manifest.envelope
+        tok = self.manifest.tokenizer
+        self.tokenizer = (Tokenizer(bundle.tokenizer_json, tok.get("bos_token_id"), tok.get("eos_token_ids", []))
+                          if bundle.tokenizer_json is not None and tok is not None else None)
+        self.executor = ReferenceExecutor(self.plan, bundle.weights, device)
+
+    # --- inputs ------------------------------------------------------------------------------
+    def _encode(self, prompts: Prompts) -> list[list[int]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise GenerationError("no prompts given")
+        if all(isinstance(p, str) for p in prompts):
+            if self.tokenizer is None:
+                raise GenerationError("this bundle has no tokenizer; pass token ids (list[list[int]]) instead of text")
+            ids = [self.tokenizer.encode(p) for p in prompts]
+        elif all(isinstance(p, (list, tuple)) and all(isinstance(t, int) for t in p) for p in prompts):
+            ids = [list(p) for p in prompts]
+        else:
+            raise GenerationError("prompts must be a str, a list of str, or a list of token-id lists")
+        vocab = int(self.manifest.model.get("vocab_size", 0)) or None
+        for i, p in enumerate(ids):
+            if not p:
+                raise GenerationError(f"prompt {i} is empty")
+            if vocab and any(t < 0 or t >= vocab for t in p):
+                raise GenerationError(f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
+        if len(ids) > self.envelope.max_batch:
+            raise GenerationError(f"{len(ids)} prompts exceed the bundle's max batch of {self.envelope.max_batch}; "
+                                  f"split them or recompile with --max-batch {len(ids)}")
+        return ids
+
+    def _check_length(self, ids: list[list[int]], new_tokens: int) -> int:
+        longest = max(len(p) for p in ids)
+        if longest + new_tokens > self.envelope.max_seq_len:
+            raise GenerationError(f"prompt of {longest} tokens plus {new_tokens} new tokens exceeds the bundle's max "
+                                  f"sequence length {self.envelope.max_seq_len}; shorten it or recompile with "
+                                  f"--max-seq-len {longest + new_tokens}")
+        return longest + new_tokens
+
+    def _cache(self, batch: int, length: int) -> KVCache:
+        p = self.plan
+        return KVCache.allocate(p.kv_layers, batch, p.kv_heads, length, p.head_dim, self.dtype, self.device)
+
+    # --- forward passes ----------------------------------------------------------------------
+    def _prefill(self, ids: list[list[int]], cache: KVCache) -> torch.Tensor:
+        """Run the prompts (right-padded) through the model in chunks; -> logits of each last token [B, V]."""
+        lengths = torch.tensor([len(p) for p in ids])
+        width = int(lengths.max())
+        tokens = torch.zeros(len(ids), width, dtype=torch.long)
+        for b, p in enumerate(ids):
+            tokens[b, :len(p)] = torch.tensor(p)
+        positions = torch.arange(width)[None, :].expand(len(ids), width)
+        last = torch.empty(len(ids), 0)
+        chunk = self.envelope.prefill_chunk
+        for start in range(0, width, chunk):
+            logits = self.executor.forward(tokens[:, start:start + chunk], positions[:, start:start + chunk], cache)
+            if last.numel() == 0:
+                last = torch.zeros(len(ids), logits.shape[-1])
+            rows = (lengths - 1 >= start) & (lengths - 1 < start + chunk)
+            for b in torch.nonzero(rows).flatten().tolist():
+                last[b] = logits[b, int(lengths[b]) - 1 - start]
+        return last
+
+    def logits(self, token_ids: Sequence[Sequence[int]] | torch.Tensor) -> torch.Tensor:
+        """Full forward pass: token ids [batch, seq] (equal lengths) -> float32 logits [batch, seq, vocab]."""
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else [list(p) for p in token_ids]
+        ids = self._encode(ids)
+        if len({len(p) for p in ids}) != 1:
+            raise GenerationError("logits() needs prompts of equal length; call it once per length")
+        width = self._check_length(ids, 0)
+        tokens = torch.tensor(ids)
+        positions = torch.arange(width)[None, :].expand(len(ids), width)
+        cache = self._cache(len(ids), width)
+        chunk = self.envelope.prefill_chunk
+        return torch.cat([self.executor.forward(tokens[:, s:s + chunk], positions[:, s:s + chunk], cache)
+                          for s in range(0, width, chunk)], dim=1)
+
+    # --- generation --------------------------------------------------------------------------
+    def stream(self, prompts: Prompts, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop: Sequence[int | str] | None = None,
+               _result: GenerationOutput | None = None) -> Iterator[StreamEvent]:
+        """Yield each new token as it is made; see generate() for the arguments."""
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        try:
+            params.validate()
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        ids = self._encode(prompts)
+        total = self._check_length(ids, max_new_tokens)
+        stop_ids = {s for s in (stop or ()) if isinstance(s, int)}
+        stop_ids |= set(self.tokenizer.eos_token_ids) if self.tokenizer else set()
+        stop_strings = [s for s in (stop or ()) if isinstance(s, str)]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        batch = len(ids)
+        out = _result if _result is not None else GenerationOutput([], [], [])
+        out.prompt_token_ids = ids
+        out.token_ids = [[] for _ in ids]
+        out.stop_reasons = ["length"] * batch
+        done = [False] * batch
+        cache = self._cache(batch, total)
+
+        t0 = time.perf_counter()
+        logits = self._prefill(ids, cache)
+        out.prefill_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        lengths = [len(p) for p in ids]
+        for step in range(max_new_tokens):
+            chosen = next_tokens(logits, params, generator).tolist()
+            for b, token in enumerate(chosen):
+                if done[b]:
+                    continue
+                out.token_ids[b].append(token)
+                piece = ""
+                if self.tokenizer is not None:
+                    before = self.tokenizer.decode(out.token_ids[b][:-1])
+                    piece = self.tokenizer.decode(out.token_ids[b])[len(before):]
+                yield StreamEvent(b, token, piece)
+                if token in stop_ids:
+                    done[b], out.stop_reasons[b] = True, "stop_token"
+                elif stop_strings and self.tokenizer is not None and any(
+                        s in self.tokenizer.decode(out.token_ids[b]) for s in stop_strings):
+                    done[b], out.stop_reasons[b] = True, "stop_string"
+            if all(done) or step == max_new_tokens - 1:
+                break
+            tokens = torch.tensor([[t] for t in chosen])
+            positions = torch.tensor([[n + step] for n in lengths])
+            logits = self.executor.forward(tokens, positions, cache)[:, -1]
+        out.decode_seconds = time.perf_counter() - t1
+        out.text = [self.tokenizer.decode(t) if self.tokenizer else "" for t in out.token_ids]
+
+    def generate(self, prompts: Prompts, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[int | str] | None = None) -> GenerationOutput:
+        """Generate up to `max_new_tokens` for each prompt.
+
+        prompts: a str, a list of str, or a list of token-id lists (of any lengths, batched together).
+        Greedy unless temperature > 0; then top_k / top_p cut the distribution, and seed makes it repeatable.
+        stop: token ids and/or strings that end a sequence (the tokenizer's end-of-sequence ids always do).
+        """
+        out = GenerationOutput([], [], [])
+        for _ in self.stream(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             seed=seed, stop=stop, _result=out):
+            pass
+        return out
+
+
+def load(path: str, device: str = "cpu", verify: bool = True) -> Model:
+    """Load a .fdpp bundle. device "cpu" runs the reference executor; raises BundleError on bad bundles."""
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BundleError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if device.startswith("cuda"):
+        raise BundleError("the GPU executor is not part of this fdpp build yet; load with device='cpu'")
+    return Model(read_bundle(path, verify_hashes=verify), device)

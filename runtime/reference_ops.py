@@ -1,0 +1,137 @@
+"""The meaning of every plan op, as plain torch: the CPU reference executor runs these, the compiler's
+IR interpreter uses them for fused ops, and every GPU kernel is tested against them.
+
+Numerics contract (DESIGN.md §3): inputs and outputs are in the activation dtype; reductions,
+accumulation and softmax are done in float32 and the result is cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    # table: [V, H]; ids: [B, S] int64 -> [B, S, H]
+    return table[ids]
+
+
+def position_lookup(table: torch.Tensor, positions: torch.Tensor, seq_axis: int) -> torch.Tensor:
+    """Rows of a per-position table (precomputed rotary cos/sin, learned position embeddings).
+
+    table: [T, *rest]; positions: [B, S] -> table[positions] with the S axis moved to `seq_axis`.
+    """
+    if positions.numel() and int(positions.max()) >= table.shape[0]:
+        raise ValueError(f"position {int(positions.max())} is past the bundle's table of {table.shape[0]}")
+    out = table[positions]                                   # [B, S, *rest]
+    return out.movedim(1, seq_axis) if seq_axis != 1 else out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: [..., H]; weight: [H]. Same order of operations as Hugging Face's LlamaRMSNorm.
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * normed.to(x.dtype).float()).to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    b = bias.float() if bias is not None else None
+    return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), b, eps).to(x.dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # x: [..., K]; weight: [N, K] (nn.Linear layout); bias: [N] -> [..., N], float32 accumulation.
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    b = bias.float() if bias is not None else None
+    return F.linear(x.float(), weight.float(), b).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, layout: str) -> torch.Tensor:
+    """Rotary embedding, rotate-half (GPT-NeoX / Llama) convention.
+
+    layout "heads": x [B, H, S, D], cos/sin [B|1, S, D].
+    layout "flat":  x [B, S, H*D],  cos/sin [B|1, S, D].
+    """
+    xf = x.float()
+    c, s = cos.float(), sin.float()
+    if layout == "heads":
+        c, s = c.unsqueeze(1), s.unsqueeze(1)
+        return (xf * c + _rotate_half(xf) * s).to(x.dtype)
+    if layout != "flat":
+        raise ValueError(f"rotary: unknown layout {layout!r}")
+    b, seq, width = x.shape
+    xh = xf.view(b, seq, width // head_dim, head_dim)         # [B, S, H, D]
+    c, s = c.unsqueeze(2), s.unsqueeze(2)                      # [B|1, S, 1, D]
+    return (xh * c + _rotate_half(xh) * s).reshape(b, seq, width).to(x.dtype)
+
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+}
+
+
+def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return _ACTIVATIONS[kind](x.float()).to(x.dtype)
+
+
+def gated_act(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
+    # act(gate) * up, the gated MLP's middle: [..., I] x [..., I] -> [..., I]
+    return (_ACTIVATIONS[kind](gate.float()) * up.float()).to(gate.dtype)
+
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a + b
+
+
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a * b
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+              k_cache: torch.Tensor | None, v_cache: torch.Tensor | None, *,
+              n_heads: int, n_kv_heads: int, head_dim: int, scale: float) -> torch.Tensor:
+    """Causal attention by position, with an optional KV cache, grouped-query heads.
+
+    q: [B, S, Hq*D]; k, v: [B, S, Hkv*D]; positions: [B, S] int64, each token's place in its sequence.
+    k_cache, v_cache: this layer's cache [B_cap, Hkv, T_cap, D], or None to attend within k, v only.
+    With a cache, k and v are first written at positions[b, s]; then each query attends to every cached
+    key whose position is <= its own. Prompts of different lengths are right-padded: a pad token only
+    writes a cache slot that a later real token overwrites before anyone can read it.
+    Returns [B, S, Hq*D] in q's dtype; scores and softmax in float32.
+    """
+    b, s, _ = q.shape
+    qh = q.view(b, s, n_heads, head_dim).transpose(1, 2).float()          # [B, Hq, S, D]
+    kh = k.view(b, s, n_kv_heads, head_dim).transpose(1, 2)               # [B, Hkv, S, D]
+    vh = v.view(b, s, n_kv_heads, head_dim).transpose(1, 2)
+    if k_cache is not None:
+        batch_index = torch.arange(b, device=q.device)[:, None].expand(b, s)   # [B, S]
+        # advanced indexing on dims 0 and 2 puts the indexed dims first: [B, S, Hkv, D]
+        k_cache[batch_index, :, positions] = kh.transpose(1, 2).to(k_cache.dtype)
+        v_cache[batch_index, :, positions] = vh.transpose(1, 2).to(v_cache.dtype)
+        length = int(positions.max()) + 1
+        keys, values = k_cache[:b, :, :length], v_cache[:b, :, :length]       # [B, Hkv, T, D]
+        key_pos = torch.arange(length, device=q.device)[None, :].expand(b, length)
+    else:
+        keys, values, key_pos = kh, vh, positions
+    group = n_heads // n_kv_heads
+    keys = keys.float().repeat_interleave(group, dim=1)                     # [B, Hq, T, D]
+    values = values.float().repeat_interleave(group, dim=1)
+    scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale              # [B, Hq, S, T]
+    visible = key_pos[:, None, None, :] <= positions[:, None, :, None]     # [B, 1, S, T]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, values)                                      # [B, Hq, S, D]
+    return out.transpose(1, 2).reshape(b, s, n_heads * head_dim).to(q.dtype)
+
+
+def reshape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return x.reshape(shape)
