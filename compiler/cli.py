@@ -85,12 +85,15 @@ def targets():
 @click.option("--top-k", type=int, default=0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda where a GPU executor is available.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the local GPU when the runtime can drive it, else the CPU), cpu, or cuda.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come (one prompt).")
 def run(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, stream):
     """Generate text from a bundle and print it with the decode speed."""
     import fdpp
+    from fdpp.runtime.model import default_device
 
+    device = default_device() if device == "auto" else device
     model = fdpp.load(bundle, device=device)
     kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if stream and len(prompt) == 1:

@@ -202,6 +202,14 @@ class Model:
         return out
 
 
+GPU_EXECUTOR_AVAILABLE = False   # the GPU executor arrives with the codegen issue; until then CPU only
+
+
+def default_device() -> str:
+    """The local GPU when there is one and this runtime can drive it, else the CPU."""
+    return "cuda" if GPU_EXECUTOR_AVAILABLE and torch.cuda.is_available() else "cpu"
+
+
 def load(path: str, device: str = "cpu", verify: bool = True) -> Model:
     """Load a .fdpp bundle. device "cpu" runs the reference executor; raises BundleError on bad bundles."""
     if device not in ("cpu",) and not device.startswith("cuda"):
