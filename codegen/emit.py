@@ -6,6 +6,8 @@ pass or kernel covers, and stops the compile naming the op and its model source 
 
 from __future__ import annotations
 
+import dataclasses
+
 from fdpp.compiler.errors import CompileError, UnsupportedOpError
 from fdpp.compiler.ir import Graph, Node, Op
 from fdpp.runtime.schema import WEIGHT_PREFIX, KernelChoice, OpKind, Plan, Step
@@ -41,7 +43,8 @@ def _step(graph: Graph, node: Node) -> Step:
     attrs = _ATTRS[node.op](node) if node.op in _ATTRS else {
         k: v for k, v in node.attrs.items() if k != "kernels"}
     kernels = tuple(KernelChoice(**k) for k in node.attr("kernels", ()))
-    return Step(kind, tuple(inputs), node.name, dict(attrs), kernels, node.source)
+    return Step(kind, tuple(inputs), node.name, dict(attrs), kernels, node.source, (),
+                tuple(node.type.shape), node.type.dtype.startswith(("float", "bfloat")))
 
 
 def _with_frees(steps: list[Step], keep: set[str]) -> list[Step]:
@@ -55,8 +58,7 @@ def _with_frees(steps: list[Step], keep: set[str]) -> list[Step]:
     for name, i in last_use.items():
         if name not in keep:
             frees.setdefault(i, []).append(name)
-    return [Step(s.op, s.inputs, s.output, s.attrs, s.kernels, s.source, tuple(frees.get(i, ())))
-            for i, s in enumerate(steps)]
+    return [dataclasses.replace(s, frees=tuple(frees.get(i, ()))) for i, s in enumerate(steps)]
 
 
 def emit_plan(graph: Graph) -> Plan:

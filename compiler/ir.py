@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import torch
 
+from fdpp.runtime.dims import evaluate_dim, evaluate_shape
+
 Dim = int | str
 SYMBOLS = ("batch", "seq")
 
@@ -340,14 +342,8 @@ def producers_closure(graph: Graph, name: str, stop: Callable[[Node], bool] = la
 
 def resolve_dim(dim: Dim, env: Mapping[str, int]) -> int:
     """Evaluate a Dim ("batch*seq", 64, "seq") with concrete symbol values."""
-    if isinstance(dim, int):
-        return dim
-    value = 1
-    for factor in dim.split("*"):
-        factor = factor.strip()
-        value *= int(factor) if factor.lstrip("-").isdigit() else env[factor]
-    return value
+    return evaluate_dim(dim, env)
 
 
 def resolve_shape(shape: Iterable[Dim], env: Mapping[str, int]) -> tuple[int, ...]:
-    return tuple(resolve_dim(d, env) for d in shape)
+    return evaluate_shape(tuple(shape), env)

@@ -12,21 +12,9 @@ from typing import Callable
 import torch
 
 from fdpp.runtime import reference_ops as ref
+from fdpp.runtime.dims import evaluate_shape
 from fdpp.runtime.kv_cache import KVCache
 from fdpp.runtime.schema import WEIGHT_PREFIX, OpKind, Plan, Step
-
-
-def _resolve_shape(shape: list, env: dict[str, int]) -> tuple[int, ...]:
-    out = []
-    for d in shape:
-        if isinstance(d, int):
-            out.append(d)
-        else:
-            value = 1
-            for factor in str(d).split("*"):
-                value *= int(factor) if factor.isdigit() else env[factor]
-            out.append(value)
-    return tuple(out)
 
 
 def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
@@ -51,7 +39,7 @@ _RUN: dict[OpKind, Callable] = {
     OpKind.ACTIVATION: lambda s, a, c, e: ref.activation(*a, s.attrs["kind"]),
     OpKind.ADD: lambda s, a, c, e: ref.add(*a),
     OpKind.MUL: lambda s, a, c, e: ref.mul(*a),
-    OpKind.RESHAPE: lambda s, a, c, e: ref.reshape(a[0], _resolve_shape(s.attrs["shape"], e)),
+    OpKind.RESHAPE: lambda s, a, c, e: ref.reshape(a[0], evaluate_shape(s.attrs["shape"], e)),
 }
 
 

@@ -54,6 +54,8 @@ class Step:
     source: str = ""                     # model source line, for errors and `fdcc inspect`
 
     frees: tuple[str, ...] = ()          # buffers no later step reads: the executor drops them here
+    out_shape: tuple = ()                # output shape: ints and size expressions over batch and seq
+    out_float: bool = True               # output is floating (in the bundle dtype); else int64
 
     def kernel_for(self, rows: int, phase: str) -> KernelChoice | None:
         candidates = [k for k in self.kernels if k.phase in (phase, "any")]
@@ -64,13 +66,14 @@ class Step:
 
     def to_json(self) -> dict:
         return {"op": self.op.value, "inputs": list(self.inputs), "output": self.output, "attrs": self.attrs,
-                "kernels": [asdict(k) for k in self.kernels], "source": self.source, "frees": list(self.frees)}
+                "kernels": [asdict(k) for k in self.kernels], "source": self.source, "frees": list(self.frees),
+                "out_shape": list(self.out_shape), "out_float": self.out_float}
 
     @staticmethod
     def from_json(d: dict) -> "Step":
         return Step(OpKind(d["op"]), tuple(d["inputs"]), d["output"], dict(d["attrs"]),
                     tuple(KernelChoice(**k) for k in d.get("kernels", ())), d.get("source", ""),
-                    tuple(d.get("frees", ())))
+                    tuple(d.get("frees", ())), tuple(d.get("out_shape", ())), bool(d.get("out_float", True)))
 
 
 @dataclass(frozen=True)
