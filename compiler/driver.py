@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from fdpp.codegen.aot import build_plan_kernels
 from fdpp.codegen.emit import emit_plan, weights_used
 from fdpp.compiler.bundle_writer import check_writable, write_bundle
 from fdpp.compiler.errors import CompileError
@@ -98,9 +99,11 @@ def compile_model(source: str, target_name: str, output: str | Path, options: Co
     graph = trace_source(loaded, options)
     say(f"[3/5] running {len(PIPELINE)} passes over {len(graph.nodes)} nodes")
     graph = optimize(graph, options, target, dump_ir, say)
-    say("[4/5] emitting the plan")
+    say("[4/5] emitting the plan and building its kernels")
     plan = emit_plan(graph)
     names = weights_used(plan)
+    built = build_plan_kernels(plan, options.dtype, target, {n: graph.weights.shape(n) for n in names}, say)
+    plan = built.plan
 
     def get_weight(name: str) -> torch.Tensor:
         t = graph.weights.get(name)
@@ -114,7 +117,7 @@ def compile_model(source: str, target_name: str, output: str | Path, options: Co
         envelope=Envelope(options.max_batch, options.max_seq_len, options.batch_buckets(), options.prefill_chunk),
         tokenizer=({"bos_token_id": loaded.bos_token_id, "eos_token_ids": loaded.eos_token_ids}
                    if loaded.tokenizer_json is not None else None),
-        weights={}, layers=_layers(plan))
+        weights={}, layers=_layers(plan), kernels=built.manifest_entries)
     say(f"[5/5] writing {output} ({len(names)} weights)")
     last = [0.0]
 
@@ -123,6 +126,7 @@ def compile_model(source: str, target_name: str, output: str | Path, options: Co
             last[0] = time.perf_counter()
             say(f"  weights {done}/{total}")
 
-    size = write_bundle(output, manifest, plan, names, get_weight, loaded.tokenizer_json, {}, weight_progress)
+    size = write_bundle(output, manifest, plan, names, get_weight, loaded.tokenizer_json, built.members,
+                        weight_progress)
     say(f"done: {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
     return output

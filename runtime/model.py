@@ -10,6 +10,7 @@ import torch
 
 from fdpp.runtime.bundle import Bundle, read_bundle
 from fdpp.runtime.errors import BundleError, GenerationError
+from fdpp.runtime.kernel_executor import DecodeGraphs
 from fdpp.runtime.kv_cache import KVCache
 from fdpp.runtime.reference_executor import ReferenceExecutor
 from fdpp.runtime.sampling import SamplingParams, next_tokens
@@ -47,17 +48,22 @@ def _dtype(name: str) -> torch.dtype:
 class Model:
     """A loaded bundle. Use `fdpp.load(path)` rather than building one."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str, executor=None, cuda_graphs: bool = False):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.plan = bundle.plan
-        self.device = device
+        self.device = torch.device(device)
         self.dtype = _dtype(self.manifest.dtype)
         self.envelope = self.manifest.envelope
         tok = self.manifest.tokenizer
         self.tokenizer = (Tokenizer(bundle.tokenizer_json, tok.get("bos_token_id"), tok.get("eos_token_ids", []))
                           if bundle.tokenizer_json is not None and tok is not None else None)
-        self.executor = ReferenceExecutor(self.plan, bundle.weights, device)
+        self.executor = executor if executor is not None else ReferenceExecutor(self.plan, bundle.weights, device)
+        self._persistent_cache: KVCache | None = None
+        self._graphs: DecodeGraphs | None = None
+        if cuda_graphs:
+            self._graphs = DecodeGraphs(self.executor, self._cache(self.envelope.max_batch, 0),
+                                        self.envelope.batch_buckets)
 
     # --- inputs ------------------------------------------------------------------------------
     def _encode(self, prompts: Prompts) -> list[list[int]]:
@@ -94,8 +100,28 @@ class Model:
         return longest + new_tokens
 
     def _cache(self, batch: int, length: int) -> KVCache:
+        """On a GPU: one cache for the bundle's whole envelope, allocated once (CUDA graphs keep its address).
+        On the CPU: a cache just big enough for this request."""
         p = self.plan
-        return KVCache.allocate(p.kv_layers, batch, p.kv_heads, length, p.head_dim, self.dtype, self.device)
+        if self.device.type == "cpu":
+            return KVCache.allocate(p.kv_layers, batch, p.kv_heads, length, p.head_dim, self.dtype, self.device)
+        if self._persistent_cache is None:
+            # prefill pads a chunk past the prompt: the extra prefill_chunk slots take those writes
+            capacity = self.envelope.max_seq_len + self.envelope.prefill_chunk
+            try:
+                self._persistent_cache = KVCache.allocate(p.kv_layers, self.envelope.max_batch, p.kv_heads, capacity,
+                                                          p.head_dim, self.dtype, self.device)
+            except torch.OutOfMemoryError:
+                raise GenerationError(f"the KV cache for max batch {self.envelope.max_batch} and max sequence "
+                                      f"{self.envelope.max_seq_len} does not fit in GPU memory; recompile with a "
+                                      f"smaller --max-batch or --max-seq-len") from None
+        return self._persistent_cache
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, phase: str) -> torch.Tensor:
+        tokens, positions = tokens.to(self.device), positions.to(self.device)
+        if phase == "decode" and self._graphs is not None:
+            return self._graphs.run(tokens, positions)
+        return self.executor.forward(tokens, positions, cache, phase)
 
     # --- forward passes ----------------------------------------------------------------------
     def _prefill(self, ids: list[list[int]], cache: KVCache) -> torch.Tensor:
@@ -106,15 +132,16 @@ class Model:
         for b, p in enumerate(ids):
             tokens[b, :len(p)] = torch.tensor(p)
         positions = torch.arange(width)[None, :].expand(len(ids), width)
-        last = torch.empty(len(ids), 0)
+        last: torch.Tensor | None = None
         chunk = self.envelope.prefill_chunk
         for start in range(0, width, chunk):
-            logits = self.executor.forward(tokens[:, start:start + chunk], positions[:, start:start + chunk], cache)
-            if last.numel() == 0:
-                last = torch.zeros(len(ids), logits.shape[-1])
-            rows = (lengths - 1 >= start) & (lengths - 1 < start + chunk)
-            for b in torch.nonzero(rows).flatten().tolist():
-                last[b] = logits[b, int(lengths[b]) - 1 - start]
+            logits = self._forward(tokens[:, start:start + chunk], positions[:, start:start + chunk], cache,
+                                   "prefill")
+            if last is None:
+                last = torch.zeros(len(ids), logits.shape[-1], device=logits.device)
+            for b in range(len(ids)):
+                if start <= lengths[b] - 1 < start + chunk:
+                    last[b] = logits[b, int(lengths[b]) - 1 - start]
         return last
 
     def logits(self, token_ids: Sequence[Sequence[int]] | torch.Tensor) -> torch.Tensor:
@@ -128,8 +155,12 @@ class Model:
         positions = torch.arange(width)[None, :].expand(len(ids), width)
         cache = self._cache(len(ids), width)
         chunk = self.envelope.prefill_chunk
-        return torch.cat([self.executor.forward(tokens[:, s:s + chunk], positions[:, s:s + chunk], cache)
+        return torch.cat([self._forward(tokens[:, s:s + chunk], positions[:, s:s + chunk], cache, "prefill").cpu()
                           for s in range(0, width, chunk)], dim=1)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # --- generation --------------------------------------------------------------------------
     def stream(self, prompts: Prompts, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
@@ -148,7 +179,7 @@ class Model:
         stop_ids = {s for s in (stop or ()) if isinstance(s, int)}
         stop_ids |= set(self.tokenizer.eos_token_ids) if self.tokenizer else set()
         stop_strings = [s for s in (stop or ()) if isinstance(s, str)]
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         batch = len(ids)
         out = _result if _result is not None else GenerationOutput([], [], [])
         out.prompt_token_ids = ids
@@ -159,6 +190,7 @@ class Model:
 
         t0 = time.perf_counter()
         logits = self._prefill(ids, cache)
+        self._synchronize()
         out.prefill_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         lengths = [len(p) for p in ids]
@@ -182,7 +214,8 @@ class Model:
                 break
             tokens = torch.tensor([[t] for t in chosen])
             positions = torch.tensor([[n + step] for n in lengths])
-            logits = self.executor.forward(tokens, positions, cache)[:, -1]
+            logits = self._forward(tokens, positions, cache, "decode")[:, -1]
+        self._synchronize()
         out.decode_seconds = time.perf_counter() - t1
         out.text = [self.tokenizer.decode(t) if self.tokenizer else "" for t in out.token_ids]
 
@@ -202,18 +235,32 @@ class Model:
         return out
 
 
-GPU_EXECUTOR_AVAILABLE = False   # the GPU executor arrives with the codegen issue; until then CPU only
-
-
 def default_device() -> str:
-    """The local GPU when there is one and this runtime can drive it, else the CPU."""
-    return "cuda" if GPU_EXECUTOR_AVAILABLE and torch.cuda.is_available() else "cpu"
+    """The local GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load(path: str, device: str = "cpu", verify: bool = True) -> Model:
-    """Load a .fdpp bundle. device "cpu" runs the reference executor; raises BundleError on bad bundles."""
-    if device not in ("cpu",) and not device.startswith("cuda"):
+def load(path: str, device: str = "cpu", verify: bool = True, cuda_graphs: bool = True) -> Model:
+    """Load a .fdpp bundle; raises BundleError on bad bundles and on bundles this GPU cannot run.
+
+    device "cpu" runs the reference executor (torch references of every op); "cuda" (or "cuda:N") runs the
+    bundle's compiled kernels through the driver API, decode steps in CUDA graphs unless cuda_graphs=False.
+    """
+    if device != "cpu" and not device.startswith("cuda"):
         raise BundleError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if device.startswith("cuda"):
-        raise BundleError("the GPU executor is not part of this fdpp build yet; load with device='cpu'")
-    return Model(read_bundle(path, verify_hashes=verify), device)
+    bundle = read_bundle(path, verify_hashes=verify)
+    if device == "cpu":
+        return Model(bundle, device)
+    if not torch.cuda.is_available():
+        raise BundleError("device='cuda' but torch sees no GPU here; load with device='cpu'")
+    from fdpp.runtime.gpu import check_compatible, load_kernels, weights_to_device
+    from fdpp.runtime.kernel_executor import KernelExecutor
+
+    torch_device = torch.device(device)
+    if torch_device.index is None:
+        torch_device = torch.device("cuda", torch.cuda.current_device())
+    check_compatible(bundle, torch_device)
+    with torch.cuda.device(torch_device):
+        executor = KernelExecutor(bundle.plan, weights_to_device(bundle.weights, torch_device),
+                                  load_kernels(bundle, torch_device), _dtype(bundle.manifest.dtype), torch_device)
+        return Model(bundle, str(torch_device), executor, cuda_graphs=cuda_graphs)

@@ -52,8 +52,9 @@ class ReferenceExecutor:
         self.weights = {k: v.to(device) for k, v in weights.items()}
         self.device = device
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        """tokens, positions: [B, S] int64 -> logits [B, S, V] float32."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None,
+                phase: str = "prefill") -> torch.Tensor:
+        """tokens, positions: [B, S] int64 -> logits [B, S, V] float32. (`phase` only matters to kernels.)"""
         env = {"batch": tokens.shape[0], "seq": tokens.shape[1]}
         buffers: dict[str, torch.Tensor] = {"tokens": tokens.to(self.device), "positions": positions.to(self.device)}
         for step in self.plan.steps:

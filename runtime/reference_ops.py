@@ -96,6 +96,20 @@ def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a * b
 
 
+def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor,
+             v_cache: torch.Tensor) -> None:
+    """k_cache[b, :, positions[b, s]] = k[b, s] split into heads, same for v; in place.
+
+    k, v: [B, S, Hkv*D]; positions: [B, S]; caches: [B_cap, Hkv, T_cap, D]; values cast to the cache dtype.
+    """
+    batch, seq_len = positions.shape
+    n_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
+    batch_index = torch.arange(batch, device=k.device)[:, None].expand(batch, seq_len)        # [B, S]
+    # advanced indexing on dims 0 and 2 puts the indexed dims first: [B, S, Hkv, D]
+    k_cache[batch_index, :, positions] = k.reshape(batch, seq_len, n_kv_heads, head_dim).to(k_cache.dtype)
+    v_cache[batch_index, :, positions] = v.reshape(batch, seq_len, n_kv_heads, head_dim).to(v_cache.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               k_cache: torch.Tensor | None, v_cache: torch.Tensor | None, *,
               n_heads: int, n_kv_heads: int, head_dim: int, scale: float) -> torch.Tensor:
@@ -113,10 +127,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     kh = k.view(b, s, n_kv_heads, head_dim).transpose(1, 2)               # [B, Hkv, S, D]
     vh = v.view(b, s, n_kv_heads, head_dim).transpose(1, 2)
     if k_cache is not None:
-        batch_index = torch.arange(b, device=q.device)[:, None].expand(b, s)   # [B, S]
-        # advanced indexing on dims 0 and 2 puts the indexed dims first: [B, S, Hkv, D]
-        k_cache[batch_index, :, positions] = kh.transpose(1, 2).to(k_cache.dtype)
-        v_cache[batch_index, :, positions] = vh.transpose(1, 2).to(v_cache.dtype)
+        write_kv(k, v, positions, k_cache, v_cache)
         length = int(positions.max()) + 1
         keys, values = k_cache[:b, :, :length], v_cache[:b, :, :length]       # [B, Hkv, T, D]
         key_pos = torch.arange(length, device=q.device)[None, :].expand(b, length)

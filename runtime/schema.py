@@ -42,6 +42,7 @@ class KernelChoice:
     config: dict[str, Any] = field(default_factory=dict)
     reason: str = ""                     # why the dataflow chose it (cost model numbers or a profile)
     phase: str = "any"
+    launches: tuple = ()                 # compiled-kernel launches (codegen/launch_specs.py), as JSON dicts
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Step:
     @staticmethod
     def from_json(d: dict) -> "Step":
         return Step(OpKind(d["op"]), tuple(d["inputs"]), d["output"], dict(d["attrs"]),
-                    tuple(KernelChoice(**k) for k in d.get("kernels", ())), d.get("source", ""),
+                    tuple(KernelChoice(**{**k, "launches": tuple(k.get("launches", ()))})
+                          for k in d.get("kernels", ())), d.get("source", ""),
                     tuple(d.get("frees", ())), tuple(d.get("out_shape", ())), bool(d.get("out_float", True)))
 
 

@@ -1,0 +1,82 @@
+"""Helpers that more than one kernel file needs: input checks for the wrappers and two tiny device functions.
+
+Wrappers check on the host only what costs no device synchronisation (shapes, dtypes, strides); values
+such as token ids or positions are trusted, because reading them back would stall the stream.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def require(condition: bool, kernel: str, message: str) -> None:
+    """Raise a ValueError that names the kernel whose wrapper refused its inputs."""
+    if not condition:
+        raise ValueError(f"{kernel}: {message}")
+
+
+def require_float(kernel: str, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        require(tensor.dtype in FLOAT_DTYPES, kernel,
+                f"{name} must be float16, bfloat16 or float32, got {tensor.dtype}")
+
+
+def require_index(kernel: str, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        require(tensor.dtype in INDEX_DTYPES, kernel, f"{name} must be int32 or int64, got {tensor.dtype}")
+
+
+def as_rows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """View x [..., width] as [rows, width] with a unit stride along the row (copying only if it must)."""
+    rows = x.reshape(-1, width)
+    return rows if rows.stride(-1) == 1 or width == 1 else rows.contiguous()
+
+
+def block_for(size: int, minimum: int = 1) -> int:
+    """The power-of-two block that covers `size` in one tile."""
+    return max(minimum, triton.next_power_of_2(size))
+
+
+@triton.jit
+def dot_exact(a, b, acc):
+    """acc + a @ b, with float32 operands multiplied in full precision (never TF32), so float32 kernels
+    match their float32 reference; half-precision operands use the tensor cores as usual."""
+    if a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def tanh_via_exp(x):
+    """tanh from exp, because tl has no portable tanh (libdevice differs between CUDA, HIP and the
+    interpreter). exp(-2|x|) never overflows, and the sign is put back at the end."""
+    decay = tl.exp(-2.0 * tl.abs(x))
+    magnitude = (1.0 - decay) / (1.0 + decay)
+    return tl.where(x >= 0.0, magnitude, -magnitude)
+
+
+# A finite stand-in for -inf as the starting running max: a tile whose scores are all masked (-inf) then
+# leaves the max finite, so exp(old_max - new_max) never meets (-inf) - (-inf).
+SOFTMAX_FLOOR = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def online_softmax_update(scores, running_max, running_sum, acc):
+    """One tile of the synchronised (online-max) softmax, float32 throughout.
+
+    scores [M, N] (masked entries -inf); running_max, running_sum [M]; acc [M, D] = sum of e^(s - max) v.
+    Returns the tile's probabilities against the new max, the new max and sum, and acc rescaled to the
+    new max; the caller adds probabilities @ values.
+    """
+    new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+    correction = tl.exp(running_max - new_max)
+    probabilities = tl.exp(scores - new_max[:, None])
+    running_sum = running_sum * correction + tl.sum(probabilities, axis=1)
+    return probabilities, new_max, running_sum, acc * correction[:, None]

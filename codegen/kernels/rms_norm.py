@@ -1,0 +1,51 @@
+"""RMSNorm (Llama), optionally fused with the residual add before it: one program per row, whole row in
+one tile."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fdpp.codegen.kernels._rows import launch_row_norm, load_row_with_residual
+from fdpp.runtime.reference_ops import rms_norm as rms_norm_reference
+
+__all__ = ["rms_norm", "rms_norm_reference"]
+
+
+@triton.jit
+def rms_norm_kernel(
+    x_ptr,                  # [R, H] input rows, unit stride along H
+    residual_ptr,           # [R, H] residual rows (read only when HAS_RESIDUAL)
+    weight_ptr,             # [H] scale
+    bias_ptr,               # unused: keeps the argument list equal to layer_norm_kernel's
+    out_ptr,                # [R, H] normalised output, contiguous
+    new_residual_ptr,       # [R, H] x + residual, contiguous (written only when HAS_RESIDUAL)
+    hidden,                 # H
+    x_row_stride,           # elements between rows of x
+    residual_row_stride,    # elements between rows of the residual
+    eps,                    # added to the mean square
+    HAS_RESIDUAL: tl.constexpr,  # fuse the residual add
+    HAS_BIAS: tl.constexpr,      # unused (RMSNorm has no bias)
+    BLOCK_H: tl.constexpr,       # power of two >= H: the whole row is one tile
+):
+    row = tl.program_id(0).to(tl.int64)
+    columns = tl.arange(0, BLOCK_H)
+    in_row = columns < hidden
+    x = load_row_with_residual(x_ptr + row * x_row_stride, residual_ptr + row * residual_row_stride,
+                               new_residual_ptr + row * hidden, columns, in_row, HAS_RESIDUAL)
+    mean_square = tl.sum(x * x, axis=0) / hidden
+    # Hugging Face rounds the normalised row to the activation dtype before the weight multiply.
+    normed = (x * tl.rsqrt(mean_square + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
+    weight = tl.load(weight_ptr + columns, mask=in_row, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * hidden + columns, weight * normed, mask=in_row)
+
+
+def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, *,
+             block_h: int | None = None, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual [..., H] (residual may be None), weight [H] -> (rms_norm(x + residual), x + residual).
+
+    The second result is the residual stream after the add: x itself when residual is None.
+    Config: block_h (power of two >= H, default the smallest), num_warps.
+    """
+    return launch_row_norm("rms_norm", rms_norm_kernel, x, residual, weight, None, eps, block_h, num_warps)

@@ -1,0 +1,260 @@
+"""Launch specs: for each plan step and kernel choice, which Triton kernels to compile and how to launch them.
+
+A launch is data the runtime can follow without Triton: the compiled kernel's key, a grid of size
+expressions and the argument list, each argument a tensor reference, an int size expression or a float.
+Size expressions (runtime/dims.py) are over `batch`, `seq`, `rows` (= batch*seq) and `capacity` (the KV
+cache's sequence capacity). Tensor references name plan buffers, weights (`@name`), this layer's cache
+(`k_cache`, `v_cache`) or a per-launch workspace (`ws:name`).
+
+The grid formulas and block sizes follow the kernels' Python wrappers in codegen/kernels; the whole-plan
+test runs both through the Triton interpreter, so a spec that drifts from its kernel fails in CI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
+from fdpp.codegen.kernels.attention_decode import attention_decode_combine_kernel, attention_decode_split_kernel
+from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
+from fdpp.codegen.kernels.embedding import gather_rows_kernel
+from fdpp.codegen.kernels.kv_cache import write_kv_kernel
+from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
+from fdpp.codegen.kernels.linear import gemm_kernel, gemv_kernel
+from fdpp.codegen.kernels.rms_norm import rms_norm_kernel
+from fdpp.codegen.kernels.rotary import rotary_kernel
+from fdpp.compiler.errors import CompileError
+from fdpp.runtime.schema import WEIGHT_PREFIX, KernelChoice, OpKind, Step
+
+TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+DECODE_SPLITS = 4
+# Kernel choices the runtime runs through torch rather than a compiled kernel (vendor libraries, views).
+TORCH_KERNELS = frozenset({"tc_gemm", "elementwise", "view"})
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One compiled specialisation: the jit function, its runtime argument types and constexprs."""
+
+    fn: Any
+    signature: tuple[tuple[str, str], ...]     # (runtime argument, triton type) in order
+    constexprs: tuple[tuple[str, Any], ...]
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps([self.fn.__name__, self.signature, self.constexprs, self.num_warps, self.num_stages])
+        return f"{self.fn.__name__}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class StepLaunches:
+    specs: dict[str, KernelSpec] = field(default_factory=dict)     # key -> spec
+    launches: list[dict] = field(default_factory=list)
+
+
+class _Builder:
+    """Collects one step's launches; `arg` entries are (name, triton type, value reference)."""
+
+    def __init__(self):
+        self.out = StepLaunches()
+
+    def launch(self, fn, grid, args: list[tuple[str, str, Any]], constexprs: dict, num_warps=4, num_stages=2,
+               workspace: dict | None = None) -> None:
+        spec = KernelSpec(fn, tuple((name, ty) for name, ty, _ in args), tuple(sorted(constexprs.items())),
+                          num_warps, num_stages)
+        self.out.specs[spec.key] = spec
+        encoded = []
+        for _, ty, value in args:
+            if ty.startswith("*"):
+                encoded.append(["t", value])
+            elif ty == "fp32":
+                encoded.append(["f", float(value)])
+            else:
+                encoded.append(["i", value])
+        record = {"kernel": spec.key, "grid": [str(g) if not isinstance(g, int) else g for g in grid],
+                  "args": encoded}
+        if workspace:
+            record["workspace"] = workspace
+        self.out.launches.append(record)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    step: Step
+    dtype: str                                  # triton dtype of activations and float weights
+    shape_of: Callable[[str], tuple]            # input reference -> shape (ints and size expressions)
+
+    def shape(self, index: int) -> tuple:
+        return self.shape_of(self.step.inputs[index])
+
+    def ref(self, index: int) -> str:
+        return self.step.inputs[index]
+
+    def has_input(self, index: int) -> bool:
+        return len(self.step.inputs) > index
+
+
+def _rows(shape: tuple) -> str:
+    return "*".join(f"({d})" if isinstance(d, str) else str(d) for d in shape[:-1]) or "1"
+
+
+def _static(value, what: str, step: Step) -> int:
+    if not isinstance(value, int):
+        raise CompileError(f"step {step.output}: {what} must be a static size, got {value!r}")
+    return value
+
+
+def _embedding(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    table, width_dims = c.shape(0), c.shape(0)[1:]
+    if c.step.op is OpKind.POSITION_LOOKUP and c.step.attrs.get("seq_axis") != 1:
+        raise CompileError(f"step {c.step.output}: position_lookup with seq_axis {c.step.attrs['seq_axis']} "
+                           f"has no GPU kernel")
+    width = math.prod(_static(d, "table width", c.step) for d in width_dims)
+    block = min(_pow2(width), 1024)
+    dt = c.dtype
+    b.launch(gather_rows_kernel, ("rows", f"cdiv({width}, {block})"), [
+        ("table_ptr", f"*{dt}", c.ref(0)), ("index_ptr", "*i64", c.ref(1)), ("out_ptr", f"*{dt}", "out"),
+        ("width", "i32", width), ("table_row_stride", "i32", width)], {"BLOCK_W": block})
+
+
+def _row_norm(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    hidden = _static(c.shape(0)[-1], "hidden size", c.step)
+    has_bias = c.step.op is OpKind.LAYER_NORM and c.has_input(2)
+    kernel = rms_norm_kernel if c.step.op is OpKind.RMS_NORM else layer_norm_kernel
+    dt, x, w = c.dtype, c.ref(0), c.ref(1)
+    b.launch(kernel, ("rows",), [
+        ("x_ptr", f"*{dt}", x), ("residual_ptr", f"*{dt}", x), ("weight_ptr", f"*{dt}", w),
+        ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else w), ("out_ptr", f"*{dt}", "out"),
+        ("new_residual_ptr", f"*{dt}", x), ("hidden", "i32", hidden), ("x_row_stride", "i32", hidden),
+        ("residual_row_stride", "i32", hidden), ("eps", "fp32", c.step.attrs["eps"])],
+        {"HAS_RESIDUAL": False, "HAS_BIAS": has_bias, "BLOCK_H": _pow2(hidden)})
+
+
+def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    n, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
+    has_bias = c.has_input(2)
+    dt = c.dtype
+    args = [("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{dt}", c.ref(1)),
+            ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else c.ref(1)), ("out_ptr", f"*{dt}", "out"),
+            ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k), ("x_row_stride", "i32", k),
+            ("weight_row_stride", "i32", k)]
+    if choice.kernel == "gemv":
+        block_m = min(_pow2(choice.max_rows), 8)
+        b.launch(gemv_kernel, (f"cdiv({n}, 32)", f"cdiv(rows, {block_m})"), args,
+                 {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": 32, "BLOCK_K": 64}, num_stages=2)
+    elif choice.kernel == "flat_gemm":
+        b.launch(gemm_kernel, (f"cdiv(rows, 16) * cdiv({n}, 64)",), args,
+                 {"HAS_BIAS": has_bias, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3)
+    elif choice.kernel != "tc_gemm":
+        raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")
+
+
+def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    head_dim = c.step.attrs["head_dim"]
+    width = _static(c.shape(0)[-1], "rotary width", c.step)
+    heads = width // head_dim
+    block_heads = min(_pow2(heads), 16)
+    dt = c.dtype
+    b.launch(rotary_kernel, ("rows", f"cdiv({heads}, {block_heads})"), [
+        ("x_ptr", f"*{dt}", c.ref(0)), ("out_ptr", f"*{dt}", "out"), ("cos_ptr", f"*{dt}", c.ref(1)),
+        ("sin_ptr", f"*{dt}", c.ref(2)), ("positions_ptr", "*i64", "positions"), ("seq_len", "i32", "seq"),
+        ("n_heads", "i32", heads), ("x_stride_batch", "i32", f"seq * {width}"), ("x_stride_seq", "i32", width),
+        ("x_stride_head", "i32", head_dim), ("cos_stride_batch", "i32", f"seq * {head_dim}"),
+        ("cos_stride_seq", "i32", head_dim), ("positions_stride_batch", "i32", 0)],
+        {"HEAD_DIM": head_dim, "BLOCK_HALF": _pow2(head_dim // 2), "BLOCK_HEADS": block_heads,
+         "BY_POSITION": False})
+
+
+def _write_kv(b: _Builder, c: StepContext, kv_heads: int, head_dim: int) -> None:
+    dt = c.dtype
+    block_heads = min(_pow2(kv_heads), 16)
+    b.launch(write_kv_kernel, ("rows", f"cdiv({kv_heads}, {block_heads})"), [
+        ("k_ptr", f"*{dt}", c.ref(1)), ("v_ptr", f"*{dt}", c.ref(2)), ("k_cache_ptr", f"*{dt}", "k_cache"),
+        ("v_cache_ptr", f"*{dt}", "v_cache"), ("positions_ptr", "*i64", c.ref(3)), ("seq_len", "i32", "seq"),
+        ("n_kv_heads", "i32", kv_heads), ("kv_stride_batch", "i32", f"seq * {kv_heads * head_dim}"),
+        ("kv_stride_seq", "i32", kv_heads * head_dim),
+        ("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
+        ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)],
+        {"HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim), "BLOCK_HEADS": block_heads})
+
+
+def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    a = c.step.attrs
+    heads, kv_heads, head_dim, scale = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["scale"]
+    group = heads // kv_heads
+    dt = c.dtype
+    cache_strides = [("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
+                     ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)]
+    _write_kv(b, c, kv_heads, head_dim)
+    if choice.kernel == "decode_attention_split_kv":
+        splits = DECODE_SPLITS
+        workspace = {"partial_out": {"shape": ["batch", heads, splits, head_dim], "dtype": "float32"},
+                     "partial_max": {"shape": ["batch", heads, splits], "dtype": "float32"},
+                     "partial_sum": {"shape": ["batch", heads, splits], "dtype": "float32"}}
+        b.launch(attention_decode_split_kernel, ("batch", kv_heads, splits), [
+            ("q_ptr", f"*{dt}", c.ref(0)), ("k_cache_ptr", f"*{dt}", "k_cache"), ("v_cache_ptr", f"*{dt}", "v_cache"),
+            ("positions_ptr", "*i64", c.ref(3)), ("partial_out_ptr", "*fp32", "ws:partial_out"),
+            ("partial_max_ptr", "*fp32", "ws:partial_max"), ("partial_sum_ptr", "*fp32", "ws:partial_sum"),
+            ("n_heads", "i32", heads), ("scale", "fp32", scale), ("q_stride_batch", "i32", heads * head_dim),
+            ("positions_stride", "i32", 1), *cache_strides],
+            {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
+             "BLOCK_N": 64, "SPLITS": splits}, num_stages=2, workspace=workspace)
+        b.launch(attention_decode_combine_kernel, (f"batch * {heads}",), [
+            ("partial_out_ptr", "*fp32", "ws:partial_out"), ("partial_max_ptr", "*fp32", "ws:partial_max"),
+            ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("out_ptr", f"*{dt}", "out")],
+            {"HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim), "SPLITS": splits, "BLOCK_SPLITS": _pow2(splits)})
+    elif choice.kernel == "prefill_attention":
+        b.launch(attention_prefill_kernel, ("cdiv(seq, 64)", f"batch * {heads}"), [
+            ("q_ptr", f"*{dt}", c.ref(0)), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),
+            ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"), ("seq_len", "i32", "seq"),
+            ("n_heads", "i32", heads), ("scale", "fp32", scale), ("q_stride_batch", "i32", f"seq * {heads * head_dim}"),
+            ("q_stride_seq", "i32", heads * head_dim),
+            ("kv_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
+            ("kv_stride_head", "i32", f"{head_dim} * capacity"), ("kv_stride_seq", "i32", head_dim)],
+            {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16), "BLOCK_M": 64, "BLOCK_N": 64,
+             "KEYS_IN_CACHE": True}, num_stages=2)
+    else:
+        raise CompileError(f"step {c.step.output}: no launch spec for attention kernel {choice.kernel!r}")
+
+
+def _activation(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    gated = c.step.op is OpKind.GATED_ACT
+    kind = c.step.attrs["activation" if gated else "kind"]
+    columns = _static(c.shape(0)[-1], "activation width", c.step)
+    block = min(_pow2(columns), 1024)
+    dt = c.dtype
+    up = c.ref(1) if gated else c.ref(0)
+    b.launch(activation_kernel, ("rows", f"cdiv({columns}, {block})"), [
+        ("x_ptr", f"*{dt}", c.ref(0)), ("up_ptr", f"*{dt}", up), ("out_ptr", f"*{dt}", "out"),
+        ("n_columns", "i32", columns), ("x_row_stride", "i32", columns), ("up_row_stride", "i32", columns)],
+        {"KIND": ACTIVATION_CODES[kind], "GATED": gated, "BLOCK": block})
+
+
+_SPECS: dict[OpKind, Callable[[_Builder, StepContext, KernelChoice], None]] = {
+    OpKind.EMBEDDING: _embedding, OpKind.POSITION_LOOKUP: _embedding, OpKind.RMS_NORM: _row_norm,
+    OpKind.LAYER_NORM: _row_norm, OpKind.LINEAR: _linear, OpKind.ROTARY: _rotary, OpKind.ATTENTION: _attention,
+    OpKind.GATED_ACT: _activation, OpKind.ACTIVATION: _activation,
+}
+
+
+def step_launches(step: Step, choice: KernelChoice, dtype: str, shape_of: Callable[[str], tuple]) -> StepLaunches:
+    """The kernels to compile and the launches to record for one step under one kernel choice."""
+    if choice.kernel in TORCH_KERNELS or step.op not in _SPECS:
+        return StepLaunches()
+    builder = _Builder()
+    _SPECS[step.op](builder, StepContext(step, TRITON_DTYPE[dtype], shape_of), choice)
+    return builder.out
+
+
+def is_weight(ref: str) -> bool:
+    return ref.startswith(WEIGHT_PREFIX)

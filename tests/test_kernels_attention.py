@@ -1,0 +1,121 @@
+"""KV-cache write, prefill attention and split-KV decode attention against reference_ops.attention.
+
+The plan's ATTENTION op is write_kv then attention; the reference does both on a copy of the same cache.
+Caches start full of random values (never zeros) so a kernel that reads a slot it should not changes the
+result.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fdpp.codegen.kernels import attention_decode, attention_prefill, kv_cache
+from fdpp.codegen.kernels.testing import assert_close, interpreter_fallback, poisoned_allocations, random_tensor
+
+# without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
+_skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16]
+HEADS = [(9, 3, 64), (4, 4, 64)]           # (query heads, KV heads, head dim): GQA groups of 3, and plain MHA
+CACHE_ROWS, CACHE_SLOTS = 4, 160
+
+
+def _step(batch, seq, heads, dtype, starts, seed):
+    """Random q, k, v for `seq` tokens per row, row b at positions starts[b] .. starts[b] + seq - 1, and a
+    random cache (earlier slots hold the row's past; later slots garbage the kernels must not read)."""
+    n_heads, n_kv_heads, head_dim = heads
+    torch.manual_seed(seed)
+    q = random_tensor((batch, seq, n_heads * head_dim), dtype, DEVICE)
+    k = random_tensor((batch, seq, n_kv_heads * head_dim), dtype, DEVICE)
+    v = random_tensor((batch, seq, n_kv_heads * head_dim), dtype, DEVICE)
+    positions = torch.tensor(starts, device=DEVICE)[:, None] + torch.arange(seq, device=DEVICE)[None, :]
+    k_cache = random_tensor((CACHE_ROWS, n_kv_heads, CACHE_SLOTS, head_dim), dtype, DEVICE)
+    v_cache = random_tensor((CACHE_ROWS, n_kv_heads, CACHE_SLOTS, head_dim), dtype, DEVICE)
+    return q, k, v, positions, k_cache, v_cache
+
+
+def _attention_reference(q, k, v, positions, k_cache, v_cache, heads):
+    """reference_ops.attention on copies of the caches; returns the output and the caches it wrote."""
+    n_heads, n_kv_heads, head_dim = heads
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    out = attention_prefill.attention_reference(q, k, v, positions, k_ref, v_ref, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5)
+    return out, k_ref, v_ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", HEADS)
+def test_write_kv(heads, dtype):
+    q, k, v, positions, k_cache, v_cache = _step(3, 7, heads, dtype, starts=[0, 40, 13], seed=20)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    kv_cache.write_kv_reference(k, v, positions, k_ref, v_ref)
+    kv_cache.write_kv(k, v, positions, k_cache, v_cache, block_heads=2)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+# (batch, seq, start positions per row): a first prompt, prompts continuing a cached past, one token
+PREFILL_CASES = [(1, 1, [0]), (3, 7, [0, 21, 5]), (1, 97, [0]), (3, 97, [0, 40, 3])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("batch,seq,starts", PREFILL_CASES)
+def test_prefill_attention_through_cache(batch, seq, starts, heads, dtype):
+    q, k, v, positions, k_cache, v_cache = _step(batch, seq, heads, dtype, starts, seed=21)
+    ref, k_ref, v_ref = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
+    n_heads, n_kv_heads, head_dim = heads
+    with poisoned_allocations():
+        kv_cache.write_kv(k, v, positions, k_cache, v_cache)
+        out = attention_prefill.attention_prefill(q, k_cache, v_cache, positions, n_heads=n_heads,
+                                                  n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                                  scale=head_dim ** -0.5, block_m=32, block_n=32)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+    assert_close(out, ref, "attention_prefill (cache)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("batch,seq", [(1, 1), (3, 7), (1, 97)])
+def test_prefill_attention_without_cache(batch, seq, heads, dtype):
+    q, k, v, positions, _, _ = _step(batch, seq, heads, dtype, [0] * batch, seed=22)
+    n_heads, n_kv_heads, head_dim = heads
+    ref = attention_prefill.attention_reference(q, k, v, positions, None, None, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5)
+    with poisoned_allocations():
+        out = attention_prefill.attention_prefill(q, k, v, positions, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                                                  head_dim=head_dim, scale=head_dim ** -0.5, block_n=16)
+    assert_close(out, ref, "attention_prefill (no cache)")
+
+
+# (positions of each row's new token, splits, key tile): lengths 1 to 150, splits left empty for short rows
+DECODE_CASES = [([0], 4, 16), ([37, 0, 96], 4, 16), ([149, 6, 63], 3, 32), ([96, 12, 7], 1, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("starts,num_splits,block_n", DECODE_CASES)
+def test_decode_attention(starts, num_splits, block_n, heads, dtype):
+    q, k, v, positions, k_cache, v_cache = _step(len(starts), 1, heads, dtype, starts, seed=23)
+    ref, _, _ = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
+    n_heads, n_kv_heads, head_dim = heads
+    with poisoned_allocations():
+        kv_cache.write_kv(k, v, positions, k_cache, v_cache)
+        out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5,
+                                                num_splits=num_splits, block_n=block_n)
+    assert_close(out, ref, "attention_decode")
+
+
+def test_decode_attention_reuses_a_workspace():
+    heads = (9, 3, 64)
+    q, k, v, positions, k_cache, v_cache = _step(3, 1, heads, torch.float32, [5, 70, 33], seed=24)
+    ref, _, _ = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
+    kv_cache.write_kv(k, v, positions, k_cache, v_cache)
+    workspace = attention_decode.allocate_decode_workspace(3, 9, 64, 2, DEVICE)
+    for part in workspace:
+        part.fill_(float("nan"))
+    out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=9, n_kv_heads=3, head_dim=64,
+                                            scale=0.125, num_splits=2, workspace=workspace)
+    assert_close(out, ref, "attention_decode (workspace)")
