@@ -149,9 +149,13 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k), ("x_row_stride", "i32", k),
             ("weight_row_stride", "i32", k)]
     if choice.kernel == "gemv":
+        # H200 sweep (scripts/sweep_gemv.py): narrow N tiles and long K chunks keep enough programs in
+        # flight to stream the weights at ~2.4-3.1 TB/s at M = 1.
         block_m = min(_pow2(choice.max_rows), 8)
-        b.launch(gemv_kernel, (f"cdiv({n}, 32)", f"cdiv(rows, {block_m})"), args,
-                 {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": 32, "BLOCK_K": 64}, num_stages=2)
+        block_n, block_k = 4, max(128, 1024 // block_m)
+        b.launch(gemv_kernel, (f"cdiv({n}, {block_n})", f"cdiv(rows, {block_m})"), args,
+                 {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
+                 num_warps=4 if block_m == 1 else 2, num_stages=2)
     elif choice.kernel == "flat_gemm":
         b.launch(gemm_kernel, (f"cdiv(rows, 16) * cdiv({n}, 64)",), args,
                  {"HAS_BIAS": has_bias, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3)

@@ -149,6 +149,22 @@ def eval_(bundle, text_file, max_tokens, window, device):
     click.echo(f"perplexity {ppl:.4f} over {len(ids)} tokens (windows of {window}) in {time.perf_counter() - t0:.1f}s")
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 8), show_default=True)
+@click.option("--context", "contexts", type=int, multiple=True, default=(128, 1024), show_default=True)
+@click.option("--new-tokens", type=int, default=64, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
+              help="Directory for bench.json and bench.png.")
+@click.option("--hf/--no-hf", default=True, show_default=True, help="Also time Hugging Face generate.")
+def bench(bundle, batches, contexts, new_tokens, out, hf):
+    """Time a bundle on the local GPU: prefill, decode tokens/s, per-op breakdown, against Hugging Face."""
+    from fdpp.compiler.bench import format_table, run_bench
+
+    result = run_bench(bundle, list(batches), list(contexts), new_tokens, Path(out), hf, _say)
+    click.echo(format_table(result))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

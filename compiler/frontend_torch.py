@@ -36,11 +36,13 @@ def export_model(model: torch.nn.Module, max_batch: int, max_seq_len: int) -> to
     """torch.export the model's logits function with dynamic batch and sequence length."""
     device = next(model.parameters()).device
     example = torch.zeros((2, 8), dtype=torch.long, device=device) + 1
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
-    seq = torch.export.Dim("seq", min=2, max=max(max_seq_len, 16))
+    # DYNAMIC lets export derive each size's range from the model itself (versions of torch and
+    # transformers disagree on what ranges their own guards imply); the importer checks that batch and
+    # seq stayed symbolic.
+    dynamic = torch.export.Dim.DYNAMIC
     try:
         program = torch.export.export(_CausalLMLogits(model), (example,),
-                                      dynamic_shapes={"input_ids": {0: batch, 1: seq}}, strict=False)
+                                      dynamic_shapes={"input_ids": {0: dynamic, 1: dynamic}}, strict=False)
     except Exception as e:  # torch raises many types here; the user needs one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CompileError(f"torch.export could not trace the model: {first}") from e
@@ -143,8 +145,10 @@ class _Importer:
             raise CompileError(f"torch frontend: expected one input (token ids), found {len(user_inputs)}")
         ids_val = user_inputs[0].meta["val"]
         for sym_size, symbol in zip(ids_val.shape, ("batch", "seq")):
-            if isinstance(sym_size, torch.SymInt):
-                self.symbols[sym_size.node.expr] = symbol
+            if not isinstance(sym_size, torch.SymInt) or not sym_size.node.expr.is_Symbol:
+                raise CompileError(f"torch.export specialised the token ids' {symbol} size to {sym_size}; "
+                                   f"fdpp needs it dynamic (the model's code fixes it somewhere)")
+            self.symbols[sym_size.node.expr] = symbol
 
         for fx_node in self.program.graph.nodes:
             if fx_node.op == "placeholder":

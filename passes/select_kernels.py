@@ -20,11 +20,14 @@ from fdpp.passes.pass_manager import PassContext, PassResult
 from fdpp.runtime.schema import KernelChoice
 
 LAUNCH_US = 3.0
-# Fraction of peak each implementation reaches (leads, until `fdcc tune` measures them).
+# Fraction of peak each implementation reaches, and the largest M it is offered for. Measured on an H200
+# (docs/perf/2026-11-22-h200-codegen.md): our GEMV matches cuBLAS at M = 1 (0.97-1.02x) but falls to
+# 0.35-0.9x by M = 4-8, so it is offered for M = 1 only; the Triton flat GEMM has not been timed yet, so it
+# is not offered until the FlashDecoding++ flat-GEMM work measures it (`max_rows` 0).
 _EFFICIENCY = {
-    "gemv": {"bandwidth": 0.90, "compute": 0.60, "pad": 1},
-    "flat_gemm": {"bandwidth": 0.85, "compute": 0.50, "pad": 16},
-    "tc_gemm": {"bandwidth": 0.65, "compute": 0.75, "pad": 128},
+    "gemv": {"bandwidth": 0.90, "compute": 0.60, "pad": 1, "max_rows": 1},
+    "flat_gemm": {"bandwidth": 0.85, "compute": 0.50, "pad": 16, "max_rows": 0},
+    "tc_gemm": {"bandwidth": 0.65, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
 }
 _SIMPLE = {Op.EMBEDDING: "embedding", Op.POSITION_LOOKUP: "position_lookup", Op.RMS_NORM: "rms_norm",
            Op.LAYER_NORM: "layer_norm", Op.ROTARY: "rotary", Op.GATED_ACT: "gated_act", Op.RELU: "activation",
@@ -53,7 +56,8 @@ def linear_cost_us(kernel: str, m: int, n: int, k: int, target, bytes_per_weight
 def choose_linear(n: int, k: int, max_rows: int, target) -> tuple[KernelChoice, ...]:
     choices: list[KernelChoice] = []
     for m in row_buckets(max_rows):
-        costs = {name: linear_cost_us(name, m, n, k, target) for name in _EFFICIENCY}
+        costs = {name: linear_cost_us(name, m, n, k, target) for name, eff in _EFFICIENCY.items()
+                 if m <= eff["max_rows"]}
         best = min(costs, key=costs.get)
         reason = "cost model: " + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items())
         if choices and choices[-1].kernel == best:

@@ -50,14 +50,24 @@ class KernelExecutor:
         if missing:
             raise GenerationError(f"the bundle's plan launches kernels it does not contain ({sorted(missing)[0]}…)")
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, phase: str) -> torch.Tensor:
-        """tokens, positions: [B, S] int64 on the device -> logits [B, S, V] float32. phase: decode|prefill."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, phase: str,
+                profile: list | None = None) -> torch.Tensor:
+        """tokens, positions: [B, S] int64 on the device -> logits [B, S, V] float32. phase: decode|prefill.
+
+        profile: if a list, (step, start event, end event) is appended per step (CUDA only, not in graphs).
+        """
         tokens, positions = tokens.contiguous(), positions.contiguous()   # kernels index them as flat arrays
         batch, seq = tokens.shape
         env = {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cache.capacity}
         buffers: dict[str, torch.Tensor] = {"tokens": tokens, "positions": positions}
         for step in self.plan.steps:
+            if profile is not None:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
             buffers[step.output] = self._run(step, buffers, cache, env, phase)
+            if profile is not None:
+                end.record()
+                profile.append((step, start, end))
             for name in step.frees:
                 buffers.pop(name, None)
         return buffers[self.plan.output].float()
@@ -110,8 +120,9 @@ class KernelExecutor:
 class DecodeGraphs:
     """One CUDA graph per decode batch bucket: the whole decode step replays as one launch.
 
-    Inputs are copied into static buffers; rows past the real batch (padding up to the bucket) decode a
-    dummy token at position 0 of cache rows that no live sequence uses.
+    Inputs are copied into static buffers. Rows past the real batch (padding up to the bucket), and the
+    warm-up run before capture, decode a dummy token at the cache's last slot, which no sequence reaches
+    (the cache holds max_seq_len + prefill_chunk slots), so they never overwrite a live sequence's keys.
     """
 
     def __init__(self, executor: KernelExecutor, cache: KVCache, buckets: tuple[int, ...]):
@@ -127,7 +138,7 @@ class DecodeGraphs:
     def _capture(self, bucket: int):
         device = self.executor.device
         tokens = torch.zeros((bucket, 1), dtype=torch.long, device=device)
-        positions = torch.zeros((bucket, 1), dtype=torch.long, device=device)
+        positions = torch.full((bucket, 1), self.cache.capacity - 1, dtype=torch.long, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):                    # warm-up: loads modules, reserves scratch
@@ -146,7 +157,7 @@ class DecodeGraphs:
             self._graphs[bucket] = self._capture(bucket)
         graph, static_tokens, static_positions, logits = self._graphs[bucket]
         static_tokens.zero_()
-        static_positions.zero_()
+        static_positions.fill_(self.cache.capacity - 1)
         static_tokens[:batch].copy_(tokens)
         static_positions[:batch].copy_(positions)
         graph.replay()

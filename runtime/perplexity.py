@@ -23,7 +23,7 @@ def perplexity(logits_fn: Callable[[list[list[int]]], torch.Tensor], ids: list[i
         if len(chunk) < 2:
             break
         logits = logits_fn([chunk])[0].float()                    # [n, vocab]
-        targets = torch.tensor(chunk[1:])
+        targets = torch.tensor(chunk[1:], device=logits.device)
         nll = torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="sum")
         total_nll += float(nll)
         count += len(chunk) - 1

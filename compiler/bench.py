@@ -1,0 +1,168 @@
+"""`fdcc bench`: a bundle's prefill latency and decode speed on the local GPU, next to Hugging Face.
+
+Measured in one run: for each batch size and context length, fdpp's prefill time and decode tokens/s
+(CUDA graphs), then Hugging Face `generate` on a model of the same architecture and dtype (eager, and
+with the static cache), the ratios, and a per-op breakdown of one eager decode step with CUDA events.
+Weights of the Hugging Face model are random (same shapes); speed does not depend on their values.
+Writes a table to stdout, and JSON plus a PNG plot to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import fdpp
+from fdpp.runtime.kv_cache import KVCache
+
+
+def _hf_model(manifest, device: torch.device):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = dict(manifest.model)
+    kind = cfg.pop("model_type")
+    for key in ("kv_layers", "kv_heads", "head_dim"):
+        cfg.pop(key, None)
+    config = AutoConfig.for_model(kind, **cfg)
+    dtype = getattr(torch, manifest.dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+    return model
+
+
+def _hf_decode(model, batch: int, context: int, new: int, static: bool) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) of HF generate: prefill timed as a 1-token generate."""
+    ids = torch.randint(10, 1000, (batch, context), device=model.device)
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    if static:
+        kwargs["cache_implementation"] = "static"
+
+    def run(n: int) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(new)                                   # warm-up (and, with the static cache, compilation)
+    one = statistics.median(run(1) for _ in range(3))
+    full = statistics.median(run(new) for _ in range(3))
+    return one, batch * (new - 1) / max(full - one, 1e-9)
+
+
+def _fdpp_decode(model, batch: int, context: int, new: int) -> tuple[float, float]:
+    prompts = torch.randint(10, 1000, (batch, context)).tolist()
+    model.generate(prompts, max_new_tokens=new)                       # warm-up, captures the graph
+    runs = [model.generate(prompts, max_new_tokens=new) for _ in range(3)]
+    prefill = statistics.median(r.prefill_seconds for r in runs)
+    decode = statistics.median(r.decode_tokens_per_second for r in runs)
+    return prefill, decode
+
+
+def _op_breakdown(model, batch: int, context: int) -> list[dict]:
+    """Per-op time of one eager decode step at this batch and context, summed by op kind and kernel."""
+    plan = model.plan
+    cache = model._cache(batch, context + 1)
+    tokens = torch.randint(10, 1000, (batch, 1), device=model.device)
+    positions = torch.full((batch, 1), context, device=model.device)
+    for _ in range(3):
+        model.executor.forward(tokens, positions, cache, "decode")
+    samples: list[list] = []
+    for _ in range(5):
+        profile: list = []
+        model.executor.forward(tokens, positions, cache, "decode", profile=profile)
+        torch.cuda.synchronize()
+        samples.append([(s, a.elapsed_time(b)) for s, a, b in profile])
+    totals: dict[tuple[str, str], list[float]] = {}
+    for i, (step, _) in enumerate(samples[0]):
+        choice = step.kernel_for(batch, "decode")
+        key = (step.op.value, choice.kernel if choice else "view")
+        totals.setdefault(key, [0.0] * len(samples))
+        for j, sample in enumerate(samples):
+            totals[key][j] += sample[i][1]
+    return [{"op": op, "kernel": kernel, "ms": statistics.median(v)} for (op, kernel), v in
+            sorted(totals.items(), key=lambda kv: -statistics.median(kv[1]))]
+
+
+def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: int, out_dir: Path,
+              with_hf: bool, say: Callable[[str], None]) -> dict:
+    if not torch.cuda.is_available():
+        raise fdpp.FdppError("fdcc bench needs a GPU; none is visible to torch here")
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = fdpp.load(bundle, device="cuda")
+    hf = _hf_model(model.manifest, device) if with_hf else None
+    rows = []
+    for batch in batches:
+        for context in contexts:
+            if batch > model.envelope.max_batch or context + new_tokens > model.envelope.max_seq_len:
+                say(f"skip batch {batch} context {context}: outside the bundle's envelope")
+                continue
+            row = {"batch": batch, "context": context}
+            row["fdpp_prefill_ms"], row["fdpp_decode_tok_s"] = (
+                v * f for v, f in zip(_fdpp_decode(model, batch, context, new_tokens), (1e3, 1)))
+            if hf is not None:
+                for name, static in (("hf_eager", False), ("hf_static", True)):
+                    try:
+                        p, d = _hf_decode(hf, batch, context, new_tokens, static)
+                        row[f"{name}_prefill_ms"], row[f"{name}_decode_tok_s"] = p * 1e3, d
+                        row[f"ratio_vs_{name}"] = row["fdpp_decode_tok_s"] / d
+                    except Exception as e:  # report, keep measuring the rest
+                        row[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            say(json.dumps(row))
+            rows.append(row)
+    breakdown = _op_breakdown(model, batches[0], contexts[0])
+    result = {
+        "bundle": bundle, "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(), "new_tokens": new_tokens,
+        "model": model.manifest.source, "dtype": model.manifest.dtype, "rows": rows,
+        "decode_step_breakdown": {"batch": batches[0], "context": contexts[0], "ops": breakdown},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
+    _plot(result, out_dir / "bench.png")
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['model']} ({result['dtype']}) on {result['gpu']}, torch {result['torch']}, "
+             f"{result['new_tokens']} new tokens",
+             f"{'batch':>5} {'ctx':>6} {'prefill ms':>10} {'fdpp tok/s':>10} {'HF eager':>9} {'HF static':>9} "
+             f"{'x eager':>8} {'x static':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['batch']:>5} {r['context']:>6} {r['fdpp_prefill_ms']:>10.1f} {r['fdpp_decode_tok_s']:>10.1f} "
+                     f"{r.get('hf_eager_decode_tok_s', float('nan')):>9.1f} "
+                     f"{r.get('hf_static_decode_tok_s', float('nan')):>9.1f} "
+                     f"{r.get('ratio_vs_hf_eager', float('nan')):>8.2f} {r.get('ratio_vs_hf_static', float('nan')):>8.2f}")
+    b = result["decode_step_breakdown"]
+    total = sum(o["ms"] for o in b["ops"])
+    lines.append(f"one eager decode step, batch {b['batch']}, context {b['context']}: {total:.3f} ms")
+    for o in b["ops"][:12]:
+        lines.append(f"  {o['op']:<16} {o['kernel']:<28} {o['ms']:8.3f} ms  {100 * o['ms'] / total:5.1f}%")
+    return "\n".join(lines)
+
+
+def _plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [f"b{r['batch']}/c{r['context']}" for r in result["rows"]]
+    x = range(len(labels))
+    for i, (key, name) in enumerate((("fdpp_decode_tok_s", "fdpp"), ("hf_eager_decode_tok_s", "HF eager"),
+                                     ("hf_static_decode_tok_s", "HF static cache"))):
+        ax.bar([j + 0.27 * (i - 1) for j in x], [r.get(key, 0) for r in result["rows"]], width=0.27, label=name)
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"{result['model']} on {result['gpu']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

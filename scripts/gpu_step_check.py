@@ -1,0 +1,54 @@
+"""GPU debugging aid: run one prefill and one decode step of a bundle through the kernel executor on the GPU
+and through the reference ops, step by step, and print each step's relative error (first bad step wins)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import fdpp
+from fdpp.runtime.kv_cache import KVCache
+from fdpp.runtime.reference_executor import _RUN
+from fdpp.runtime.schema import WEIGHT_PREFIX
+
+
+def main(path: str) -> int:
+    model = fdpp.load(path, device="cuda", cuda_graphs=False)
+    ex, plan = model.executor, model.plan
+    batch, prompt = 3, 9
+    cap = 64
+    ck = KVCache.allocate(plan.kv_layers, batch, plan.kv_heads, cap, plan.head_dim, model.dtype, "cuda")
+    cr = KVCache.allocate(plan.kv_layers, batch, plan.kv_heads, cap, plan.head_dim, model.dtype, "cuda")
+    g = torch.Generator().manual_seed(0)
+    vocab = int(model.manifest.model["vocab_size"])
+    for phase, seq, start in (("prefill", prompt, 0), ("decode", 1, prompt)):
+        tokens = torch.randint(3, vocab, (batch, seq), generator=g).cuda()
+        positions = (torch.arange(seq)[None, :] + start).expand(batch, seq).contiguous().cuda()
+        env = {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cap}
+        bk = {"tokens": tokens, "positions": positions}
+        br = dict(bk)
+        worst = 0.0
+        for step in plan.steps:
+            bk[step.output] = ex._run(step, bk, ck, env, phase)
+            args = [ex.weights[n[1:]] if n.startswith(WEIGHT_PREFIX) else br[n] for n in step.inputs]
+            br[step.output] = _RUN[step.op](step, args, cr, env)
+            a, r = bk[step.output].float(), br[step.output].float()
+            err = float((a - r).norm() / r.norm().clamp_min(1e-30))
+            choice = step.kernel_for(batch * seq, phase)
+            if err > 2e-2 or not torch.isfinite(a).all():
+                print(f"{phase}: step {step.output} ({step.op.value}, {choice.kernel if choice else '-'}) "
+                      f"rel err {err:.3e}  shape {tuple(a.shape)}")
+                worst = max(worst, err)
+            # keep both paths on the reference values, so one bad step does not hide the next
+            bk[step.output] = br[step.output].clone()
+        for layer in range(plan.kv_layers):
+            e = float((ck.keys[layer][:batch, :, :start + seq].float() - cr.keys[layer][:batch, :, :start + seq].float()).norm())
+            if e > 1e-2:
+                print(f"{phase}: k cache layer {layer} differs by {e:.3e}")
+        print(f"{phase}: worst step error {worst:.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
