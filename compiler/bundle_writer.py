@@ -67,8 +67,12 @@ def check_writable(output: Path) -> None:
         raise OSError(f"output {output} is a directory; give a file name ending in .fdpp")
     if not parent.is_dir():
         raise OSError(f"cannot write {output}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OSError(f"cannot write {output}: directory {parent} is not writable")
+    try:  # os.access says yes to root everywhere; creating a file is the real test
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"cannot write {output}: {e.strerror or e} in {parent}") from None
 
 
 def write_bundle(output: Path, manifest: Manifest, plan: Plan, weight_names: list[str],

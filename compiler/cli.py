@@ -37,7 +37,7 @@ def cli():
 @cli.command()
 @click.argument("source")
 @click.option("--target", "-t", required=True, help="GPU target from `fdcc targets` (e.g. a100, h100, mi300x).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Bundle file to write (.fdpp).")
+@click.option("--output", "-o", required=True, help="Bundle file to write (.fdpp).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Weight and activation dtype (accumulation and softmax are float32).")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the bundle serves.")

@@ -128,6 +128,27 @@ def _gguf(path: Path) -> LoadedSource:
     return _from_pretrained(path.parent, path.name, str(path))
 
 
+def _onnx(path: Path) -> LoadedSource:
+    """An ONNX model; a tokenizer.json and config.json beside it (as `save_pretrained` leaves) are used."""
+    from fdpp.compiler.frontend_onnx import tokenizer_json_beside
+
+    config: dict[str, Any] = {}
+    eos: list[int] = []
+    bos = None
+    config_path = path.parent / "config.json"
+    if config_path.is_file():
+        try:
+            raw = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CompileError(f"{config_path} beside the ONNX file is corrupted: {_one_line(e)}") from None
+        from transformers import AutoConfig
+        config = _config_facts(AutoConfig.for_model(raw.pop("model_type"), **raw)) if "model_type" in raw else {}
+        e = config.get("eos_token_id")
+        eos = [e] if isinstance(e, int) else list(e or [])
+        bos = config.get("bos_token_id")
+    return LoadedSource(str(path), None, None, config, tokenizer_json_beside(path), bos, eos, onnx_path=path)
+
+
 def _embedded_gguf(package: str, filename: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -225,7 +246,7 @@ def resolve_source(source: str, weights: str = "real", seed: int = 0,
     if path.suffix == ".onnx":
         if not path.is_file():
             raise CompileError(f"no ONNX file at {path}")
-        return LoadedSource(str(path), None, None, {}, onnx_path=path)
+        return _onnx(path)
     if path.is_dir():
         return _hf_dir(path)
     if path.exists():

@@ -69,8 +69,12 @@ def _mask_is_causal(graph: Graph, mask: str, dependent: set[str]) -> bool:
         causal = torch.ones(seq, seq, dtype=torch.bool).tril()
         if value.dtype == torch.bool:
             allowed = value
-        else:  # additive mask: 0 where allowed, very negative where not
-            allowed = value > torch.finfo(value.dtype).min / 2 if value.is_floating_point() else value == 0
+        elif value.is_floating_point():  # additive: exactly 0 where allowed, very negative (or -inf) where not
+            allowed = value == 0
+            if not bool((allowed | (value <= torch.finfo(value.dtype).min / 2)).all()):
+                return False
+        else:
+            return False
         if allowed.dim() != 4 or not torch.equal(allowed.expand(batch, allowed.shape[1], seq, seq),
                                                  causal.expand(batch, allowed.shape[1], seq, seq)):
             return False

@@ -22,6 +22,7 @@ def _match(graph: Graph, node: Node) -> tuple[str, str, float] | None:
     if pair is None:
         return None
     weight, normed = pair
+    cast_back = graph.node(normed)
     scaled = graph.node(strip_casts(graph, normed))                    # x * rsqrt(var + eps)
     if scaled.op is not Op.MUL:
         return None
@@ -41,6 +42,11 @@ def _match(graph: Graph, node: Node) -> tuple[str, str, float] | None:
         return None
     original = strip_casts(graph, x)
     if graph.node(original).type.shape != node.type.shape:
+        return None
+    # HF casts the normalised value back to x's dtype; any other cast changes the numbers
+    if cast_back.op is Op.CAST and cast_back.attr("dtype") != graph.node(original).type.dtype:
+        return None
+    if graph.node(x).op is Op.CAST and not graph.node(x).type.dtype.startswith("float"):
         return None
     return original, weight, eps
 

@@ -39,6 +39,7 @@ class PassManager:
     history: list[tuple[str, dict[str, int]]] = field(default_factory=list)
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        self.history = []
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
             (self.dump_dir / "00-imported.ir").write_text(format_graph(graph))

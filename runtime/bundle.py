@@ -86,7 +86,12 @@ def _safetensors_views(view: memoryview, name: str) -> dict[str, torch.Tensor]:
     (header_size,) = struct.unpack_from("<Q", view, 0)
     if 8 + header_size > len(view):
         raise BundleError(f"weights member {name} has a damaged safetensors header; {_RECOMPILE}")
-    header = json.loads(bytes(view[8:8 + header_size]))
+    try:
+        header = json.loads(bytes(view[8:8 + header_size]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BundleError(f"weights member {name} has a damaged safetensors header; {_RECOMPILE}") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"weights member {name} has a damaged safetensors header; {_RECOMPILE}")
     base = 8 + header_size
     tensors = {}
     for key, meta in header.items():
@@ -96,26 +101,47 @@ def _safetensors_views(view: memoryview, name: str) -> dict[str, torch.Tensor]:
         if dtype is None:
             raise BundleError(f"weights member {name}: tensor {key} has unsupported dtype {meta['dtype']}")
         begin, end = meta["data_offsets"]
-        if base + end > len(view):
-            raise BundleError(f"weights member {name}: tensor {key} runs past the member; {_RECOMPILE}")
+        count = 1
+        for d in meta["shape"]:
+            count *= int(d)
+        if base + end > len(view) or not 0 <= begin <= end or end - begin != count * dtype.itemsize:
+            raise BundleError(f"weights member {name}: tensor {key} does not fit its bytes; {_RECOMPILE}")
         flat = torch.frombuffer(view, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=base + begin) \
             if end > begin else torch.empty(0, dtype=dtype)
         tensors[key] = flat.view(meta["shape"])
     return tensors
 
 
+def _check_manifest_types(manifest: Manifest) -> None:
+    """The fields the reader walks must have the documented types; raises TypeError otherwise."""
+    if not isinstance(manifest.members, dict) or not all(isinstance(v, str) for v in manifest.members.values()):
+        raise TypeError("members must map member names to sha256 strings")
+    if not isinstance(manifest.weights, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("member"), str) for v in manifest.weights.values()):
+        raise TypeError("weights must map names to {member, shape, dtype}")
+    if not isinstance(manifest.kernels, list) or not isinstance(manifest.target, dict):
+        raise TypeError("kernels must be a list and target an object")
+
+
 def read_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     """Open, check and map a bundle. Raises BundleError on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise BundleError(f"{path} is a directory, not a .fdpp bundle file")
     if not path.is_file():
         raise BundleError(f"no bundle at {path}: the file does not exist")
-    try:
-        archive = zipfile.ZipFile(path)
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise BundleError(f"{path} is not a readable .fdpp bundle (truncated or not a zip archive); {_RECOMPILE}") from None
     if os.path.getsize(path) == 0:
         raise BundleError(f"{path} is empty; {_RECOMPILE}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise BundleError(f"{path} is not a readable .fdpp bundle (truncated or not a zip archive); {_RECOMPILE}") from None
+    for info in infos:
+        name = info.filename
+        if name.startswith(("/", "\\")) or "\\" in name or ".." in name.split("/") or ":" in name:
+            raise BundleError(f"the bundle has a member with an unsafe name ({name!r}); it was not written by "
+                              f"fdcc and is refused")
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)   # private: tensors may be written to
     whole = memoryview(mapped)
@@ -135,7 +161,8 @@ def read_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
                           f"fdpp's `fdcc compile` or install the fdpp that wrote it")
     try:
         manifest = Manifest.from_json(raw)
-    except (KeyError, TypeError, ValueError) as e:
+        _check_manifest_types(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"manifest.json is missing fields or has wrong types ({e}); {_RECOMPILE}") from None
 
     for name, digest in manifest.members.items():
