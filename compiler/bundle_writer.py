@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -75,15 +77,62 @@ def check_writable(output: Path) -> None:
         raise OSError(f"cannot write {output}: {e.strerror or e} in {parent}") from None
 
 
-def write_bundle(output: Path, manifest: Manifest, plan: Plan, weight_names: list[str],
-                 get_weight: Callable[[str], torch.Tensor], tokenizer_json: str | None,
-                 kernel_files: dict[str, bytes], progress: Callable[[int, int], None] | None = None) -> int:
+@dataclass
+class WeightShards:
+    """Weights serialised once as safetensors shard files, ready to go into any number of bundles.
+
+    Compiling one model for several targets writes the shards once: only plan and kernels differ.
+    """
+
+    directory: Path
+    files: list[tuple[str, Path]] = field(default_factory=list)        # (member name, file)
+    entries: dict[str, dict] = field(default_factory=dict)             # weight -> {member, shape, dtype}
+
+    @staticmethod
+    def write(weight_names: list[str], get_weight: Callable[[str], torch.Tensor],
+              progress: Callable[[int, int], None] | None = None) -> "WeightShards":
+        shards = WeightShards(Path(tempfile.mkdtemp(prefix="fdpp-shards-")))
+        try:
+            pending: dict[str, torch.Tensor] = {}
+            size = 0
+            for done, name in enumerate(weight_names, start=1):
+                tensor = get_weight(name).contiguous()
+                pending[name] = tensor
+                size += tensor.numel() * tensor.element_size()
+                if progress:
+                    progress(done, len(weight_names))
+                if size >= SHARD_BYTES:
+                    shards._flush(pending)
+                    pending, size = {}, 0
+            shards._flush(pending)
+        except BaseException:
+            shards.remove()
+            raise
+        return shards
+
+    def _flush(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not tensors:
+            return
+        member = f"weights/shard-{len(self.files) + 1:05d}.safetensors"
+        path = self.directory / f"{len(self.files) + 1}.safetensors"
+        save_file(tensors, str(path))
+        self.files.append((member, path))
+        for key, t in tensors.items():
+            self.entries[key] = {"member": member, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+
+    def remove(self) -> None:
+        for _, path in self.files:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def write_bundle(output: Path, manifest: Manifest, plan: Plan, shards: WeightShards, tokenizer_json: str | None,
+                 kernel_files: dict[str, bytes]) -> int:
     """Write everything and return the bundle's size in bytes. `manifest.weights` and `members` are filled here."""
     output = Path(output)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent or ".")
     os.close(fd)
     tmp = Path(tmp_name)
-    shard_dir = Path(tempfile.mkdtemp(prefix="fdpp-shards-"))
     try:
         bundle = _AlignedZip(tmp)
         bundle.add_bytes(PLAN, json.dumps(plan.to_json(), indent=1).encode())
@@ -91,34 +140,9 @@ def write_bundle(output: Path, manifest: Manifest, plan: Plan, weight_names: lis
             bundle.add_bytes(TOKENIZER, tokenizer_json.encode())
         for name, data in kernel_files.items():
             bundle.add_bytes(name, data)
-        shard: dict[str, torch.Tensor] = {}
-        shard_size, shard_index, done = 0, 0, 0
-
-        def flush():
-            nonlocal shard, shard_size, shard_index
-            if not shard:
-                return
-            shard_index += 1
-            member = f"weights/shard-{shard_index:05d}.safetensors"
-            path = shard_dir / f"{shard_index}.safetensors"
-            save_file(shard, str(path))
+        for member, path in shards.files:
             bundle.add(member, _file_chunks(path))
-            path.unlink()
-            for key, t in shard.items():
-                manifest.weights[key] = {"member": member, "shape": list(t.shape),
-                                         "dtype": str(t.dtype).removeprefix("torch.")}
-            shard, shard_size = {}, 0
-
-        for name in weight_names:
-            tensor = get_weight(name).contiguous()
-            shard[name] = tensor
-            shard_size += tensor.numel() * tensor.element_size()
-            done += 1
-            if progress:
-                progress(done, len(weight_names))
-            if shard_size >= SHARD_BYTES:
-                flush()
-        flush()
+        manifest.weights = dict(shards.entries)
         manifest.members = dict(bundle.hashes)
         bundle.add_bytes(MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
         bundle.close()
@@ -127,7 +151,3 @@ def write_bundle(output: Path, manifest: Manifest, plan: Plan, weight_names: lis
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        for leftover in shard_dir.glob("*"):
-            leftover.unlink()
-        shard_dir.rmdir()

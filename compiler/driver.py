@@ -16,7 +16,7 @@ import torch
 
 from fdpp.codegen.aot import build_plan_kernels
 from fdpp.codegen.emit import emit_plan, weights_used
-from fdpp.compiler.bundle_writer import check_writable, write_bundle
+from fdpp.compiler.bundle_writer import WeightShards, check_writable, write_bundle
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.ir import Graph
 from fdpp.compiler.options import DTYPES, CompileOptions
@@ -82,34 +82,74 @@ def _layers(plan: Plan) -> list[dict]:
 def compile_model(source: str, target_name: str, output: str | Path, options: CompileOptions,
                   dump_ir: Path | None = None, progress: Progress | None = None) -> Path:
     """Compile SOURCE for one target into one .fdpp file; returns its path."""
+    return compile_for_targets(source, [target_name], [Path(output)], options, dump_ir, progress)[0]
+
+
+def compile_for_targets(source: str, target_names: list[str], outputs: list[Path], options: CompileOptions,
+                        dump_ir: Path | None = None, progress: Progress | None = None) -> list[Path]:
+    """Compile SOURCE once per target, one bundle each. Loading, tracing and the weights (cast and
+    serialised once) are shared; passes that depend on the target, the plan and the kernels are not."""
     say = progress or (lambda msg: None)
     validate_options(options)
-    target = get_target(target_name)
-    output = Path(output)
-    try:
-        check_writable(output)
-    except OSError as e:
-        raise CompileError(str(e)) from None
+    targets = [get_target(name) for name in target_names]
+    outputs = [Path(o) for o in outputs]
+    if len(set(outputs)) != len(outputs):
+        raise CompileError("each target needs its own output file; put {target} in -o when giving several")
+    for output in outputs:
+        try:
+            check_writable(output)
+        except OSError as e:
+            raise CompileError(str(e)) from None
     dtype = getattr(torch, options.dtype)
 
     t0 = time.perf_counter()
     say(f"[1/5] loading {source}")
     loaded = resolve_source(source, options.weights, options.seed, dtype)
     say(f"[2/5] tracing {loaded.description} ({time.perf_counter() - t0:.1f}s)")
-    graph = trace_source(loaded, options)
-    say(f"[3/5] running {len(PIPELINE)} passes over {len(graph.nodes)} nodes")
-    graph = optimize(graph, options, target, dump_ir, say)
-    say("[4/5] emitting the plan and building its kernels")
-    plan = emit_plan(graph)
-    names = weights_used(plan)
-    built = build_plan_kernels(plan, options.dtype, target, {n: graph.weights.shape(n) for n in names}, say)
-    plan = built.plan
+    traced = trace_source(loaded, options)
+    shards: WeightShards | None = None
+    try:
+        for target, output in zip(targets, outputs):
+            say(f"[3/5] {target.name}: running {len(PIPELINE)} passes over {len(traced.nodes)} nodes")
+            ir_dir = dump_ir / target.name if dump_ir is not None and len(targets) > 1 else dump_ir
+            graph = optimize(traced, options, target, ir_dir, say)
+            say(f"[4/5] {target.name}: emitting the plan and building its kernels")
+            plan = emit_plan(graph)
+            names = weights_used(plan)
+            built = build_plan_kernels(plan, options.dtype, target, {n: graph.weights.shape(n) for n in names}, say)
+            if shards is None:
+                say(f"[5/5] casting and serialising {len(names)} weights to {options.dtype} (once for all targets)")
+                shards = WeightShards.write(names, _weight_getter(graph, dtype), _throttled(say, "weights"))
+            elif list(shards.entries) != names:
+                raise CompileError(f"internal: target {target.name} uses other weights than the first target")
+            manifest = _manifest(loaded, graph, built, options, target)
+            size = write_bundle(output, manifest, built.plan, shards, loaded.tokenizer_json, built.members)
+            say(f"done: {output} ({size / 1e6:.1f} MB) for {target.name} after {time.perf_counter() - t0:.1f}s")
+    finally:
+        if shards is not None:
+            shards.remove()
+    return outputs
 
+
+def _weight_getter(graph: Graph, dtype: torch.dtype) -> Callable[[str], torch.Tensor]:
     def get_weight(name: str) -> torch.Tensor:
         t = graph.weights.get(name)
         return t.to(dtype) if t.is_floating_point() else t
+    return get_weight
 
-    manifest = Manifest(
+
+def _throttled(say: Progress, what: str) -> Callable[[int, int], None]:
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        if time.perf_counter() - last[0] > 5 or done == total:
+            last[0] = time.perf_counter()
+            say(f"  {what} {done}/{total}")
+    return report
+
+
+def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions, target: Target) -> Manifest:
+    return Manifest(
         format_version=FORMAT_VERSION, fdpp_version=_version("fdpp"),
         built_with={p: _version(p) for p in ("torch", "triton", "transformers")},
         target=asdict(target), model={**graph.config, **loaded.config}, source=loaded.description,
@@ -117,16 +157,4 @@ def compile_model(source: str, target_name: str, output: str | Path, options: Co
         envelope=Envelope(options.max_batch, options.max_seq_len, options.batch_buckets(), options.prefill_chunk),
         tokenizer=({"bos_token_id": loaded.bos_token_id, "eos_token_ids": loaded.eos_token_ids}
                    if loaded.tokenizer_json is not None else None),
-        weights={}, layers=_layers(plan), kernels=built.manifest_entries)
-    say(f"[5/5] writing {output} ({len(names)} weights)")
-    last = [0.0]
-
-    def weight_progress(done: int, total: int):
-        if time.perf_counter() - last[0] > 5 or done == total:
-            last[0] = time.perf_counter()
-            say(f"  weights {done}/{total}")
-
-    size = write_bundle(output, manifest, plan, names, get_weight, loaded.tokenizer_json, built.members,
-                        weight_progress)
-    say(f"done: {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
-    return output
+        weights={}, layers=_layers(built.plan), kernels=built.manifest_entries)
