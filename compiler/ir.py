@@ -233,6 +233,16 @@ def verify(graph: Graph) -> None:
             raise ValueError(f"IR verify: output %{o} is not defined")
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3`, ... : the first not in `taken`, which it is then added to."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 class GraphEditor:
     """Collects edits to a Graph and commits them as a new Graph.
 
@@ -250,12 +260,7 @@ class GraphEditor:
         self._taken = {n.name for n in graph.nodes}
 
     def fresh_name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._taken:
-            k += 1
-            name = f"{base}_{k}"
-        self._taken.add(name)
-        return name
+        return unique_name(base, self._taken)
 
     def add(self, node: Node, before: str | None = None) -> str:
         if node.name in self._taken:

@@ -93,7 +93,28 @@ class ScratchPool:
         return pointers
 
 
-class CudaKernel:
+class DriverKernel:
+    """What a kernel launched through a driver API (CUDA or HIP) shares: scratch memory, argument packing."""
+
+    kernel: CompiledKernel
+    _arguments: PackedArguments
+    _scratch: ScratchPool
+
+    def reserve_scratch(self, grid: Sequence[int] | int) -> None:
+        """Allocate the scratch memory launches up to this grid size need; call before graph capture."""
+        x, y, z = grid3(grid)
+        self._scratch.reserve(x * y * z)
+
+    def _pack(self, grid: Sequence[int] | int, args: Sequence[Any]) -> tuple[int, int, int] | None:
+        """Fill the argument slots for a launch; None when the grid is empty (triton launches nothing then)."""
+        x, y, z = grid3(grid)
+        if x * y * z == 0:
+            return None
+        self._arguments.fill(args, self._scratch.pointers(x * y * z))
+        return x, y, z
+
+
+class CudaKernel(DriverKernel):
     """A CompiledKernel loaded on one CUDA device; calling it launches on torch's current stream."""
 
     def __init__(self, kernel: CompiledKernel, device: int | None = None):
@@ -118,18 +139,13 @@ class CudaKernel:
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
 
-    def reserve_scratch(self, grid: Sequence[int] | int) -> None:
-        """Allocate the scratch memory launches up to this grid size need; call before graph capture."""
-        x, y, z = grid3(grid)
-        self._scratch.reserve(x * y * z)
-
     def __call__(self, grid: Sequence[int] | int, *args: Any, stream: int | None = None) -> None:
         """Launch on `stream` (default: torch's current stream); args follow `kernel.params`."""
         import torch
-        x, y, z = grid3(grid)
-        if x * y * z == 0:
-            return  # triton launches nothing for an empty grid either
-        self._arguments.fill(args, self._scratch.pointers(x * y * z))
+        packed = self._pack(grid, args)
+        if packed is None:
+            return
+        x, y, z = packed
         if stream is None:
             stream = torch.cuda.current_stream(self.device).cuda_stream
         self._check(self.driver.cuLaunchKernel(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Sequence
 
-from fdpp.runtime.cuda_launcher import ScratchPool, grid3
+from fdpp.runtime.cuda_launcher import DriverKernel, ScratchPool
 from fdpp.runtime.kernel_binary import CompiledKernel, LaunchError, PackedArguments
 
 _hip_module: Any = None
@@ -28,7 +28,7 @@ def hip_runtime() -> Any:
     return _hip_module
 
 
-class HipKernel:
+class HipKernel(DriverKernel):
     """A CompiledKernel loaded on the current HIP device; calling it launches on torch's current stream."""
 
     def __init__(self, kernel: CompiledKernel, device: int | None = None):
@@ -51,18 +51,13 @@ class HipKernel:
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
 
-    def reserve_scratch(self, grid: Sequence[int] | int) -> None:
-        """Allocate the scratch memory launches up to this grid size need; call before graph capture."""
-        x, y, z = grid3(grid)
-        self._scratch.reserve(x * y * z)
-
     def __call__(self, grid: Sequence[int] | int, *args: Any, stream: int | None = None) -> None:
         """Launch on `stream` (default: torch's current stream); args follow `kernel.params`."""
         import torch
-        x, y, z = grid3(grid)
-        if x * y * z == 0:
+        packed = self._pack(grid, args)
+        if packed is None:
             return
-        self._arguments.fill(args, self._scratch.pointers(x * y * z))
+        x, y, z = packed
         if stream is None:
             stream = torch.cuda.current_stream(self.device).cuda_stream
         self._check(self.hip.hipModuleLaunchKernel(

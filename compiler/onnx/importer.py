@@ -10,7 +10,8 @@ import torch
 from onnx import numpy_helper
 
 from fdpp.compiler.errors import CompileError, UnsupportedOpError
-from fdpp.compiler.ir import DictWeightStore, Graph, Node, Op, TensorType, eliminate_dead_nodes, verify
+from fdpp.compiler.ir import (DictWeightStore, Graph, Node, Op, TensorType, eliminate_dead_nodes, unique_name,
+                              verify)
 from fdpp.compiler.onnx.names import _LINEAR_CALL, _hugging_face_model, _meta, _signature, _source, _where
 from fdpp.compiler.onnx.op_table import _OPS
 from fdpp.compiler.onnx.sizes import BATCH, SEQ, _dim, _expressible
@@ -39,13 +40,7 @@ class _Importer:
 
     # names and nodes -----------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        base = re.sub(r"\W", "_", base)
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return unique_name(re.sub(r"\W", "_", base), self.taken)
 
     def add(self, node: Node) -> None:
         self.nodes.append(node)
