@@ -73,7 +73,8 @@ def build_plan_kernels(plan: Plan, dtype: str, target: Target, weight_shapes: di
         if progress:
             progress(f"  kernel {index}/{len(specs)}: {key} for {target.name} ({target.arch})")
         kernels.append(compile_kernel(spec.fn, target, dict(spec.signature), dict(spec.constexprs), name=key,
-                                      num_warps=spec.num_warps, num_stages=spec.num_stages))
+                                      num_warps=spec.num_warps, num_stages=spec.num_stages,
+                                      divisible_by_16=spec.divisible_by_16))
     members: dict[str, bytes] = {}
     for kernel in kernels:
         members[KERNEL_DIR + kernel.code_object_member] = kernel.binary

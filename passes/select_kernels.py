@@ -20,15 +20,28 @@ from fdpp.passes.pass_manager import PassContext, PassResult
 from fdpp.runtime.schema import KernelChoice
 
 LAUNCH_US = 3.0
-# Fraction of peak each implementation reaches, and the largest M it is offered for. Measured on an H200
-# (docs/perf/2026-11-22-h200-codegen.md): our GEMV matches cuBLAS at M = 1 (0.97-1.02x) but falls to
-# 0.35-0.9x by M = 4-8, so it is offered for M = 1 only; the Triton flat GEMM has not been timed yet, so it
-# is not offered until the FlashDecoding++ flat-GEMM work measures it (`max_rows` 0).
+# Fraction of datasheet peak each implementation reaches, and the largest M it is offered for. Measured on
+# an H200 (docs/perf/2026-11-22-h200-codegen.md, Llama-2-7B shapes, rotating weights): the Triton flat GEMM
+# (tl.dot, M padded to 16) streams weights at 46-78% of copy bandwidth and beats cuBLAS by 1.02-1.12x for
+# M <= 16, and is within 0.98-1.06x up to M = 64; our CUDA-core GEMV only matches cuBLAS at M = 1 and loses
+# to the flat GEMM there too. Until `fdcc tune` measures a target, these fractions stand for every target.
 _EFFICIENCY = {
-    "gemv": {"bandwidth": 0.90, "compute": 0.60, "pad": 1, "max_rows": 1},
-    "flat_gemm": {"bandwidth": 0.85, "compute": 0.50, "pad": 16, "max_rows": 0},
-    "tc_gemm": {"bandwidth": 0.65, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
+    "gemv": {"bandwidth": 0.52, "compute": 0.60, "pad": 1, "max_rows": 1},
+    "flat_gemm": {"bandwidth": 0.58, "compute": 0.50, "pad": 16, "max_rows": 64},
+    "tc_gemm": {"bandwidth": 0.55, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
 }
+
+
+def flat_gemm_config(n: int, k: int) -> dict[str, int]:
+    """Tile configuration of the flat GEMM for a weight [N, K], from the H200 sweep: narrow N tiles and long
+    K chunks for small N (so the grid still fills the GPU), wider N tiles and shallower pipelines for wide N."""
+    if n <= 4096:
+        return {"block_n": 32, "block_k": 256, "num_stages": 5, "num_warps": 4}
+    if n <= 12288:
+        return {"block_n": 32, "block_k": 128, "num_stages": 4, "num_warps": 4}
+    return {"block_n": 64, "block_k": 128, "num_stages": 3, "num_warps": 4}
+
+
 _SIMPLE = {Op.EMBEDDING: "embedding", Op.POSITION_LOOKUP: "position_lookup", Op.RMS_NORM: "rms_norm",
            Op.LAYER_NORM: "layer_norm", Op.ROTARY: "rotary", Op.GATED_ACT: "gated_act", Op.RELU: "activation",
            Op.GELU: "activation", Op.SILU: "activation", Op.ADD: "elementwise", Op.MUL: "elementwise"}
@@ -60,10 +73,11 @@ def choose_linear(n: int, k: int, max_rows: int, target) -> tuple[KernelChoice, 
                  if m <= eff["max_rows"]}
         best = min(costs, key=costs.get)
         reason = "cost model: " + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items())
+        config = flat_gemm_config(n, k) if best == "flat_gemm" else {}
         if choices and choices[-1].kernel == best:
-            choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)   # widen the bucket
+            choices[-1] = KernelChoice(m, best, config, choices[-1].reason)   # widen the bucket
         else:
-            choices.append(KernelChoice(m, best, {}, reason))
+            choices.append(KernelChoice(m, best, config, reason))
     return tuple(choices)
 
 
