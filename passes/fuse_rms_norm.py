@@ -7,8 +7,9 @@ weight a 1-D parameter of the hidden size.
 
 from __future__ import annotations
 
-from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
-from fdpp.passes.matching import constant_value, is_constant, is_last_dim, split_operands, strip_casts
+from fdpp.compiler.ir import Graph, Node, Op
+from fdpp.passes.matching import (constant_value, is_constant, is_last_dim, replace_matches, split_operands,
+                                  strip_casts)
 from fdpp.passes.pass_manager import PassContext, PassResult
 
 
@@ -51,15 +52,14 @@ def _match(graph: Graph, node: Node) -> tuple[str, str, float] | None:
     return original, weight, eps
 
 
+def _fused(graph: Graph, n: Node) -> Node | None:
+    m = _match(graph, n)
+    if m is None:
+        return None
+    x, weight, eps = m
+    return Node(n.name + "_rmsnorm", Op.RMS_NORM, (x, weight), n.type, {"eps": eps}, n.source)
+
+
 def fuse_rms_norm(graph: Graph, ctx: PassContext) -> PassResult:
-    edit = GraphEditor(graph)
-    count = 0
-    for n in graph.nodes:
-        m = _match(graph, n)
-        if m is None:
-            continue
-        x, weight, eps = m
-        fused = Node(n.name + "_rmsnorm", Op.RMS_NORM, (x, weight), n.type, {"eps": eps}, n.source)
-        edit.replace_uses(n.name, edit.add(fused, before=n.name))
-        count += 1
-    return PassResult(edit.commit(), {"rms_norm": count})
+    fused, count = replace_matches(graph, _fused)
+    return PassResult(fused, {"rms_norm": count})

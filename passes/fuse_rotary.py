@@ -7,7 +7,8 @@ cos/sin [B|1, S, D] and both slices splitting the last dim exactly in half; the 
 
 from __future__ import annotations
 
-from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
+from fdpp.compiler.ir import Graph, Node, Op
+from fdpp.passes.matching import replace_matches
 from fdpp.passes.pass_manager import PassContext, PassResult
 
 
@@ -51,17 +52,16 @@ def _match(graph: Graph, node: Node) -> tuple[str, str, str] | None:
     return None
 
 
+def _fused(graph: Graph, n: Node) -> Node | None:
+    m = _match(graph, n)
+    if m is None:
+        return None
+    x, cos, sin = m
+    head_dim = graph.node(x).type.shape[-1]
+    return Node(n.name + "_rotary", Op.ROTARY, (x, cos, sin), n.type, {"head_dim": head_dim, "layout": "heads"},
+                n.source)
+
+
 def fuse_rotary(graph: Graph, ctx: PassContext) -> PassResult:
-    edit = GraphEditor(graph)
-    count = 0
-    for n in graph.nodes:
-        m = _match(graph, n)
-        if m is None:
-            continue
-        x, cos, sin = m
-        head_dim = graph.node(x).type.shape[-1]
-        fused = Node(n.name + "_rotary", Op.ROTARY, (x, cos, sin), n.type,
-                     {"head_dim": head_dim, "layout": "heads"}, n.source)
-        edit.replace_uses(n.name, edit.add(fused, before=n.name))
-        count += 1
-    return PassResult(edit.commit(), {"rotary": count})
+    fused, count = replace_matches(graph, _fused)
+    return PassResult(fused, {"rotary": count})

@@ -3,7 +3,9 @@ constant values and dims are checked, never treated as wildcards."""
 
 from __future__ import annotations
 
-from fdpp.compiler.ir import Graph, Node, Op
+from typing import Callable
+
+from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 
 
 def producer(graph: Graph, name: str) -> Node:
@@ -51,3 +53,16 @@ def token_dependent(graph: Graph) -> set[str]:
         if n.op is Op.INPUT or any(i in out for i in n.inputs):
             out.add(n.name)
     return out
+
+
+def replace_matches(graph: Graph, fuse: Callable[[Graph, Node], Node | None]) -> tuple[Graph, int]:
+    """Every node for which `fuse` returns a replacement is replaced by it (inserted just before, all
+    readers rewired); returns the new graph and how many nodes were replaced."""
+    edit = GraphEditor(graph)
+    count = 0
+    for n in graph.nodes:
+        fused = fuse(graph, n)
+        if fused is not None:
+            edit.replace_uses(n.name, edit.add(fused, before=n.name))
+            count += 1
+    return edit.commit(), count

@@ -105,13 +105,19 @@ class DriverKernel:
         x, y, z = grid3(grid)
         self._scratch.reserve(x * y * z)
 
-    def _pack(self, grid: Sequence[int] | int, args: Sequence[Any]) -> tuple[int, int, int] | None:
-        """Fill the argument slots for a launch; None when the grid is empty (triton launches nothing then)."""
+    def __call__(self, grid: Sequence[int] | int, *args: Any, stream: int | None = None) -> None:
+        """Launch on `stream` (default: torch's current stream); args follow `kernel.params`."""
+        import torch
         x, y, z = grid3(grid)
         if x * y * z == 0:
-            return None
+            return  # triton launches nothing for an empty grid either
         self._arguments.fill(args, self._scratch.pointers(x * y * z))
-        return x, y, z
+        if stream is None:
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+        self._launch(x, y, z, stream)
+
+    def _launch(self, x: int, y: int, z: int, stream: int) -> None:
+        raise NotImplementedError
 
 
 class CudaKernel(DriverKernel):
@@ -139,15 +145,7 @@ class CudaKernel(DriverKernel):
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
 
-    def __call__(self, grid: Sequence[int] | int, *args: Any, stream: int | None = None) -> None:
-        """Launch on `stream` (default: torch's current stream); args follow `kernel.params`."""
-        import torch
-        packed = self._pack(grid, args)
-        if packed is None:
-            return
-        x, y, z = packed
-        if stream is None:
-            stream = torch.cuda.current_stream(self.device).cuda_stream
+    def _launch(self, x: int, y: int, z: int, stream: int) -> None:
         self._check(self.driver.cuLaunchKernel(
             self.function, x, y, z, self.kernel.block_threads, 1, 1, self.kernel.shared_memory_bytes,
             self.driver.CUstream(stream), self._arguments.address, 0), f"cuLaunchKernel(grid=({x}, {y}, {z}))")

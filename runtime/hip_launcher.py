@@ -51,15 +51,7 @@ class HipKernel(DriverKernel):
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
 
-    def __call__(self, grid: Sequence[int] | int, *args: Any, stream: int | None = None) -> None:
-        """Launch on `stream` (default: torch's current stream); args follow `kernel.params`."""
-        import torch
-        packed = self._pack(grid, args)
-        if packed is None:
-            return
-        x, y, z = packed
-        if stream is None:
-            stream = torch.cuda.current_stream(self.device).cuda_stream
+    def _launch(self, x: int, y: int, z: int, stream: int) -> None:
         self._check(self.hip.hipModuleLaunchKernel(
             self.function, x, y, z, self.kernel.block_threads, 1, 1, self.kernel.shared_memory_bytes,
             stream, self._arguments.address, None), f"hipModuleLaunchKernel(grid=({x}, {y}, {z}))")

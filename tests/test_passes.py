@@ -229,13 +229,18 @@ def test_select_kernels(stages):
 
 
 def test_heuristic_dataflow_orders_gemv_flat_tensor_core():
-    """FlashDecoding++ §5: GEMV for few rows, flat GEMM in between, tensor-core GEMM for many."""
+    """FlashDecoding++ §5: GEMV for few rows, flat GEMM in between, tensor-core GEMM for many — in that
+    order where each is chosen. On the H200 our flat GEMM measured faster than our GEMV even at M = 1
+    (docs/perf/2026-11-22-h200-flat-gemm.md), so the cost model may skip the GEMV; it must pick the flat GEMM
+    for decode batches and the tensor-core GEMM for large M."""
     order = ["gemv", "flat_gemm", "tc_gemm"]
     for target in ("a100", "h200", "mi300x"):
         choices = choose_linear(4096, 4096, 2048, get_target(target))
         kernels = [c.kernel for c in choices]
-        assert kernels[0] == "gemv" and kernels[-1] == "tc_gemm", (target, kernels)
+        assert kernels[-1] == "tc_gemm", (target, kernels)
         assert kernels == sorted(kernels, key=order.index), (target, kernels)
+        decode = next(c for c in choices if 16 <= c.max_rows)
+        assert decode.kernel == "flat_gemm" and decode.config["block_n"] >= 16, (target, choices)
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_opt, tiny_qwen2], ids=["llama", "opt", "qwen2"])
