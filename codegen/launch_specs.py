@@ -159,10 +159,12 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         # H200 sweep (scripts/sweep_gemv.py): narrow N tiles and long K chunks keep enough programs in
         # flight to stream the weights at ~2.4-3.1 TB/s at M = 1.
         block_m = min(_pow2(choice.max_rows), 8)
-        block_n, block_k = 4, max(128, 1024 // block_m)
+        cfg = {"block_n": 4, "block_k": max(128, 1024 // block_m), "num_warps": 4 if block_m == 1 else 2,
+               **choice.config}
+        block_n, block_k = cfg["block_n"], cfg["block_k"]
         b.launch(gemv_kernel, (f"cdiv({n}, {block_n})", f"cdiv(rows, {block_m})"), args,
                  {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
-                 num_warps=4 if block_m == 1 else 2, num_stages=2)
+                 num_warps=cfg["num_warps"], num_stages=2)
     elif choice.kernel == "flat_gemm":
         cfg = {"block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
         block_n, block_k = cfg["block_n"], cfg["block_k"]

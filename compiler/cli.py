@@ -53,8 +53,10 @@ def cli():
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the IR after every pass here.")
 @click.option("--emit-mlir", type=click.Path(dir_okay=False), default=None,
               help="Also write the traced graph as MLIR through torch-mlir (needs the `mlir` extra).")
+@click.option("--profile", type=click.Path(dir_okay=False), default=None,
+              help="Kernel timings from `fdcc tune` for this target: used instead of the cost model.")
 def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk, sparsity, weights, seed, dump_ir,
-            emit_mlir):
+            emit_mlir, profile):
     """Compile SOURCE into one .fdpp bundle for one GPU target.
 
     SOURCE is a built-in name (smollm2-135m, llama2-7b, llama2-13b, llama2-70b, opt-6.7b, qwen2-0.5b,
@@ -66,8 +68,14 @@ def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk
     if len(target) > 1 and "{target}" not in output:
         raise CompileError("several --target values need {target} in -o, e.g. -o model-{target}.fdpp")
     outputs = [Path(output.replace("{target}", t)) for t in target]
+    measured = None
+    if profile:
+        from fdpp.compiler.tune import load_profile
+        if len(target) > 1:
+            raise CompileError("--profile holds one target's timings; compile one target at a time with it")
+        measured = load_profile(profile, target[0])
     options = CompileOptions(dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
-                             sparsity=sparsity, weights=weights, seed=seed)
+                             sparsity=sparsity, weights=weights, seed=seed, profile=measured)
     if emit_mlir:
         from fdpp.compiler.mlir_export import emit_mlir as write_mlir
         write_mlir(source, Path(emit_mlir), options, _say)
@@ -169,6 +177,33 @@ def bench(bundle, batches, contexts, new_tokens, out, hf):
 
     result = run_bench(bundle, list(batches), list(contexts), new_tokens, Path(out), hf, _say)
     click.echo(format_table(result))
+
+
+@cli.command()
+@click.option("--target", "-t", required=True, help="The target this GPU is (the profile is for it alone).")
+@click.option("--model", default=None, help="Built-in model whose linear shapes to measure (e.g. llama2-7b).")
+@click.option("--shape", "shapes", multiple=True, help="A weight shape N:K to measure; repeatable.")
+@click.option("--rows", "rows", type=int, multiple=True, default=(1, 2, 4, 8, 16, 32, 64), show_default=True,
+              help="Row counts (batch x tokens) to measure.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Profile JSON to write.")
+def tune(target, model, shapes, rows, dtype, output):
+    """Measure every linear-kernel candidate on this GPU and write a profile for `fdcc compile --profile`."""
+    from fdpp.compiler.sources import BUILTINS
+    from fdpp.compiler.targets import get_target
+    from fdpp.compiler.tune import model_linear_shapes, tune as run_tune
+
+    get_target(target)
+    wanted = [tuple(int(v) for v in s.split(":")) for s in shapes]
+    if model:
+        if model not in BUILTINS:
+            raise CompileError(f"unknown model '{model}'; known: {', '.join(BUILTINS)}")
+        wanted += model_linear_shapes(BUILTINS[model].config)
+    if not wanted:
+        raise CompileError("give --model NAME or --shape N:K")
+    profile = run_tune(target, sorted(set(wanted)), sorted(set(rows)), dtype, _say)
+    Path(output).write_text(json.dumps(profile, indent=1))
+    _say(f"wrote {output}: {len(profile['entries'])} measurements on {profile['gpu']}")
 
 
 def main() -> None:

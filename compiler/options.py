@@ -16,6 +16,7 @@ class CompileOptions:
     sparsity: float = 0.0
     weights: str = "real"             # "real" | "random"
     seed: int = 0                     # for --weights random
+    profile: dict | None = None       # `fdcc tune` measurements; replace the cost model where they cover a shape
 
     def batch_buckets(self) -> tuple[int, ...]:
         buckets, b = [], 1

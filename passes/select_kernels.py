@@ -2,7 +2,8 @@
 
 For each linear [N, K] and each bucket of M (rows = tokens in the launch), a roofline cost model of the
 target estimates three implementations — CUDA-core GEMV, flat GEMM (M padded to 16, tensor cores), and
-the vendor tensor-core GEMM — and keeps the cheapest; the inflection points M1 and M2 follow. Attention
+the vendor tensor-core GEMM — and keeps the cheapest; the inflection points M1 and M2 follow. With a profile from `fdcc tune`, measured times replace
+the cost model for every shape the profile covers. Attention
 gets a decode and a prefill kernel. The choices are data in the node's `kernels` attr, copied into the
 plan and printed by `fdcc inspect`.
 
@@ -81,10 +82,34 @@ def choose_linear(n: int, k: int, max_rows: int, target) -> tuple[KernelChoice, 
     return tuple(choices)
 
 
-def _choices(node: Node, graph: Graph, target, max_rows: int) -> tuple[KernelChoice, ...] | None:
+def choose_linear_from_profile(n: int, k: int, max_rows: int, profile: dict) -> tuple[KernelChoice, ...] | None:
+    """Per row bucket, the candidate `fdcc tune` measured fastest at the nearest measured M at or above it;
+    the vendor GEMM past the largest measured M. None if the profile has no entry for [N, K]."""
+    measured = sorted((e for e in profile["entries"] if (e["n"], e["k"]) == (n, k)), key=lambda e: e["m"])
+    if not measured:
+        return None
+    choices: list[KernelChoice] = []
+    for m in row_buckets(max_rows):
+        entry = next((e for e in measured if e["m"] >= m), None)
+        if entry is None:
+            kernel, config = "tc_gemm", {}
+            reason = f"profile ({profile['gpu']}): past the largest measured M={measured[-1]['m']}"
+        else:
+            kernel, config = entry["kernel"], dict(entry["config"])
+            reason = (f"profile ({profile['gpu']}): {entry['us']:.1f}us at M={entry['m']}, "
+                      f"vendor GEMM {entry['vendor_us']:.1f}us")
+        if choices and choices[-1].kernel == kernel and choices[-1].config == config:
+            choices[-1] = KernelChoice(m, kernel, config, choices[-1].reason)
+        else:
+            choices.append(KernelChoice(m, kernel, config, reason))
+    return tuple(choices)
+
+
+def _choices(node: Node, graph: Graph, target, max_rows: int, profile: dict | None) -> tuple[KernelChoice, ...] | None:
     if node.op is Op.LINEAR:
         n, k = graph.node(node.inputs[1]).type.shape
-        return choose_linear(n, k, max_rows, target)
+        measured = choose_linear_from_profile(n, k, max_rows, profile) if profile else None
+        return measured or choose_linear(n, k, max_rows, target)
     if node.op is Op.ATTENTION:
         return (KernelChoice(max_rows, "decode_attention_split_kv", {}, "one query token per sequence", "decode"),
                 KernelChoice(max_rows, "prefill_attention", {}, "causal prefill over the cache", "prefill"))
@@ -99,7 +124,7 @@ def select_kernels(graph: Graph, ctx: PassContext) -> PassResult:
     edit = GraphEditor(graph)
     count = 0
     for n in graph.nodes:
-        choices = _choices(n, graph, ctx.target, max_rows)
+        choices = _choices(n, graph, ctx.target, max_rows, opts.profile)
         if choices is None:
             continue
         edit.update(n.with_(attrs={**n.attrs, "kernels": tuple(asdict(c) for c in choices)}))

@@ -31,7 +31,11 @@ def describe(bundle: Bundle) -> str:
         lines.append(f"{s.output:<28} {s.op.value:<16} {choices}")
     linears = [s for s in plan.steps if s.op.value == "linear"]
     if linears:
-        lines += ["", "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
+        measured = sum(1 for s in linears if any(k.reason.startswith("profile") for k in s.kernels))
+        source = (f"measured profile for {measured} of {len(linears)} linears, cost model for the rest" if measured
+                  else "the cost model of the target (no measured profile)")
+        lines += ["", f"linear kernel choices come from {source}",
+                  "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
         for s in linears:
             shape = bundle.weights[s.inputs[1][1:]].shape
             m1 = next((prev.max_rows + 1 for prev, k in zip(s.kernels, s.kernels[1:]) if k.kernel == "flat_gemm"), None)
