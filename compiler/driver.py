@@ -6,6 +6,7 @@ path unless every phase succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import time
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from fdpp.compiler.ir import Graph
 from fdpp.compiler.options import DTYPES, CompileOptions
 from fdpp.compiler.sources import LoadedSource, resolve_source
 from fdpp.compiler.targets import Target, get_target
+from fdpp.compiler.tune import shipped_profile
 from fdpp.passes.pass_manager import PassContext, PassManager
 from fdpp.passes.pipeline import PIPELINE
 from fdpp.runtime.schema import FORMAT_VERSION, Envelope, Manifest, Plan
@@ -111,8 +113,12 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
     try:
         for target, output in zip(targets, outputs):
             say(f"[3/5] {target.name}: running {len(PIPELINE)} passes over {len(traced.nodes)} nodes")
+            target_options = options
+            if options.profile is None and (default := shipped_profile(target.name)) is not None:
+                say(f"  kernel choices: fdpp's measured profile for {target.name} ({default['gpu']})")
+                target_options = dataclasses.replace(options, profile=default)
             ir_dir = dump_ir / target.name if dump_ir is not None and len(targets) > 1 else dump_ir
-            graph = optimize(traced, options, target, ir_dir, say)
+            graph = optimize(traced, target_options, target, ir_dir, say)
             say(f"[4/5] {target.name}: emitting the plan and building its kernels")
             plan = emit_plan(graph)
             names = weights_used(plan)

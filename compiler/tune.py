@@ -94,6 +94,15 @@ def tune(target_name: str, shapes: list[tuple[int, int]], rows: list[int], dtype
             "python": platform.python_version(), "entries": entries}
 
 
+SHIPPED_PROFILES = Path(__file__).parent / "profiles"
+
+
+def shipped_profile(target_name: str) -> dict | None:
+    """The measured default profile fdpp ships for a target (compiler/profiles/<target>.json), if any."""
+    path = SHIPPED_PROFILES / f"{target_name}.json"
+    return load_profile(path, target_name) if path.is_file() else None
+
+
 def load_profile(path: str | Path, target_name: str) -> dict:
     """Read a profile; one-line CompileError if it is not one, or is for another target."""
     try:

@@ -38,7 +38,8 @@ def describe(bundle: Bundle) -> str:
                   "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
         for s in linears:
             shape = bundle.weights[s.inputs[1][1:]].shape
-            m1 = next((prev.max_rows + 1 for prev, k in zip(s.kernels, s.kernels[1:]) if k.kernel == "flat_gemm"), None)
-            m2 = next((prev.max_rows + 1 for prev, k in zip(s.kernels, s.kernels[1:]) if k.kernel == "tc_gemm"), None)
+            starts = [1] + [k.max_rows + 1 for k in s.kernels[:-1]]       # first row count of each choice
+            m1 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "flat_gemm"), None)
+            m2 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "tc_gemm"), None)
             lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}")
     return "\n".join(lines)
