@@ -14,10 +14,9 @@ from typing import Callable
 from fdpp.codegen.build import compile_kernel
 from fdpp.codegen.launch_specs import KernelSpec, step_launches
 from fdpp.compiler.targets import Target
+from fdpp.runtime.bundle import KERNELS_DIR
 from fdpp.runtime.kernel_binary import CompiledKernel
 from fdpp.runtime.schema import WEIGHT_PREFIX, Plan
-
-KERNEL_DIR = "kernels/"
 
 
 @dataclasses.dataclass
@@ -77,7 +76,7 @@ def build_plan_kernels(plan: Plan, dtype: str, target: Target, weight_shapes: di
                                       divisible_by_16=spec.divisible_by_16))
     members: dict[str, bytes] = {}
     for kernel in kernels:
-        members[KERNEL_DIR + kernel.code_object_member] = kernel.binary
+        members[KERNELS_DIR + kernel.code_object_member] = kernel.binary
         if kernel.ptx is not None:
-            members[KERNEL_DIR + kernel.ptx_member] = kernel.ptx.encode()
+            members[KERNELS_DIR + kernel.ptx_member] = kernel.ptx.encode()
     return BuiltKernels(plan, kernels, members)

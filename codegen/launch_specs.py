@@ -28,7 +28,7 @@ from fdpp.codegen.kernels.linear import gemm_kernel, gemv_kernel
 from fdpp.codegen.kernels.rms_norm import rms_norm_kernel
 from fdpp.codegen.kernels.rotary import rotary_kernel
 from fdpp.compiler.errors import CompileError
-from fdpp.runtime.schema import WEIGHT_PREFIX, KernelChoice, OpKind, Step
+from fdpp.runtime.schema import KernelChoice, OpKind, Step
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 DECODE_SPLITS = 4
@@ -111,10 +111,6 @@ class StepContext:
         return len(self.step.inputs) > index
 
 
-def _rows(shape: tuple) -> str:
-    return "*".join(f"({d})" if isinstance(d, str) else str(d) for d in shape[:-1]) or "1"
-
-
 def _static(value, what: str, step: Step) -> int:
     if not isinstance(value, int):
         raise CompileError(f"step {step.output}: {what} must be a static size, got {value!r}")
@@ -122,7 +118,7 @@ def _static(value, what: str, step: Step) -> int:
 
 
 def _embedding(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
-    table, width_dims = c.shape(0), c.shape(0)[1:]
+    width_dims = c.shape(0)[1:]
     if c.step.op is OpKind.POSITION_LOOKUP and c.step.attrs.get("seq_axis") != 1:
         raise CompileError(f"step {c.step.output}: position_lookup with seq_axis {c.step.attrs['seq_axis']} "
                            f"has no GPU kernel")
@@ -270,7 +266,3 @@ def step_launches(step: Step, choice: KernelChoice, dtype: str, shape_of: Callab
     builder = _Builder()
     _SPECS[step.op](builder, StepContext(step, TRITON_DTYPE[dtype], shape_of), choice)
     return builder.out
-
-
-def is_weight(ref: str) -> bool:
-    return ref.startswith(WEIGHT_PREFIX)

@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 
 import fdpp
-from fdpp.runtime.kv_cache import KVCache
 
 
 def _hf_model(manifest, device: torch.device):
@@ -67,7 +66,6 @@ def _fdpp_decode(model, batch: int, context: int, new: int) -> tuple[float, floa
 
 def _op_breakdown(model, batch: int, context: int) -> list[dict]:
     """Per-op time of one eager decode step at this batch and context, summed by op kind and kernel."""
-    plan = model.plan
     cache = model._cache(batch, context + 1)
     tokens = torch.randint(10, 1000, (batch, 1), device=model.device)
     positions = torch.full((batch, 1), context, device=model.device)

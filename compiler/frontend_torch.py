@@ -194,8 +194,8 @@ _SKIPPED = {
     getattr(aten, "_assert_scalar").default,
     getattr(aten, "sym_constrain_range_for_size").default,
 }
-_SIZE_OPS = {aten.sym_size.int, operator.mul, operator.add, operator.sub, operator.floordiv,
-             aten.sym_numel.default} if hasattr(aten, "sym_numel") else {aten.sym_size.int}
+_SIZE_OPS = {aten.sym_size.int, operator.mul, operator.add, operator.sub, operator.floordiv} \
+    | ({aten.sym_numel.default} if hasattr(aten, "sym_numel") else set())
 
 
 def _unary(op: Op) -> Callable:

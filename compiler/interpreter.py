@@ -7,7 +7,7 @@ Primitive ops follow ATen; fused ops use runtime.reference_ops, which is their d
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F

@@ -24,6 +24,7 @@ from fdpp.runtime.schema import SUPPORTED_FORMAT_VERSIONS, Manifest, Plan
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 TOKENIZER = "tokenizer/tokenizer.json"
+KERNELS_DIR = "kernels/"                 # compiled code objects: kernels/<name>.<cubin|ptx|hsaco>
 ALIGNMENT = 64
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")       # zip local file header, 30 bytes
 _LOCAL_MAGIC = 0x04034B50

@@ -6,12 +6,10 @@ from typing import Mapping
 
 import torch
 
-from fdpp.runtime.bundle import Bundle
+from fdpp.runtime.bundle import KERNELS_DIR, Bundle
 from fdpp.runtime.errors import BundleError
 from fdpp.runtime.kernel_binary import CompiledKernel
 from fdpp.runtime.targets import targets_for_arch
-
-KERNEL_DIR = "kernels/"
 
 
 def device_vendor_arch(device: torch.device) -> tuple[str, str]:
@@ -49,8 +47,8 @@ def load_kernels(bundle: Bundle, device: torch.device) -> dict[str, object]:
         from fdpp.runtime.hip_launcher import HipKernel as Loaded
     kernels = {}
     for meta in bundle.manifest.kernels:
-        binary = bundle.member_bytes(KERNEL_DIR + meta["code_object"])
-        ptx = bundle.member_bytes(KERNEL_DIR + meta["ptx"]).decode() if meta.get("ptx") else None
+        binary = bundle.member_bytes(KERNELS_DIR + meta["code_object"])
+        ptx = bundle.member_bytes(KERNELS_DIR + meta["ptx"]).decode() if meta.get("ptx") else None
         kernels[meta["name"]] = Loaded(CompiledKernel.from_json(meta, binary, ptx), device.index or 0)
     return kernels
 

@@ -7,7 +7,7 @@ on an AMD GPU: treat a failure here as a bug in this file before suspecting the 
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Sequence
+from typing import Any
 
 from fdpp.runtime.cuda_launcher import DriverKernel, ScratchPool
 from fdpp.runtime.kernel_binary import CompiledKernel, LaunchError, PackedArguments

@@ -14,7 +14,7 @@ def describe(bundle: Bundle) -> str:
         + ", ".join(f"{k} {v}" for k, v in m.built_with.items()),
         f"target      {t['name']} ({t['vendor']} {t['arch']})",
         f"source      {m.source}",
-        f"model       " + ", ".join(f"{k}={v}" for k, v in m.model.items()),
+        "model       " + ", ".join(f"{k}={v}" for k, v in m.model.items()),
         f"dtype       {m.dtype}",
         f"envelope    max batch {m.envelope.max_batch}, max seq {m.envelope.max_seq_len}, "
         f"prefill chunk {m.envelope.prefill_chunk}, decode buckets {list(m.envelope.batch_buckets)}",

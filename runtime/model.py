@@ -194,6 +194,7 @@ class Model:
         out.prefill_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         lengths = [len(p) for p in ids]
+        texts = [""] * batch                     # each row's decoded text so far
         for step in range(max_new_tokens):
             chosen = next_tokens(logits, params, generator).tolist()
             for b, token in enumerate(chosen):
@@ -202,13 +203,12 @@ class Model:
                 out.token_ids[b].append(token)
                 piece = ""
                 if self.tokenizer is not None:
-                    before = self.tokenizer.decode(out.token_ids[b][:-1])
-                    piece = self.tokenizer.decode(out.token_ids[b])[len(before):]
+                    text = self.tokenizer.decode(out.token_ids[b])
+                    piece, texts[b] = text[len(texts[b]):], text
                 yield StreamEvent(b, token, piece)
                 if token in stop_ids:
                     done[b], out.stop_reasons[b] = True, "stop_token"
-                elif stop_strings and self.tokenizer is not None and any(
-                        s in self.tokenizer.decode(out.token_ids[b]) for s in stop_strings):
+                elif any(s in texts[b] for s in stop_strings):
                     done[b], out.stop_reasons[b] = True, "stop_string"
             if all(done) or step == max_new_tokens - 1:
                 break

@@ -38,9 +38,9 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if params.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+        sorted_probs = torch.softmax(sorted_scores, dim=-1)
         # drop a token when the tokens before it already cover top_p; the first token always stays
-        drop_sorted = cumulative - torch.softmax(sorted_scores, dim=-1) >= params.top_p
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
