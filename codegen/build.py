@@ -116,9 +116,11 @@ def compile_kernel(
         try:
             compiled = triton.compile(source, target=gpu, options=options)
         except Exception as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+            # Triton's message starts with the source position ("at 88:12:") and ends with the cause
+            summary = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(error).__name__
             raise CompileError(f"triton failed to compile kernel '{name}' for {target.name} "
-                               f"({target.arch}): {first_line}") from error
+                               f"({target.arch}): {summary}") from error
 
     kernel = _to_compiled_kernel(compiled, name, target, full_signature, aligned, constexprs, toolchain)
     cache.store(key, kernel)

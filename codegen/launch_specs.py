@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
-from fdpp.codegen.kernels.attention_decode import attention_decode_combine_kernel, attention_decode_split_kernel
+from fdpp.codegen.kernels.attention_decode import attention_decode_kernel
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
@@ -31,7 +31,6 @@ from fdpp.compiler.errors import CompileError
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-DECODE_SPLITS = 4
 # Kernel choices the runtime runs through torch rather than a compiled kernel (vendor libraries, views).
 TORCH_KERNELS = frozenset({"tc_gemm", "elementwise", "view"})
 
@@ -200,6 +199,19 @@ def _write_kv(b: _Builder, c: StepContext, kv_heads: int, head_dim: int) -> None
         {"HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim), "BLOCK_HEADS": block_heads})
 
 
+def _unified(step: Step) -> tuple[float, float, float]:
+    """(φ, safe_low, safe_high) of a unified-max attention step (calibrate_softmax's attr)."""
+    softmax = step.attrs.get("softmax", {})
+    if softmax.get("scheme") != "unified":
+        raise CompileError(f"step {step.output}: a unified-max kernel was chosen without a calibrated phi")
+    return float(softmax["phi"]), float(softmax["safe_range"][0]), float(softmax["safe_range"][1])
+
+
+# Zeroed once per executor and left zero by every launch: per-(sequence, KV head) arrival counters, and the
+# running count of rows the unified-max kernels recomputed (shared by every layer).
+FALLBACKS = {"shape": [1], "dtype": "int32", "persistent": True}
+
+
 def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     a = c.step.attrs
     heads, kv_heads, head_dim, scale = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["scale"]
@@ -208,33 +220,40 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     cache_strides = [("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
                      ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)]
     _write_kv(b, c, kv_heads, head_dim)
-    if choice.kernel == "decode_attention_split_kv":
-        splits = DECODE_SPLITS
+    unified = choice.kernel in ("decode_attention_unified", "prefill_attention_unified")
+    phi, safe_low, safe_high = _unified(c.step) if unified else (0.0, 0.0, 0.0)
+    softmax_args = [("phi", "fp32", phi), ("safe_low", "fp32", safe_low), ("safe_high", "fp32", safe_high)]
+    if choice.kernel in ("decode_attention_split_kv", "decode_attention_unified"):
+        splits, min_keys, block_n = (choice.config["splits"], choice.config["min_split_keys"],
+                                     choice.config["block_n"])
         workspace = {"partial_out": {"shape": ["batch", heads, splits, head_dim], "dtype": "float32"},
                      "partial_max": {"shape": ["batch", heads, splits], "dtype": "float32"},
-                     "partial_sum": {"shape": ["batch", heads, splits], "dtype": "float32"}}
-        b.launch(attention_decode_split_kernel, ("batch", kv_heads, splits), [
+                     "partial_sum": {"shape": ["batch", heads, splits], "dtype": "float32"},
+                     "arrivals": {"shape": ["batch", kv_heads], "dtype": "int32", "persistent": True},
+                     "softmax_fallbacks": FALLBACKS}
+        b.launch(attention_decode_kernel, ("batch", kv_heads, splits), [
             ("q_ptr", f"*{dt}", c.ref(0)), ("k_cache_ptr", f"*{dt}", "k_cache"), ("v_cache_ptr", f"*{dt}", "v_cache"),
-            ("positions_ptr", "*i64", c.ref(3)), ("partial_out_ptr", "*fp32", "ws:partial_out"),
-            ("partial_max_ptr", "*fp32", "ws:partial_max"), ("partial_sum_ptr", "*fp32", "ws:partial_sum"),
-            ("n_heads", "i32", heads), ("scale", "fp32", scale), ("q_stride_batch", "i32", heads * head_dim),
+            ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),
+            ("partial_out_ptr", "*fp32", "ws:partial_out"), ("partial_max_ptr", "*fp32", "ws:partial_max"),
+            ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("arrivals_ptr", "*i32", "ws:arrivals"),
+            ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("n_heads", "i32", heads),
+            ("n_kv_heads", "i32", kv_heads), ("splits", "i32", splits), ("min_split_keys", "i32", min_keys),
+            ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", heads * head_dim),
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
-             "BLOCK_N": 64, "SPLITS": splits}, num_stages=2, workspace=workspace)
-        b.launch(attention_decode_combine_kernel, (f"batch * {heads}",), [
-            ("partial_out_ptr", "*fp32", "ws:partial_out"), ("partial_max_ptr", "*fp32", "ws:partial_max"),
-            ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("out_ptr", f"*{dt}", "out")],
-            {"HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim), "SPLITS": splits, "BLOCK_SPLITS": _pow2(splits)})
-    elif choice.kernel == "prefill_attention":
+             "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "UNIFIED": unified},
+            num_stages=2, workspace=workspace)
+    elif choice.kernel in ("prefill_attention", "prefill_attention_unified"):
         b.launch(attention_prefill_kernel, ("cdiv(seq, 64)", f"batch * {heads}"), [
             ("q_ptr", f"*{dt}", c.ref(0)), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),
-            ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"), ("seq_len", "i32", "seq"),
-            ("n_heads", "i32", heads), ("scale", "fp32", scale), ("q_stride_batch", "i32", f"seq * {heads * head_dim}"),
-            ("q_stride_seq", "i32", heads * head_dim),
+            ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),
+            ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("seq_len", "i32", "seq"),
+            ("n_heads", "i32", heads), ("scale", "fp32", scale), *softmax_args,
+            ("q_stride_batch", "i32", f"seq * {heads * head_dim}"), ("q_stride_seq", "i32", heads * head_dim),
             ("kv_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
             ("kv_stride_head", "i32", f"{head_dim} * capacity"), ("kv_stride_seq", "i32", head_dim)],
             {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16), "BLOCK_M": 64, "BLOCK_N": 64,
-             "KEYS_IN_CACHE": True}, num_stages=2)
+             "KEYS_IN_CACHE": True, "UNIFIED": unified}, num_stages=2, workspace={"softmax_fallbacks": FALLBACKS})
     else:
         raise CompileError(f"step {c.step.output}: no launch spec for attention kernel {choice.kernel!r}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from fdpp.compiler.errors import CompileError
-from fdpp.compiler.options import DTYPES, CompileOptions
+from fdpp.compiler.options import DTYPES, SOFTMAX_MODES, CompileOptions
 from fdpp.compiler.targets import TARGETS
 from fdpp.runtime.errors import FdppError
 
@@ -55,8 +55,16 @@ def cli():
               help="Also write the traced graph as MLIR through torch-mlir (needs the `mlir` extra).")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None,
               help="Kernel timings from `fdcc tune` for this target: used instead of the cost model.")
+@click.option("--softmax", type=click.Choice(SOFTMAX_MODES), default="auto", show_default=True,
+              help="Attention softmax. auto: calibrate a unified max value per layer (FlashDecoding++) and use it "
+                   "where the calibration scores fit its safe range; unified: every layer (out-of-range rows are "
+                   "recomputed exactly); synchronized: the online-max kernels, no calibration.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="UTF-8 text to calibrate on (default: the bundled Brown-corpus excerpt).")
+@click.option("--calibration-tokens", type=int, default=1024, show_default=True,
+              help="Tokens of calibration text to run the model over (in sequences of 256).")
 def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk, sparsity, weights, seed, dump_ir,
-            emit_mlir, profile):
+            emit_mlir, profile, softmax, calibration, calibration_tokens):
     """Compile SOURCE into one .fdpp bundle for one GPU target.
 
     SOURCE is a built-in name (smollm2-135m, llama2-7b, llama2-13b, llama2-70b, opt-6.7b, qwen2-0.5b,
@@ -75,7 +83,8 @@ def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk
             raise CompileError("--profile holds one target's timings; compile one target at a time with it")
         measured = load_profile(profile, target[0])
     options = CompileOptions(dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
-                             sparsity=sparsity, weights=weights, seed=seed, profile=measured)
+                             sparsity=sparsity, weights=weights, seed=seed, profile=measured, softmax=softmax,
+                             calibration=calibration, calibration_tokens=calibration_tokens)
     if emit_mlir:
         from fdpp.compiler.mlir_export import emit_mlir as write_mlir
         write_mlir(source, Path(emit_mlir), options, _say)
@@ -148,8 +157,11 @@ def inspect(bundle, as_json):
 @click.option("--max-tokens", type=int, default=4096, show_default=True, help="Score the first N tokens.")
 @click.option("--window", type=int, default=1024, show_default=True, help="Tokens per scored window.")
 @click.option("--device", default="cpu", show_default=True)
-def eval_(bundle, text_file, max_tokens, window, device):
-    """Print the bundle's perplexity on a text file."""
+@click.option("--decode", is_flag=True,
+              help="Score through decode steps (one token at a time: the decode attention kernels) instead of "
+                   "prefill.")
+def eval_(bundle, text_file, max_tokens, window, device, decode):
+    """Print the bundle's perplexity on a text file, and how often the unified-max softmax fell back."""
     import fdpp
     from fdpp.runtime.perplexity import perplexity
 
@@ -159,8 +171,20 @@ def eval_(bundle, text_file, max_tokens, window, device):
     ids = model.tokenizer.encode(Path(text_file).read_text())[:max_tokens]
     window = min(window, model.envelope.max_seq_len)
     t0 = time.perf_counter()
-    ppl = perplexity(model.logits, ids, window)
-    click.echo(f"perplexity {ppl:.4f} over {len(ids)} tokens (windows of {window}) in {time.perf_counter() - t0:.1f}s")
+    score = (lambda rows: model.decode_logits(rows[0])) if decode else model.logits
+    ppl = perplexity(score, ids, window)
+    path = "decode steps" if decode else "prefill"
+    click.echo(f"perplexity {ppl:.4f} over {len(ids)} tokens (windows of {window}, {path}) "
+               f"in {time.perf_counter() - t0:.1f}s")
+    layers = model.manifest.layers
+    unified = [layer for layer in layers if layer.get("softmax", {}).get("scheme") == "unified"]
+    if unified:
+        rows = len(ids) * sum(layer["n_heads"] for layer in unified)     # (token, head) rows of unified layers
+        fell = model.softmax_fallbacks
+        click.echo(f"unified-max softmax in {len(unified)} of {len(layers)} layers: {fell} of {rows} attention "
+                   f"rows fell back to the synchronized softmax ({fell / rows:.4%})")
+    else:
+        click.echo("softmax: synchronized in every layer")
 
 
 @cli.command()

@@ -18,14 +18,17 @@ import torch
 from fdpp.codegen.aot import build_plan_kernels
 from fdpp.codegen.emit import emit_plan, weights_used
 from fdpp.compiler.bundle_writer import WeightShards, check_writable, write_bundle
+from fdpp.compiler.calibration import CalibrationSet, load_calibration
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.ir import Graph
-from fdpp.compiler.options import DTYPES, CompileOptions
+from fdpp.compiler.options import DTYPES, SOFTMAX_MODES, CompileOptions
 from fdpp.compiler.sources import LoadedSource, resolve_source
 from fdpp.compiler.targets import Target, get_target
 from fdpp.compiler.tune import shipped_profile
 from fdpp.passes.pass_manager import PassContext, PassManager
+from fdpp.passes.calibrate_softmax import MIN_COVERAGE
 from fdpp.passes.pipeline import PIPELINE
+from fdpp.runtime.unified_max import safe_offsets
 from fdpp.runtime.schema import FORMAT_VERSION, Envelope, Manifest, Plan
 
 Progress = Callable[[str], None]
@@ -51,6 +54,21 @@ def validate_options(options: CompileOptions) -> None:
                            f"{options.max_seq_len})")
     if options.weights not in ("real", "random"):
         raise CompileError(f"--weights must be real or random, got {options.weights}")
+    if options.softmax not in SOFTMAX_MODES:
+        raise CompileError(f"--softmax must be one of {', '.join(SOFTMAX_MODES)}, got {options.softmax}")
+    if options.calibration is not None and not Path(options.calibration).is_file():
+        raise CompileError(f"calibration text {options.calibration} does not exist; give a text file with "
+                           f"--calibration, or leave it out to use the bundled text")
+    if options.calibration_tokens < 2 or options.calibration_seq_len < 2:
+        raise CompileError("--calibration-tokens and the calibration sequence length must be >= 2")
+
+
+def calibration_set(loaded: LoadedSource, graph: Graph, options: CompileOptions) -> CalibrationSet | None:
+    """The calibration tokens the passes need (None when no pass needs them)."""
+    if options.softmax == "synchronized":
+        return None
+    return load_calibration(options.calibration, loaded.tokenizer_json, int(graph.config["vocab_size"]),
+                            options.calibration_tokens, min(options.calibration_seq_len, options.max_seq_len))
 
 
 def trace_source(loaded: LoadedSource, options: CompileOptions) -> Graph:
@@ -62,22 +80,24 @@ def trace_source(loaded: LoadedSource, options: CompileOptions) -> Graph:
 
 
 def optimize(graph: Graph, options: CompileOptions, target: Target, dump_dir: Path | None = None,
-             progress: Progress | None = None) -> Graph:
+             progress: Progress | None = None, calibration: CalibrationSet | None = None) -> Graph:
     def report(name, result):
         if progress:
             changed = ", ".join(f"{k} {v}" for k, v in result.changes.items() if v) or "no change"
             progress(f"  pass {name}: {changed}")
-    return PassManager(list(PIPELINE), dump_dir, report).run(graph, PassContext(options, target))
+    return PassManager(list(PIPELINE), dump_dir, report).run(graph, PassContext(options, target, calibration))
 
 
 def _layers(plan: Plan) -> list[dict]:
-    """Per attention layer, what the manifest records: its attention facts."""
+    """Per attention layer, what the manifest records: its attention facts and softmax scheme (φ, safe range,
+    calibration coverage)."""
     layers = []
     for step in plan.steps:
         if step.op.value == "attention":
             a = step.attrs
             layers.append({"index": a["layer"], "attention": step.output, "n_heads": a["n_heads"],
-                           "n_kv_heads": a["n_kv_heads"], "head_dim": a["head_dim"]})
+                           "n_kv_heads": a["n_kv_heads"], "head_dim": a["head_dim"],
+                           "softmax": a.get("softmax", {"scheme": "synchronized"})})
     return layers
 
 
@@ -109,6 +129,9 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
     loaded = resolve_source(source, options.weights, options.seed, dtype)
     say(f"[2/5] tracing {loaded.description} ({time.perf_counter() - t0:.1f}s)")
     traced = trace_source(loaded, options)
+    calibration = calibration_set(loaded, traced, options)
+    if calibration is not None:
+        say(f"  calibration: {calibration.description}")
     shards: WeightShards | None = None
     try:
         for target, output in zip(targets, outputs):
@@ -118,7 +141,7 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
                 say(f"  kernel choices: fdpp's measured profile for {target.name} ({default['gpu']})")
                 target_options = dataclasses.replace(options, profile=default)
             ir_dir = dump_ir / target.name if dump_ir is not None and len(targets) > 1 else dump_ir
-            graph = optimize(traced, target_options, target, ir_dir, say)
+            graph = optimize(traced, target_options, target, ir_dir, say, calibration)
             say(f"[4/5] {target.name}: emitting the plan and building its kernels")
             plan = emit_plan(graph)
             names = weights_used(plan)
@@ -163,4 +186,15 @@ def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions
         envelope=Envelope(options.max_batch, options.max_seq_len, options.batch_buckets(), options.prefill_chunk),
         tokenizer=({"bos_token_id": loaded.bos_token_id, "eos_token_ids": loaded.eos_token_ids}
                    if loaded.tokenizer_json is not None else None),
-        weights={}, layers=_layers(built.plan), kernels=built.manifest_entries)
+        weights={}, layers=_layers(built.plan), softmax=_softmax_summary(built.plan, options),
+        kernels=built.manifest_entries)
+
+
+def _softmax_summary(plan: Plan, options: CompileOptions) -> dict:
+    """The bundle-wide facts of the unified max (the per-layer ones are in `layers`)."""
+    schemes = [s.attrs.get("softmax", {}) for s in plan.steps if s.op.value == "attention"]
+    calibrated = next((s for s in schemes if "calibration" in s), None)
+    low, high = safe_offsets(options.dtype)
+    return {"mode": options.softmax, "unified_layers": sum(1 for s in schemes if s.get("scheme") == "unified"),
+            "layers": len(schemes), "safe_offsets": [low, high], "min_coverage": MIN_COVERAGE,
+            "calibration": calibrated["calibration"] if calibrated else None}

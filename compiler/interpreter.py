@@ -117,27 +117,50 @@ _SHAPED = {Op.RESHAPE, Op.EXPAND, Op.SLICE, Op.ARANGE, Op.FULL}
 
 
 def evaluate(graph: Graph, feeds: Mapping[str, torch.Tensor], env: Mapping[str, int],
-             want: list[str] | None = None) -> dict[str, torch.Tensor]:
+             want: list[str] | None = None,
+             observe: Callable[[Node, list[torch.Tensor]], None] | None = None,
+             float_weights: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Run the graph's nodes in order. `feeds` gives INPUT values (and may pre-set any node's value);
-    `env` gives the symbols ("batch", "seq"). Returns the values of `want` (default: graph outputs)."""
+    `env` gives the symbols ("batch", "seq"). Returns the values of `want` (default: graph outputs).
+
+    A value is dropped after its last reader, and weights are fetched from the graph's store when a node
+    reads them, so a model larger than memory runs one layer's weights at a time (with a store that makes
+    or maps them on demand). `observe(node, inputs)` is called before each fused or primitive op runs.
+    `float_weights` casts floating weights as they are read (e.g. float32 for half-precision stores on a CPU)."""
+
+    def weight(name: str) -> torch.Tensor:
+        t = graph.param_tensor(graph.node(name))
+        return t.to(float_weights) if float_weights is not None and t.is_floating_point() else t
+
     want = list(want if want is not None else graph.outputs)
     needed = set(want)
     for n in reversed(graph.nodes):
         if n.name in needed and n.name not in feeds:
             needed.update(n.inputs)
+    last_reader: dict[str, int] = {}
+    for index, n in enumerate(graph.nodes):
+        if n.name in needed:
+            for i in n.inputs:
+                last_reader[i] = index
+    keep = set(want)
     values: dict[str, torch.Tensor] = dict(feeds)
-    for n in graph.nodes:
+    for index, n in enumerate(graph.nodes):
         if n.name not in needed or n.name in values:
             continue
         if n.op is Op.INPUT:
             raise KeyError(f"interpreter: no value fed for input %{n.name}")
-        args = [values[i] for i in n.inputs]
         if n.op is Op.PARAM:
-            values[n.name] = graph.param_tensor(n)
-        elif n.op is Op.CONSTANT:
+            continue                           # fetched when first read, so weights live one layer at a time
+        args = [values[i] if i in values else weight(i) for i in n.inputs]
+        if n.op is Op.CONSTANT:
             values[n.name] = _constant(n, env)
         elif n.op in _SHAPED:
             values[n.name] = _shaped(n, env, args)
         else:
+            if observe is not None:
+                observe(n, args)
             values[n.name] = _EVAL[n.op](n, *args)
-    return {w: values[w] for w in want}
+        for i in set(n.inputs):
+            if last_reader.get(i) == index and i not in keep:
+                values.pop(i, None)
+    return {w: values[w] if w in values else weight(w) for w in want}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DTYPES = ("float16", "bfloat16", "float32")
+SOFTMAX_MODES = ("auto", "unified", "synchronized")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class CompileOptions:
     weights: str = "real"             # "real" | "random"
     seed: int = 0                     # for --weights random
     profile: dict | None = None       # `fdcc tune` measurements; replace the cost model where they cover a shape
+    softmax: str = "auto"             # "auto" | "unified" | "synchronized" (passes/calibrate_softmax.py)
+    calibration: str | None = None    # calibration text file; None: the bundled default
+    calibration_tokens: int = 1024    # tokens of it the calibration runs over
+    calibration_seq_len: int = 256    # in sequences of this many tokens
 
     def batch_buckets(self) -> tuple[int, ...]:
         buckets, b = [], 1

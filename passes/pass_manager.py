@@ -22,10 +22,12 @@ class PassResult:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What every pass may read besides the graph: options and target."""
+    """What every pass may read besides the graph: options, target, and calibration data (a
+    compiler.calibration.CalibrationSet, shared by every target's pipeline; None where none is needed)."""
 
     options: Any
     target: Any
+    calibration: Any = None
 
 
 PassFn = Callable[[Graph, PassContext], PassResult]

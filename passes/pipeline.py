@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fdpp.passes.calibrate_softmax import calibrate_softmax
 from fdpp.passes.canonicalize import canonicalize
 from fdpp.passes.fold_position_tables import fold_position_tables
 from fdpp.passes.fuse_attention import fuse_attention
@@ -24,6 +25,8 @@ PIPELINE: list[tuple[str, PassFn]] = [
     ("fold_position_tables", fold_position_tables),
     # attention reads and writes the KV cache at those positions
     ("insert_kv_cache", insert_kv_cache),
+    # FlashDecoding++'s unified max: φ per layer from the softmax inputs seen on calibration text
+    ("calibrate_softmax", calibrate_softmax),
     # the heuristic dataflow binds each op to a kernel per row bucket for the target
     ("select_kernels", select_kernels),
 ]

@@ -2,9 +2,10 @@
 
 For each linear [N, K] and each bucket of M (rows = tokens in the launch), a roofline cost model of the
 target estimates three implementations — CUDA-core GEMV, flat GEMM (M padded to 16, tensor cores), and
-the vendor tensor-core GEMM — and keeps the cheapest; the inflection points M1 and M2 follow. With a profile from `fdcc tune`, measured times replace
-the cost model for every shape the profile covers. Attention
-gets a decode and a prefill kernel. The choices are data in the node's `kernels` attr, copied into the
+the vendor tensor-core GEMM — and keeps the cheapest; the inflection points M1 and M2 follow. With a
+profile from `fdcc tune`, measured times replace the cost model for every shape the profile covers.
+Attention gets a decode kernel per batch bucket (split count per bucket) and a prefill kernel, unified-max
+or synchronized as calibrate_softmax decided. The choices are data in the node's `kernels` attr, copied into the
 plan and printed by `fdcc inspect`.
 
 Needs: fused graph with KV cache inserted. Guarantees: every op that becomes a plan step has at least
@@ -105,14 +106,50 @@ def choose_linear_from_profile(n: int, k: int, max_rows: int, profile: dict) -> 
     return tuple(choices)
 
 
-def _choices(node: Node, graph: Graph, target, max_rows: int, profile: dict | None) -> tuple[KernelChoice, ...] | None:
+DECODE_BLOCK_N = 64          # keys per inner step of the decode kernels
+MIN_SPLIT_KEYS = 128         # no decode slice is cut shorter (short contexts use fewer splits)
+
+
+def choose_splits(batch: int, n_kv_heads: int, multiprocessors: int, max_len: int,
+                  min_split_keys: int = MIN_SPLIT_KEYS, max_splits: int = 64) -> int:
+    """Decode slices per (sequence, KV head) for a batch bucket: enough programs for about two waves of the
+    GPU (a power of two), never more than max_len cut into slices of min_split_keys allows."""
+    want = max(1, (2 * multiprocessors) // max(1, batch * n_kv_heads))
+    limit = min(want, max_splits, max(1, -(-max_len // min_split_keys)))
+    splits = 1
+    while splits * 2 <= limit:
+        splits *= 2
+    return splits
+
+
+def choose_attention(node: Node, target, max_rows: int, batch_buckets: tuple[int, ...],
+                     max_len: int) -> tuple[KernelChoice, ...]:
+    """Decode: one split-KV kernel per batch bucket (the split count fills the GPU for that batch), with the
+    unified max where calibration chose it; prefill: one causal kernel."""
+    softmax = node.attr("softmax", {"scheme": "synchronized"})
+    unified = softmax["scheme"] == "unified"
+    decode_kernel = "decode_attention_unified" if unified else "decode_attention_split_kv"
+    why = (f"unified max phi={softmax['phi']} ({softmax['reason']})" if unified
+           else f"synchronized softmax ({softmax.get('reason', 'not calibrated')})")
+    choices = []
+    for bucket in batch_buckets:
+        splits = choose_splits(bucket, node.attr("n_kv_heads"), target.multiprocessors, max_len)
+        config = {"splits": splits, "min_split_keys": MIN_SPLIT_KEYS, "block_n": DECODE_BLOCK_N}
+        reason = f"{why}; {splits} splits x {bucket} x {node.attr('n_kv_heads')} KV heads on {target.multiprocessors} SMs"
+        choices.append(KernelChoice(bucket, decode_kernel, config, reason, "decode"))
+    prefill_kernel = "prefill_attention_unified" if unified else "prefill_attention"
+    choices.append(KernelChoice(max_rows, prefill_kernel, {}, f"causal prefill over the cache; {why}", "prefill"))
+    return tuple(choices)
+
+
+def _choices(node: Node, graph: Graph, target, max_rows: int, profile: dict | None,
+             batch_buckets: tuple[int, ...], max_len: int) -> tuple[KernelChoice, ...] | None:
     if node.op is Op.LINEAR:
         n, k = graph.node(node.inputs[1]).type.shape
         measured = choose_linear_from_profile(n, k, max_rows, profile) if profile else None
         return measured or choose_linear(n, k, max_rows, target)
     if node.op is Op.ATTENTION:
-        return (KernelChoice(max_rows, "decode_attention_split_kv", {}, "one query token per sequence", "decode"),
-                KernelChoice(max_rows, "prefill_attention", {}, "causal prefill over the cache", "prefill"))
+        return choose_attention(node, target, max_rows, batch_buckets, max_len)
     if node.op in _SIMPLE:
         return (KernelChoice(max_rows, _SIMPLE[node.op]),)
     return None
@@ -124,7 +161,8 @@ def select_kernels(graph: Graph, ctx: PassContext) -> PassResult:
     edit = GraphEditor(graph)
     count = 0
     for n in graph.nodes:
-        choices = _choices(n, graph, ctx.target, max_rows, opts.profile)
+        choices = _choices(n, graph, ctx.target, max_rows, opts.profile, opts.batch_buckets(),
+                           opts.max_seq_len + opts.prefill_chunk)
         if choices is None:
             continue
         edit.update(n.with_(attrs={**n.attrs, "kernels": tuple(asdict(c) for c in choices)}))

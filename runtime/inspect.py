@@ -27,6 +27,7 @@ def describe(bundle: Bundle) -> str:
     ]
     for s in plan.steps:
         choices = "; ".join(f"{k.phase + ' ' if k.phase != 'any' else ''}<= {k.max_rows}: {k.kernel}"
+                            + (f" x{k.config['splits']} splits" if "splits" in k.config else "")
                             for k in s.kernels) or "(view, no kernel)"
         lines.append(f"{s.output:<28} {s.op.value:<16} {choices}")
     linears = [s for s in plan.steps if s.op.value == "linear"]
@@ -42,4 +43,29 @@ def describe(bundle: Bundle) -> str:
             m1 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "flat_gemm"), None)
             m2 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "tc_gemm"), None)
             lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}")
+    lines += _softmax_lines(m.layers)
     return "\n".join(lines)
+
+
+def _softmax_lines(layers: list[dict]) -> list[str]:
+    """The unified-max decisions per layer (FlashDecoding++ asynchronized softmax)."""
+    calibrated = [layer for layer in layers if "phi" in layer.get("softmax", {})]
+    if not calibrated:
+        schemes = {layer.get("softmax", {}).get("scheme", "synchronized") for layer in layers}
+        return ["", f"attention softmax: {', '.join(sorted(schemes))} (not calibrated)"] if layers else []
+    unified = sum(1 for layer in layers if layer["softmax"]["scheme"] == "unified")
+    lines = ["", f"attention softmax: unified max in {unified} of {len(layers)} layers "
+                 f"(calibration: {calibrated[0]['softmax'].get('calibration', '?')})",
+             f"  {'layer':<6} {'scheme':<13} {'phi':>8} {'safe row-max range':>20} {'coverage':>9} "
+             f"{'row max seen':>20} {'scores 0.01-99.99%':>20}"]
+    for layer in layers:
+        s = layer["softmax"]
+        if "phi" not in s:
+            lines.append(f"  {layer['index']:<6} {s['scheme']:<13} {s.get('reason', '')}")
+            continue
+        lo, hi = s["safe_range"]
+        rlo, rhi = s["row_max_range"]
+        slo, shi = s["score_range"]
+        lines.append(f"  {layer['index']:<6} {s['scheme']:<13} {s['phi']:>8.2f} {f'[{lo:.2f}, {hi:.2f}]':>20} "
+                     f"{s['coverage']:>9.4%} {f'[{rlo:.2f}, {rhi:.2f}]':>20} {f'[{slo:.2f}, {shi:.2f}]':>20}")
+    return lines

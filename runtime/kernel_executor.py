@@ -46,6 +46,8 @@ class KernelExecutor:
         self.kernels = dict(kernels)
         self.dtype = dtype
         self.device = torch.device(device)
+        # workspaces marked persistent: zeroed once, kept, and left zero by the kernels that use them
+        self._persistent: dict[tuple, torch.Tensor] = {}
         missing = {launch["kernel"] for s in plan.steps for k in s.kernels for launch in k.launches} - set(kernels)
         if missing:
             raise GenerationError(f"the bundle's plan launches kernels it does not contain ({sorted(missing)[0]}…)")
@@ -86,6 +88,27 @@ class KernelExecutor:
             return workspace[ref[3:]]
         return buffers[ref]
 
+    def _workspace(self, name: str, spec: dict, env: dict) -> torch.Tensor:
+        shape, dtype = evaluate_shape(spec["shape"], env), getattr(torch, spec["dtype"])
+        if not spec.get("persistent"):
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        key = (name, tuple(shape), dtype)
+        if key not in self._persistent:
+            self._persistent[key] = torch.zeros(shape, dtype=dtype, device=self.device)
+        return self._persistent[key]
+
+    @property
+    def softmax_fallbacks(self) -> int:
+        """Attention rows the unified-max kernels recomputed with the synchronized scheme, since load."""
+        counter = self._persistent.get(("softmax_fallbacks", (1,), torch.int32))
+        return int(counter.item()) if counter is not None else 0
+
+    def set_softmax_fallbacks(self, count: int) -> None:
+        """Set the count (DecodeGraphs uses it to leave out its warm-up run)."""
+        counter = self._persistent.get(("softmax_fallbacks", (1,), torch.int32))
+        if counter is not None:
+            counter.fill_(count)
+
     def _run(self, step: Step, buffers: dict, cache: KVCache, env: dict, phase: str) -> torch.Tensor:
         if step.op is OpKind.RESHAPE:
             return buffers[step.inputs[0]].reshape(evaluate_shape(step.attrs["shape"], env))
@@ -98,9 +121,8 @@ class KernelExecutor:
             return _TORCH_OPS[step.op](args)
         dtype = self.dtype if step.out_float else torch.int64
         out = torch.empty(evaluate_shape(step.out_shape, env), dtype=dtype, device=self.device)
-        # scratch shared by the step's launches (e.g. split-KV partial results between split and combine)
-        workspace = {name: torch.empty(evaluate_shape(spec["shape"], env), dtype=getattr(torch, spec["dtype"]),
-                                       device=self.device)
+        # scratch of the step's launches (e.g. split-KV partial results), and persistent counters
+        workspace = {name: self._workspace(name, spec, env)
                      for launch in choice.launches for name, spec in launch.get("workspace", {}).items()}
         for launch in choice.launches:
             args: list[Any] = []
@@ -120,9 +142,11 @@ class KernelExecutor:
 class DecodeGraphs:
     """One CUDA graph per decode batch bucket: the whole decode step replays as one launch.
 
-    Inputs are copied into static buffers. Rows past the real batch (padding up to the bucket), and the
-    warm-up run before capture, decode a dummy token at the cache's last slot, which no sequence reaches
-    (the cache holds max_seq_len + prefill_chunk slots), so they never overwrite a live sequence's keys.
+    Inputs are copied into static buffers. Rows past the real batch (padding up to the bucket) decode a
+    dummy token at position 0 of their own cache rows, which no live sequence uses (a request's sequences
+    are rows 0..batch-1), so they attend to one key. The warm-up run before capture, made while live
+    sequences may fill any row, decodes at the cache's last slot, which no sequence reaches (the cache
+    holds max_seq_len + prefill_chunk slots); the softmax fallbacks it may count are taken back.
     """
 
     def __init__(self, executor: KernelExecutor, cache: KVCache, buckets: tuple[int, ...]):
@@ -139,11 +163,13 @@ class DecodeGraphs:
         device = self.executor.device
         tokens = torch.zeros((bucket, 1), dtype=torch.long, device=device)
         positions = torch.full((bucket, 1), self.cache.capacity - 1, dtype=torch.long, device=device)
+        fallbacks = self.executor.softmax_fallbacks
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):                    # warm-up: loads modules, reserves scratch
+        with torch.cuda.stream(side):                    # warm-up: loads modules, allocates persistent scratch
             self.executor.forward(tokens, positions, self.cache, "decode")
         torch.cuda.current_stream(device).wait_stream(side)
+        self.executor.set_softmax_fallbacks(fallbacks)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = self.executor.forward(tokens, positions, self.cache, "decode")
@@ -157,7 +183,7 @@ class DecodeGraphs:
             self._graphs[bucket] = self._capture(bucket)
         graph, static_tokens, static_positions, logits = self._graphs[bucket]
         static_tokens.zero_()
-        static_positions.fill_(self.cache.capacity - 1)
+        static_positions.zero_()
         static_tokens[:batch].copy_(tokens)
         static_positions[:batch].copy_(positions)
         graph.replay()

@@ -65,6 +65,12 @@ class Model:
             self._graphs = DecodeGraphs(self.executor, self._cache(self.envelope.max_batch, 0),
                                         self.envelope.batch_buckets)
 
+    @property
+    def softmax_fallbacks(self) -> int:
+        """Attention rows (sequence, head, query) that fell outside their layer's unified-max safe range since
+        load, and so were recomputed with the synchronized softmax. Reading it waits for the GPU."""
+        return self.executor.softmax_fallbacks
+
     # --- inputs ------------------------------------------------------------------------------
     def _encode(self, prompts: Prompts) -> list[list[int]]:
         if isinstance(prompts, str):
@@ -157,6 +163,20 @@ class Model:
         chunk = self.envelope.prefill_chunk
         return torch.cat([self._forward(tokens[:, s:s + chunk], positions[:, s:s + chunk], cache, "prefill").cpu()
                           for s in range(0, width, chunk)], dim=1)
+
+    def decode_logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Teacher-forced decode of one sequence: the first token as a prefill, then each next one as a decode
+        step (the decode kernels, CUDA graphs on a GPU) -> float32 logits [1, n, vocab]. The same numbers
+        as logits([ids]) up to the kernels' rounding; used to score text through the decode path."""
+        ids = self._encode([list(token_ids)])
+        width = self._check_length(ids, 0)
+        cache = self._cache(1, width)
+        rows = [self._forward(torch.tensor([ids[0][:1]]), torch.zeros((1, 1), dtype=torch.long), cache,
+                              "prefill")[0, -1].cpu()]
+        for position in range(1, width):
+            token = torch.tensor([[ids[0][position]]])
+            rows.append(self._forward(token, torch.tensor([[position]]), cache, "decode")[0, -1].cpu())
+        return torch.stack(rows)[None]
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -23,8 +23,10 @@ def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env:
     k_cache = cache.keys[layer] if cache is not None else None
     v_cache = cache.values[layer] if cache is not None else None
     a = step.attrs
+    softmax = a.get("softmax", {})
+    unified = ((softmax["phi"], *softmax["safe_range"]) if softmax.get("scheme") == "unified" else None)
     return ref.attention(q, k, v, positions, k_cache, v_cache, n_heads=a["n_heads"], n_kv_heads=a["n_kv_heads"],
-                         head_dim=a["head_dim"], scale=a["scale"])
+                         head_dim=a["head_dim"], scale=a["scale"], unified=unified, fallbacks=env["fallbacks"])
 
 
 _RUN: dict[OpKind, Callable] = {
@@ -51,11 +53,17 @@ class ReferenceExecutor:
         self.plan = plan
         self.weights = {k: v.to(device) for k, v in weights.items()}
         self.device = device
+        self._fallbacks = torch.zeros(1, dtype=torch.int64)
+
+    @property
+    def softmax_fallbacks(self) -> int:
+        """Attention rows outside their layer's unified-max safe range (the kernels recompute those), since load."""
+        return int(self._fallbacks)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None,
                 phase: str = "prefill") -> torch.Tensor:
         """tokens, positions: [B, S] int64 -> logits [B, S, V] float32. (`phase` only matters to kernels.)"""
-        env = {"batch": tokens.shape[0], "seq": tokens.shape[1]}
+        env = {"batch": tokens.shape[0], "seq": tokens.shape[1], "fallbacks": self._fallbacks}
         buffers: dict[str, torch.Tensor] = {"tokens": tokens.to(self.device), "positions": positions.to(self.device)}
         for step in self.plan.steps:
             args = [self.weights[name[len(WEIGHT_PREFIX):]] if name.startswith(WEIGHT_PREFIX) else buffers[name]

@@ -112,7 +112,9 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, k_cache:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               k_cache: torch.Tensor | None, v_cache: torch.Tensor | None, *,
-              n_heads: int, n_kv_heads: int, head_dim: int, scale: float) -> torch.Tensor:
+              n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
+              unified: tuple[float, float, float] | None = None,
+              fallbacks: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention by position, with an optional KV cache, grouped-query heads.
 
     q: [B, S, Hq*D]; k, v: [B, S, Hkv*D]; positions: [B, S] int64, each token's place in its sequence.
@@ -120,6 +122,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     With a cache, k and v are first written at positions[b, s]; then each query attends to every cached
     key whose position is <= its own. Prompts of different lengths are right-padded: a pad token only
     writes a cache slot that a later real token overwrites before anyone can read it.
+    unified: (φ, safe_low, safe_high) computes the softmax with the unified max φ (runtime/unified_max.py):
+    e^(s - φ) / Σ e^(s - φ) for rows whose max score is in [safe_low, safe_high]; the other rows take the
+    ordinary softmax and are counted into `fallbacks` (int tensor [1]), as the kernels do.
     Returns [B, S, Hq*D] in q's dtype; scores and softmax in float32.
     """
     b, s, _ = q.shape
@@ -140,6 +145,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     visible = key_pos[:, None, None, :] <= positions[:, None, :, None]     # [B, 1, S, T]
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
+    if unified is not None:
+        phi, safe_low, safe_high = unified
+        row_max = scores.amax(dim=-1, keepdim=True)                         # [B, Hq, S, 1]
+        inside = (row_max >= safe_low) & (row_max <= safe_high)
+        weights = torch.exp(scores - phi)
+        probs = torch.where(inside, weights / weights.sum(dim=-1, keepdim=True), probs)
+        if fallbacks is not None:
+            fallbacks += int((~inside).sum())
     out = torch.matmul(probs, values)                                      # [B, Hq, S, D]
     return out.transpose(1, 2).reshape(b, s, n_heads * head_dim).to(q.dtype)
 

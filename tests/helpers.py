@@ -108,9 +108,12 @@ def trace_tiny(model: torch.nn.Module) -> Graph:
 
 
 def compile_options(dtype: str = "float32", **changes):
+    """Options for the tiny models. Passes run by hand (PassContext without calibration data) need the
+    synchronized softmax, so that is the default here; the driver (compile_tiny) calibrates."""
     from fdpp.compiler.options import CompileOptions
 
-    return CompileOptions(dtype=dtype, max_batch=MAX_BATCH, max_seq_len=MAX_SEQ_LEN, **changes)
+    return CompileOptions(dtype=dtype, max_batch=MAX_BATCH, max_seq_len=MAX_SEQ_LEN,
+                          **{"softmax": "synchronized", **changes})
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,7 +121,7 @@ def _compile(path: str, out_dir: str, dtype: str) -> Path:
     from fdpp.compiler.driver import compile_model
 
     out = Path(out_dir) / f"{Path(path).name}-{dtype}.fdpp"
-    return compile_model(path, "a100", out, compile_options(dtype))
+    return compile_model(path, "a100", out, compile_options(dtype, softmax="auto"))
 
 
 def compile_tiny(path: Path | str, tmp_path: Path | str, dtype: str = "float32") -> Path:

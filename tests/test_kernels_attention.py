@@ -62,14 +62,15 @@ PREFILL_CASES = [(1, 1, [0]), (3, 7, [0, 21, 5]), (1, 97, [0]), (3, 97, [0, 40, 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("batch,seq,starts", PREFILL_CASES)
-def test_prefill_attention_through_cache(batch, seq, starts, heads, dtype):
+@pytest.mark.parametrize("unified", [None, (0.0, -9.0, 10.5)], ids=["synchronized", "unified"])
+def test_prefill_attention_through_cache(batch, seq, starts, heads, dtype, unified):
     q, k, v, positions, k_cache, v_cache = _step(batch, seq, heads, dtype, starts, seed=21)
     ref, k_ref, v_ref = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
     n_heads, n_kv_heads, head_dim = heads
     with poisoned_allocations():
         kv_cache.write_kv(k, v, positions, k_cache, v_cache)
         out = attention_prefill.attention_prefill(q, k_cache, v_cache, positions, n_heads=n_heads,
-                                                  n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                                  n_kv_heads=n_kv_heads, head_dim=head_dim, unified=unified,
                                                   scale=head_dim ** -0.5, block_m=32, block_n=32)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
     assert_close(out, ref, "attention_prefill (cache)")
@@ -89,23 +90,29 @@ def test_prefill_attention_without_cache(batch, seq, heads, dtype):
     assert_close(out, ref, "attention_prefill (no cache)")
 
 
-# (positions of each row's new token, splits, key tile): lengths 1 to 150, splits left empty for short rows
-DECODE_CASES = [([0], 4, 16), ([37, 0, 96], 4, 16), ([149, 6, 63], 3, 32), ([96, 12, 7], 1, 64)]
+# (positions of each row's new token, splits, shortest slice, key tile): lengths 1 to 150, splits left empty
+# for short rows, and slices longer than length / splits
+DECODE_CASES = [([0], 4, 16, 16), ([37, 0, 96], 4, 16, 16), ([149, 6, 63], 3, 32, 32), ([96, 12, 7], 1, 64, 64),
+                ([149, 40], 8, 64, 32)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", HEADS)
-@pytest.mark.parametrize("starts,num_splits,block_n", DECODE_CASES)
-def test_decode_attention(starts, num_splits, block_n, heads, dtype):
+@pytest.mark.parametrize("starts,num_splits,min_split_keys,block_n", DECODE_CASES)
+@pytest.mark.parametrize("unified", [None, (0.0, -9.0, 10.5)], ids=["synchronized", "unified"])
+def test_decode_attention(starts, num_splits, min_split_keys, block_n, heads, dtype, unified):
     q, k, v, positions, k_cache, v_cache = _step(len(starts), 1, heads, dtype, starts, seed=23)
     ref, _, _ = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
     n_heads, n_kv_heads, head_dim = heads
+    fallbacks = torch.zeros(1, dtype=torch.int32, device=DEVICE)
     with poisoned_allocations():
         kv_cache.write_kv(k, v, positions, k_cache, v_cache)
         out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=n_heads,
                                                 n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5,
-                                                num_splits=num_splits, block_n=block_n)
+                                                unified=unified, fallbacks=fallbacks, num_splits=num_splits,
+                                                min_split_keys=min_split_keys, block_n=block_n)
     assert_close(out, ref, "attention_decode")
+    assert int(fallbacks) == 0       # scores of unit-normal inputs sit well inside [phi - 9, phi + 10.5]
 
 
 def test_decode_attention_reuses_a_workspace():
@@ -113,9 +120,12 @@ def test_decode_attention_reuses_a_workspace():
     q, k, v, positions, k_cache, v_cache = _step(3, 1, heads, torch.float32, [5, 70, 33], seed=24)
     ref, _, _ = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
     kv_cache.write_kv(k, v, positions, k_cache, v_cache)
-    workspace = attention_decode.allocate_decode_workspace(3, 9, 64, 2, DEVICE)
-    for part in workspace:
+    workspace = attention_decode.allocate_decode_workspace(3, 9, 3, 64, 2, DEVICE)
+    for part in workspace[:3]:
         part.fill_(float("nan"))
-    out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=9, n_kv_heads=3, head_dim=64,
-                                            scale=0.125, num_splits=2, workspace=workspace)
-    assert_close(out, ref, "attention_decode (workspace)")
+    for _ in range(2):              # the arrival counters are left zero for the next launch
+        out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=9, n_kv_heads=3,
+                                                head_dim=64, scale=0.125, num_splits=2, min_split_keys=16,
+                                                block_n=16, workspace=workspace)
+        assert_close(out, ref, "attention_decode (workspace)")
+        assert not workspace[3].any()

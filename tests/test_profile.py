@@ -47,7 +47,7 @@ def test_unmeasured_shapes_keep_the_cost_model(tmp_path):
     q_shape = (64, 64)                                 # tiny Llama: hidden 64, 4 heads of 16
     profile = _profile([_entry(*q_shape, 64, "flat_gemm", 1.0, {"block_n": 16, "block_k": 64, "num_stages": 3,
                                                                  "num_warps": 4})])
-    options = CompileOptions(dtype="float32", max_batch=4, max_seq_len=128, profile=profile)
+    options = CompileOptions(dtype="float32", max_batch=4, max_seq_len=128, profile=profile, softmax="synchronized")
     after = PassManager(list(PIPELINE)).run(graph, PassContext(options, get_target("h200")))
     reasons = {}
     for n in after.nodes:

@@ -1,11 +1,21 @@
-"""Decode attention, one new query per sequence, split over the KV length (FlashDecoding).
+"""Decode attention, one new query per sequence, split over the KV length, in one launch.
 
-Pass 1, grid (B, Hkv, splits): each program takes one KV head of one sequence, all Hq/Hkv query heads that
-share it (so each key is read once), and one contiguous slice of the sequence's keys; it writes the
-slice's unnormalised sum of e^(s - m)·v, its m and its sum of e^(s - m). Pass 2 rescales the slices to a
-common max and divides. Sequence b attends to cache slots 0..positions[b, 0] (its length is that + 1).
-The split count is fixed at launch and each sequence divides its own length by it, so the grid does not
-depend on the data and the launch can sit in a CUDA graph.
+Grid (B, Hkv, splits): each program takes one KV head of one sequence, all Hq/Hkv query heads that share
+it (so each key is read once), and one contiguous slice of the sequence's keys. Two schemes:
+
+- synchronized (FlashDecoding): a slice keeps its running max m and writes Σ e^(s - m)·v, Σ e^(s - m), m;
+  the combine rescales every slice to the common max.
+- unified max (FlashDecoding++ §3, runtime/unified_max.py): every slice subtracts the layer's φ, writes
+  Σ e^(s - φ)·v and Σ e^(s - φ) (and its max score, only to check the safe range); the combine is one add
+  and one divide. A row whose max score left [safe_low, safe_high] is recomputed exactly with the
+  synchronized scheme over its whole length, and counted in `fallbacks`.
+
+The combine runs in the same launch: each program stores its slice, then takes a ticket from the
+per-(sequence, KV head) arrival counter; the program that arrives last combines the slices and resets the
+counter to zero, so the counters are zero between launches (allocate them zeroed once). The split count is
+fixed at launch (a CUDA graph replays it); each sequence divides its own length by it, but never into
+slices shorter than `min_split_keys`, so short contexts use fewer splits and the rest return at once.
+Sequence b attends to cache slots 0..positions[b] (its length is that + 1).
 """
 
 from __future__ import annotations
@@ -22,16 +32,57 @@ __all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference
 
 
 @triton.jit
-def attention_decode_split_kernel(
+def _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale, phi,
+                  BLOCK_GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_N: tl.constexpr, UNIFIED: tl.constexpr):
+    """Keys key_start..key_end-1 for the query rows q [BLOCK_GROUP, BLOCK_D].
+    Returns (acc [BLOCK_GROUP, BLOCK_D], row max score, row sum): synchronized, acc = Σ e^(s - max)·v and
+    sum = Σ e^(s - max); unified, the same against φ (the max is then only reported)."""
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
+    running_max = tl.full((BLOCK_GROUP,), SOFTMAX_FLOOR, dtype=tl.float32)
+    running_sum = tl.zeros((BLOCK_GROUP,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_GROUP, BLOCK_D), dtype=tl.float32)
+    for tile_start in range(key_start, key_end, BLOCK_N):
+        keys = tile_start + tl.arange(0, BLOCK_N)
+        key_ok = keys < key_end
+        k = tl.load(k_base + keys[None, :] * cache_stride_seq + dims[:, None],
+                    mask=dim_ok[:, None] & key_ok[None, :], other=0.0)                       # [BLOCK_D, BLOCK_N]
+        scores = dot_exact(q, k, tl.zeros((BLOCK_GROUP, BLOCK_N), dtype=tl.float32)) * scale
+        scores = tl.where(key_ok[None, :], scores, float("-inf"))
+        if UNIFIED:
+            running_max = tl.maximum(running_max, tl.max(scores, axis=1))
+            probabilities = tl.exp(scores - phi)
+            running_sum += tl.sum(probabilities, axis=1)
+        else:
+            probabilities, running_max, running_sum, acc = online_softmax_update(
+                scores, running_max, running_sum, acc)
+        v = tl.load(v_base + keys[:, None] * cache_stride_seq + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_N, BLOCK_D]
+        acc = dot_exact(probabilities.to(v.dtype), v, acc)
+    return acc, running_max, running_sum
+
+
+@triton.jit
+def attention_decode_kernel(
     q_ptr,                  # [B, Hq*D] queries (one token per sequence), unit stride along the last axis
     k_cache_ptr,            # [B_cap, Hkv, T_cap, D] key cache, unit stride along D
     v_cache_ptr,            # [B_cap, Hkv, T_cap, D] value cache, same strides
     positions_ptr,          # [B] int position of each query; the sequence's length is position + 1
-    partial_out_ptr,        # [B, Hq, SPLITS, D] float32: per slice, sum of e^(s - m) v
-    partial_max_ptr,        # [B, Hq, SPLITS] float32: per slice, m (SOFTMAX_FLOOR for an empty slice)
-    partial_sum_ptr,        # [B, Hq, SPLITS] float32: per slice, sum of e^(s - m)
+    out_ptr,                # [B, Hq*D] output, contiguous, in the query dtype
+    partial_out_ptr,        # [B, Hq, splits, D] float32 scratch: per slice, Σ e^(s - m or φ)·v
+    partial_max_ptr,        # [B, Hq, splits] float32 scratch: per slice, its max score (FLOOR if empty)
+    partial_sum_ptr,        # [B, Hq, splits] float32 scratch: per slice, Σ e^(s - m or φ)
+    arrivals_ptr,           # [B, Hkv] int32, zero before the launch and left zero after it
+    fallbacks_ptr,          # [1] int32: incremented by the number of rows recomputed (unified only)
     n_heads,                # Hq
+    n_kv_heads,             # Hkv
+    splits,                 # slices per (sequence, KV head): grid axis 2
+    min_split_keys,         # no slice is cut shorter than this (a multiple of BLOCK_N)
     scale,                  # softmax scale
+    phi,                    # unified max value φ (unused when synchronized)
+    safe_low,               # a row is exact with φ iff its max score is in [safe_low, safe_high]
+    safe_high,
     q_stride_batch,         # elements between sequences of q
     positions_stride,       # elements between sequences of positions
     cache_stride_batch,     # elements between batch rows of the caches
@@ -42,13 +93,14 @@ def attention_decode_split_kernel(
     HEAD_DIM: tl.constexpr,      # D
     BLOCK_D: tl.constexpr,       # power of two >= max(D, 16)
     BLOCK_N: tl.constexpr,       # keys per inner step (>= 16)
-    SPLITS: tl.constexpr,        # slices of the KV length (grid axis 2)
+    BLOCK_SPLITS: tl.constexpr,  # power of two >= splits
+    UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     length = (tl.load(positions_ptr + batch * positions_stride) + 1).to(tl.int32)
-    slice_len = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_N) * BLOCK_N     # whole tiles, so only the last is ragged
+    slice_len = tl.maximum(tl.cdiv(tl.cdiv(length, splits), BLOCK_N) * BLOCK_N, min_split_keys)
     key_start = split * slice_len
     key_end = tl.minimum(key_start + slice_len, length)
 
@@ -58,74 +110,77 @@ def attention_decode_split_kernel(
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
     q = tl.load(q_ptr + batch * q_stride_batch + heads[:, None] * HEAD_DIM + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_GROUP, BLOCK_D]
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)                           # [BLOCK_GROUP, BLOCK_D]
     cache_offset = batch * cache_stride_batch + kv_head.to(tl.int64) * cache_stride_head
+    k_base = k_cache_ptr + cache_offset
+    v_base = v_cache_ptr + cache_offset
 
-    running_max = tl.full((BLOCK_GROUP,), SOFTMAX_FLOOR, dtype=tl.float32)
-    running_sum = tl.zeros((BLOCK_GROUP,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_GROUP, BLOCK_D), dtype=tl.float32)
-    for tile_start in range(key_start, key_end, BLOCK_N):
-        keys = tile_start + tl.arange(0, BLOCK_N)
-        key_ok = keys < key_end
-        k = tl.load(k_cache_ptr + cache_offset + keys[None, :] * cache_stride_seq + dims[:, None],
-                    mask=dim_ok[:, None] & key_ok[None, :], other=0.0)                       # [BLOCK_D, BLOCK_N]
-        scores = dot_exact(q, k, tl.zeros((BLOCK_GROUP, BLOCK_N), dtype=tl.float32)) * scale
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        probabilities, running_max, running_sum, acc = online_softmax_update(scores, running_max, running_sum, acc)
-        v = tl.load(v_cache_ptr + cache_offset + keys[:, None] * cache_stride_seq + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_N, BLOCK_D]
-        acc = dot_exact(probabilities.to(v.dtype), v, acc)
-
-    partial_rows = (batch * n_heads + heads) * SPLITS + split                               # [BLOCK_GROUP]
-    tl.store(partial_max_ptr + partial_rows, running_max, mask=row_ok)
-    tl.store(partial_sum_ptr + partial_rows, running_sum, mask=row_ok)
+    acc, slice_max, slice_sum = _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale, phi,
+                                              BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, UNIFIED)
+    partial_rows = (batch * n_heads + heads) * splits + split                                  # [BLOCK_GROUP]
+    tl.store(partial_max_ptr + partial_rows, slice_max, mask=row_ok)
+    tl.store(partial_sum_ptr + partial_rows, slice_sum, mask=row_ok)
     tl.store(partial_out_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc,
              mask=row_ok[:, None] & dim_ok[None, :])
 
+    # Every thread's stores come before the ticket (barrier), and the ticket releases them to the program
+    # that arrives last, which acquires them; it reads the slices from L2 (.cg), never a stale L1 line.
+    tl.debug_barrier()
+    counter = arrivals_ptr + batch * n_kv_heads + kv_head
+    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+    if arrived == splits - 1:
+        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+        slices = tl.arange(0, BLOCK_SPLITS)
+        slice_ok = slices < splits
+        fallen = 0
+        for g in tl.static_range(GROUP):
+            row = batch * n_heads + kv_head * GROUP + g
+            row_max = tl.load(partial_max_ptr + row * splits + slices, mask=slice_ok, other=SOFTMAX_FLOOR,
+                              cache_modifier=".cg")                                          # [BLOCK_SPLITS]
+            row_sum = tl.load(partial_sum_ptr + row * splits + slices, mask=slice_ok, other=0.0,
+                              cache_modifier=".cg")
+            row_out = tl.load(partial_out_ptr + (row * splits + slices)[:, None] * HEAD_DIM + dims[None, :],
+                              mask=slice_ok[:, None] & dim_ok[None, :], other=0.0,
+                              cache_modifier=".cg")                                          # [BLOCK_SPLITS, BLOCK_D]
+            top = tl.max(row_max, axis=0)
+            if UNIFIED:
+                out = tl.sum(row_out, axis=0) / tl.sum(row_sum, axis=0)
+                fallen += ((top < safe_low) | (top > safe_high)).to(tl.int32)
+            else:
+                weight = tl.exp(row_max - top)            # empty slices: e^(FLOOR - m) = 0
+                out = tl.sum(row_out * weight[:, None], axis=0) / tl.sum(row_sum * weight, axis=0)
+            tl.store(out_ptr + row * HEAD_DIM + dims, out, mask=dim_ok)
+        if UNIFIED:
+            if fallen > 0:
+                # Exact fallback: the whole KV head's query rows again, synchronized, over the full length.
+                exact_acc, _, exact_sum = _attend_slice(q, k_base, v_base, 0, length, cache_stride_seq, scale, phi,
+                                                        BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, False)
+                tl.store(out_ptr + (batch * n_heads + heads)[:, None] * HEAD_DIM + dims[None, :],
+                         exact_acc / exact_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
+                tl.atomic_add(fallbacks_ptr, fallen, sem="relaxed", scope="gpu")
 
-@triton.jit
-def attention_decode_combine_kernel(
-    partial_out_ptr,        # [B, Hq, SPLITS, D] float32, from the split kernel
-    partial_max_ptr,        # [B, Hq, SPLITS] float32
-    partial_sum_ptr,        # [B, Hq, SPLITS] float32
-    out_ptr,                # [B, Hq*D] output, contiguous, in the query dtype
-    HEAD_DIM: tl.constexpr,      # D
-    BLOCK_D: tl.constexpr,       # power of two >= D
-    SPLITS: tl.constexpr,        # slices per (sequence, head)
-    BLOCK_SPLITS: tl.constexpr,  # power of two >= SPLITS
-):
-    row = tl.program_id(0).to(tl.int64)                  # batch * Hq + head
-    splits = tl.arange(0, BLOCK_SPLITS)
-    split_ok = splits < SPLITS
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = dims < HEAD_DIM
-    slice_max = tl.load(partial_max_ptr + row * SPLITS + splits, mask=split_ok, other=SOFTMAX_FLOOR)
-    slice_sum = tl.load(partial_sum_ptr + row * SPLITS + splits, mask=split_ok, other=0.0)
-    slice_out = tl.load(partial_out_ptr + (row * SPLITS + splits)[:, None] * HEAD_DIM + dims[None, :],
-                        mask=split_ok[:, None] & dim_ok[None, :], other=0.0)                 # [BLOCK_SPLITS, BLOCK_D]
-    weight = tl.exp(slice_max - tl.max(slice_max, axis=0))   # empty slices: e^(-1e30 - m) = 0
-    total = tl.sum(slice_sum * weight, axis=0)
-    out = tl.sum(slice_out * weight[:, None], axis=0) / total
-    tl.store(out_ptr + row * HEAD_DIM + dims, out, mask=dim_ok)
 
-
-def allocate_decode_workspace(batch: int, n_heads: int, head_dim: int, num_splits: int, device) -> tuple:
-    """The float32 scratch of the split pass: (partial_out [B, Hq, splits, D], partial_max, partial_sum
-    [B, Hq, splits]). The runtime allocates it once per bucket and passes it in."""
+def allocate_decode_workspace(batch: int, n_heads: int, n_kv_heads: int, head_dim: int, num_splits: int,
+                              device) -> tuple:
+    """Scratch of one launch: (partial_out [B, Hq, splits, D], partial_max, partial_sum [B, Hq, splits]) float32,
+    and the arrival counters [B, Hkv] int32, zeroed (the kernel leaves them zero). The runtime keeps them."""
     return (torch.empty((batch, n_heads, num_splits, head_dim), dtype=torch.float32, device=device),
             torch.empty((batch, n_heads, num_splits), dtype=torch.float32, device=device),
-            torch.empty((batch, n_heads, num_splits), dtype=torch.float32, device=device))
+            torch.empty((batch, n_heads, num_splits), dtype=torch.float32, device=device),
+            torch.zeros((batch, n_kv_heads), dtype=torch.int32, device=device))
 
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, *,
                      n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
-                     num_splits: int = 4, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-                     combine_num_warps: int = 4, workspace: tuple | None = None) -> torch.Tensor:
+                     unified: tuple[float, float, float] | None = None, fallbacks: torch.Tensor | None = None,
+                     num_splits: int = 4, min_split_keys: int = 64, block_n: int = 64, num_warps: int = 4,
+                     num_stages: int = 2, workspace: tuple | None = None) -> torch.Tensor:
     """One query per sequence: q [B, 1, Hq*D] (or [B, Hq*D]) over the cache [B_cap, Hkv, T_cap, D] after
     kv_cache.write_kv; positions [B, 1] (or [B]). Returns q's shape and dtype.
 
-    Config: num_splits (slices of each sequence's KV length), block_n, num_warps, num_stages (split pass),
-    combine_num_warps. workspace: from allocate_decode_workspace, or allocated here.
+    unified: (φ, safe_low, safe_high) for the unified-max scheme, None for synchronized. fallbacks: int32 [1]
+    counter the unified kernel adds its recomputed rows to. Config: num_splits, min_split_keys (a multiple of
+    block_n), block_n, num_warps, num_stages. workspace: from allocate_decode_workspace, or allocated here.
     """
     require_float("attention_decode", q=q, k_cache=k_cache, v_cache=v_cache)
     require_index("attention_decode", positions=positions)
@@ -139,21 +194,25 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             and k_cache.stride(-1) == 1, "attention_decode",
             f"caches must be [>={batch}, {n_kv_heads}, T, {head_dim}] with equal strides, got {tuple(k_cache.shape)}")
     require(k_cache.dtype == v_cache.dtype == q.dtype, "attention_decode", "q and the caches must share a dtype")
-    require(block_n >= 16, "attention_decode", "tl.dot needs block_n >= 16")
+    require(block_n >= 16 and min_split_keys % block_n == 0, "attention_decode",
+            "block_n must be >= 16 (tl.dot) and divide min_split_keys")
     positions = positions.reshape(batch)
-    partial_out, partial_max, partial_sum = workspace or allocate_decode_workspace(
-        batch, n_heads, head_dim, num_splits, q.device)
-    require(partial_out.shape == (batch, n_heads, num_splits, head_dim) and partial_out.is_contiguous(),
-            "attention_decode", "workspace does not match this batch, head count and num_splits")
+    partial_out, partial_max, partial_sum, arrivals = workspace or allocate_decode_workspace(
+        batch, n_heads, n_kv_heads, head_dim, num_splits, q.device)
+    require(partial_out.shape == (batch, n_heads, num_splits, head_dim) and partial_out.is_contiguous()
+            and arrivals.shape == (batch, n_kv_heads), "attention_decode",
+            "workspace does not match this batch, head count and num_splits")
+    if fallbacks is None:
+        fallbacks = torch.zeros(1, dtype=torch.int32, device=q.device)
+    phi, safe_low, safe_high = unified if unified is not None else (0.0, 0.0, 0.0)
     out = torch.empty((batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
     if batch:
         group = n_heads // n_kv_heads
-        attention_decode_split_kernel[(batch, n_kv_heads, num_splits)](
-            queries, k_cache, v_cache, positions, partial_out, partial_max, partial_sum, n_heads, float(scale),
-            queries.stride(0), positions.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            GROUP=group, BLOCK_GROUP=block_for(group, 16), HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim, 16),
-            BLOCK_N=block_n, SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages)
-        attention_decode_combine_kernel[(batch * n_heads,)](
-            partial_out, partial_max, partial_sum, out, HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim),
-            SPLITS=num_splits, BLOCK_SPLITS=block_for(num_splits), num_warps=combine_num_warps)
+        attention_decode_kernel[(batch, n_kv_heads, num_splits)](
+            queries, k_cache, v_cache, positions, out, partial_out, partial_max, partial_sum, arrivals, fallbacks,
+            n_heads, n_kv_heads, num_splits, min_split_keys, float(scale), float(phi), float(safe_low),
+            float(safe_high), queries.stride(0), positions.stride(0), k_cache.stride(0), k_cache.stride(1),
+            k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16), HEAD_DIM=head_dim,
+            BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
+            UNIFIED=unified is not None, num_warps=num_warps, num_stages=num_stages)
     return out.view(q.shape)
