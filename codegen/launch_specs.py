@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
-from fdpp.codegen.kernels.attention_decode import attention_decode_kernel
+from fdpp.codegen.kernels.attention_decode import attention_decode_kernel, combine_chunk
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
@@ -241,8 +241,9 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", heads * head_dim),
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
-             "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "UNIFIED": unified},
-            num_stages=2, workspace=workspace)
+             "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "GROUP_P2": _pow2(group),
+             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified},
+            num_stages=choice.config.get("num_stages", 2), workspace=workspace)
     elif choice.kernel in ("prefill_attention", "prefill_attention_unified"):
         b.launch(attention_prefill_kernel, ("cdiv(seq, 64)", f"batch * {heads}"), [
             ("q_ptr", f"*{dt}", c.ref(0)), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),

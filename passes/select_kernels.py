@@ -106,15 +106,19 @@ def choose_linear_from_profile(n: int, k: int, max_rows: int, profile: dict) -> 
     return tuple(choices)
 
 
+# Decode attention config, from the H200 sweep (docs/perf/2026-11-22-h200-unified-max.md): 64-key tiles,
+# 3 pipeline stages, and about one program per SM — at batch 1 the best split counts were 4 for 32 KV heads
+# and 16 for 8 KV heads, one wave; two waves lost 5-15%.
 DECODE_BLOCK_N = 64          # keys per inner step of the decode kernels
+DECODE_NUM_STAGES = 3
 MIN_SPLIT_KEYS = 128         # no decode slice is cut shorter (short contexts use fewer splits)
 
 
 def choose_splits(batch: int, n_kv_heads: int, multiprocessors: int, max_len: int,
                   min_split_keys: int = MIN_SPLIT_KEYS, max_splits: int = 64) -> int:
-    """Decode slices per (sequence, KV head) for a batch bucket: enough programs for about two waves of the
-    GPU (a power of two), never more than max_len cut into slices of min_split_keys allows."""
-    want = max(1, (2 * multiprocessors) // max(1, batch * n_kv_heads))
+    """Decode slices per (sequence, KV head) for a batch bucket: about one program per SM (a power of two),
+    never more than max_len cut into slices of min_split_keys allows."""
+    want = max(1, multiprocessors // max(1, batch * n_kv_heads))
     limit = min(want, max_splits, max(1, -(-max_len // min_split_keys)))
     splits = 1
     while splits * 2 <= limit:
@@ -134,7 +138,8 @@ def choose_attention(node: Node, target, max_rows: int, batch_buckets: tuple[int
     choices = []
     for bucket in batch_buckets:
         splits = choose_splits(bucket, node.attr("n_kv_heads"), target.multiprocessors, max_len)
-        config = {"splits": splits, "min_split_keys": MIN_SPLIT_KEYS, "block_n": DECODE_BLOCK_N}
+        config = {"splits": splits, "min_split_keys": MIN_SPLIT_KEYS, "block_n": DECODE_BLOCK_N,
+                  "num_stages": DECODE_NUM_STAGES}
         reason = f"{why}; {splits} splits x {bucket} x {node.attr('n_kv_heads')} KV heads on {target.multiprocessors} SMs"
         choices.append(KernelChoice(bucket, decode_kernel, config, reason, "decode"))
     prefill_kernel = "prefill_attention_unified" if unified else "prefill_attention"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fdpp.codegen.kernels.attention_decode import allocate_decode_workspace, attention_decode
-from fdpp.passes.select_kernels import DECODE_BLOCK_N, MIN_SPLIT_KEYS, choose_splits
+from fdpp.passes.select_kernels import DECODE_BLOCK_N, DECODE_NUM_STAGES, MIN_SPLIT_KEYS, choose_splits
 from fdpp.runtime.unified_max import safe_offsets
 
 SHAPES = {"mha-32x128": (32, 32, 128), "gqa-64/8x128": (64, 8, 128)}
@@ -103,7 +103,7 @@ def reference(s, heads, kv_heads, head_dim, rows: int = 2) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, 1, heads * head_dim)
 
 
-def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallbacks):
+def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallbacks, stages=DECODE_NUM_STAGES):
     b = s["q"].shape[0]
     key = ("ws", splits)
     if key not in s:
@@ -113,7 +113,7 @@ def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallback
                                     head_dim=head_dim, scale=head_dim ** -0.5,
                                     unified=(PHI, LOW, HIGH) if unified else None, fallbacks=fallbacks,
                                     num_splits=splits, min_split_keys=min_keys, block_n=block_n,
-                                    num_warps=warps, workspace=s[key])
+                                    num_warps=warps, num_stages=stages, workspace=s[key])
 
 
 def sdpa(s, heads, kv_heads, head_dim):
@@ -154,16 +154,17 @@ def bench_shape(name, batch, length, copy_gbs, sms, log, sweep: bool) -> dict:
     for scheme in ("unified", "synchronized"):
         row[f"{scheme}_us"] = timed(lambda s: ours(s, heads, kv_heads, head_dim, scheme == "unified", splits,
                                                    DECODE_BLOCK_N, 4, fallbacks))
-        best = (row[f"{scheme}_us"], f"S={splits} N={DECODE_BLOCK_N} w=4")
-        variants = itertools.product((0.5, 1, 2), (64, 128), (4,)) if sweep else ()
-        for factor, block_n, warps in variants:
+        best = (row[f"{scheme}_us"], f"S={splits} N={DECODE_BLOCK_N} w=4 st={DECODE_NUM_STAGES}")
+        variants = itertools.product((0.5, 1, 2), (64, 128), (4, 8), (2, 3)) if sweep else ()
+        for factor, block_n, warps, stages in variants:
             s_try = max(1, min(64, int(splits * factor)))
-            if (factor, block_n, warps) == (1, DECODE_BLOCK_N, 4) or (factor != 1 and s_try == splits):
+            if ((factor, block_n, warps, stages) == (1, DECODE_BLOCK_N, 4, DECODE_NUM_STAGES)
+                    or (factor != 1 and s_try == splits)):
                 continue
             us = timed(lambda s: ours(s, heads, kv_heads, head_dim, scheme == "unified", s_try, block_n, warps,
-                                      fallbacks))
+                                      fallbacks, stages))
             if us < best[0]:
-                best = (us, f"S={s_try} N={block_n} w={warps}")
+                best = (us, f"S={s_try} N={block_n} w={warps} st={stages}")
         row[f"{scheme}_best_us"], row[f"{scheme}_best_cfg"] = best
     row["fallbacks"] = int(fallbacks)
     for key in ("sdpa", "unified", "synchronized", "unified_best", "synchronized_best"):
@@ -210,7 +211,8 @@ def adversarial(kind: str, batch: int, length: int, heads=32, kv_heads=32, head_
     splits = choose_splits(batch, kv_heads, SMS, length)
     out = attention_decode(q.reshape(batch, 1, heads * head_dim), k, v, positions, n_heads=heads, n_kv_heads=kv_heads,
                            head_dim=head_dim, scale=scale, unified=(PHI, LOW, HIGH), fallbacks=fallbacks,
-                           num_splits=splits, min_split_keys=MIN_SPLIT_KEYS, block_n=DECODE_BLOCK_N)
+                           num_splits=splits, min_split_keys=MIN_SPLIT_KEYS, block_n=DECODE_BLOCK_N,
+                           num_stages=DECODE_NUM_STAGES)
     return {"kind": kind, "batch": batch, "kv_len": length, "err": rel_error(out, ref),
             "finite": bool(torch.isfinite(out).all()), "fallbacks": int(fallbacks), "expected": expected,
             "edge_margin": float(torch.minimum((row_max - LOW).abs(), (row_max - HIGH).abs()).min())}

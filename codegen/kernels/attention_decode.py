@@ -28,7 +28,7 @@ from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, o
                                           require_float, require_index)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
-__all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference"]
+__all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference", "combine_chunk"]
 
 
 @triton.jit
@@ -94,6 +94,8 @@ def attention_decode_kernel(
     BLOCK_D: tl.constexpr,       # power of two >= max(D, 16)
     BLOCK_N: tl.constexpr,       # keys per inner step (>= 16)
     BLOCK_SPLITS: tl.constexpr,  # power of two >= splits
+    GROUP_P2: tl.constexpr,      # power of two >= GROUP: the combine's query rows
+    SPLIT_CHUNK: tl.constexpr,   # slices the combine reads per step (GROUP_P2 * SPLIT_CHUNK * BLOCK_D floats)
     UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
 ):
     batch = tl.program_id(0).to(tl.int64)
@@ -130,27 +132,39 @@ def attention_decode_kernel(
     arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
     if arrived == splits - 1:
         tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+        # All of this KV head's query rows at once: every partial load is issued before any store, so the
+        # combine costs a few L2 round trips however many heads share the KV head.
+        group = tl.arange(0, GROUP_P2)
+        group_ok = group < GROUP
+        rows = batch * n_heads + kv_head * GROUP + group                                       # [GROUP_P2]
         slices = tl.arange(0, BLOCK_SPLITS)
-        slice_ok = slices < splits
-        fallen = 0
-        for g in tl.static_range(GROUP):
-            row = batch * n_heads + kv_head * GROUP + g
-            row_max = tl.load(partial_max_ptr + row * splits + slices, mask=slice_ok, other=SOFTMAX_FLOOR,
-                              cache_modifier=".cg")                                          # [BLOCK_SPLITS]
-            row_sum = tl.load(partial_sum_ptr + row * splits + slices, mask=slice_ok, other=0.0,
-                              cache_modifier=".cg")
-            row_out = tl.load(partial_out_ptr + (row * splits + slices)[:, None] * HEAD_DIM + dims[None, :],
-                              mask=slice_ok[:, None] & dim_ok[None, :], other=0.0,
-                              cache_modifier=".cg")                                          # [BLOCK_SPLITS, BLOCK_D]
-            top = tl.max(row_max, axis=0)
-            if UNIFIED:
-                out = tl.sum(row_out, axis=0) / tl.sum(row_sum, axis=0)
-                fallen += ((top < safe_low) | (top > safe_high)).to(tl.int32)
-            else:
-                weight = tl.exp(row_max - top)            # empty slices: e^(FLOOR - m) = 0
-                out = tl.sum(row_out * weight[:, None], axis=0) / tl.sum(row_sum * weight, axis=0)
-            tl.store(out_ptr + row * HEAD_DIM + dims, out, mask=dim_ok)
+        both_ok = group_ok[:, None] & (slices < splits)[None, :]
+        all_max = tl.load(partial_max_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok,
+                            other=SOFTMAX_FLOOR, cache_modifier=".cg")                     # [GROUP_P2, BLOCK_SPLITS]
+        all_sum = tl.load(partial_sum_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok, other=0.0,
+                            cache_modifier=".cg")
+        top = tl.max(all_max, axis=1)                                                        # [GROUP_P2]
         if UNIFIED:
+            total = tl.sum(all_sum, axis=1)
+        else:
+            total = tl.sum(all_sum * tl.exp(all_max - top[:, None]), axis=1)   # empty slices: e^(FLOOR - m) = 0
+        combined = tl.zeros((GROUP_P2, BLOCK_D), dtype=tl.float32)
+        chunk = tl.arange(0, SPLIT_CHUNK)
+        for first in range(0, splits, SPLIT_CHUNK):
+            in_chunk = group_ok[:, None] & ((first + chunk) < splits)[None, :]                # [GROUP_P2, SPLIT_CHUNK]
+            chunk_rows = rows[:, None] * splits + first + chunk[None, :]                       # [GROUP_P2, SPLIT_CHUNK]
+            chunk_out = tl.load(partial_out_ptr + chunk_rows[:, :, None] * HEAD_DIM + dims[None, None, :],
+                                mask=in_chunk[:, :, None] & dim_ok[None, None, :], other=0.0,
+                                cache_modifier=".cg")                             # [GROUP_P2, SPLIT_CHUNK, BLOCK_D]
+            if not UNIFIED:
+                chunk_max = tl.load(partial_max_ptr + chunk_rows, mask=in_chunk, other=SOFTMAX_FLOOR,
+                                    cache_modifier=".cg")
+                chunk_out = chunk_out * tl.exp(chunk_max - top[:, None])[:, :, None]
+            combined += tl.sum(chunk_out, axis=1)
+        tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], combined / total[:, None],
+                 mask=group_ok[:, None] & dim_ok[None, :])
+        if UNIFIED:
+            fallen = tl.sum((group_ok & ((top < safe_low) | (top > safe_high))).to(tl.int32), axis=0)
             if fallen > 0:
                 # Exact fallback: the whole KV head's query rows again, synchronized, over the full length.
                 exact_acc, _, exact_sum = _attend_slice(q, k_base, v_base, 0, length, cache_stride_seq, scale, phi,
@@ -158,6 +172,12 @@ def attention_decode_kernel(
                 tl.store(out_ptr + (batch * n_heads + heads)[:, None] * HEAD_DIM + dims[None, :],
                          exact_acc / exact_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
                 tl.atomic_add(fallbacks_ptr, fallen, sem="relaxed", scope="gpu")
+
+
+def combine_chunk(group: int, splits: int, floats_per_row: int = 32) -> int:
+    """Slices the combine reads per step: about `floats_per_row` (query row, slice) pairs per step, so the
+    [GROUP_P2, SPLIT_CHUNK, BLOCK_D] tile stays a few dozen registers per thread."""
+    return min(block_for(splits), max(1, floats_per_row // block_for(group)))
 
 
 def allocate_decode_workspace(batch: int, n_heads: int, n_kv_heads: int, head_dim: int, num_splits: int,
@@ -214,5 +234,6 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             float(safe_high), queries.stride(0), positions.stride(0), k_cache.stride(0), k_cache.stride(1),
             k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16), HEAD_DIM=head_dim,
             BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
-            UNIFIED=unified is not None, num_warps=num_warps, num_stages=num_stages)
+            GROUP_P2=block_for(group), SPLIT_CHUNK=combine_chunk(group, num_splits), UNIFIED=unified is not None,
+            num_warps=num_warps, num_stages=num_stages)
     return out.view(q.shape)
