@@ -80,3 +80,17 @@ def online_softmax_update(scores, running_max, running_sum, acc):
     probabilities = tl.exp(scores - new_max[:, None])
     running_sum = running_sum * correction + tl.sum(probabilities, axis=1)
     return probabilities, new_max, running_sum, acc * correction[:, None]
+
+
+@triton.jit
+def softmax_tile(scores, running_max, running_sum, acc, phi, UNIFIED: tl.constexpr):
+    """One tile of either softmax scheme, float32: synchronized is online_softmax_update; unified (FlashDecoding++)
+    takes e^(s - φ) against the fixed φ, leaves acc as it is, and tracks the max only to check the safe range.
+    Returns (probabilities, running_max, running_sum, acc); the caller adds probabilities @ values."""
+    if UNIFIED:
+        running_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        probabilities = tl.exp(scores - phi)
+        running_sum += tl.sum(probabilities, axis=1)
+    else:
+        probabilities, running_max, running_sum, acc = online_softmax_update(scores, running_max, running_sum, acc)
+    return probabilities, running_max, running_sum, acc

@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, online_softmax_update, require,
-                                          require_float, require_index)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require,
+                                          require_float, require_index, softmax_tile)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference", "combine_chunk"]
@@ -50,13 +50,8 @@ def _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale
                     mask=dim_ok[:, None] & key_ok[None, :], other=0.0)                       # [BLOCK_D, BLOCK_N]
         scores = dot_exact(q, k, tl.zeros((BLOCK_GROUP, BLOCK_N), dtype=tl.float32)) * scale
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        if UNIFIED:
-            running_max = tl.maximum(running_max, tl.max(scores, axis=1))
-            probabilities = tl.exp(scores - phi)
-            running_sum += tl.sum(probabilities, axis=1)
-        else:
-            probabilities, running_max, running_sum, acc = online_softmax_update(
-                scores, running_max, running_sum, acc)
+        probabilities, running_max, running_sum, acc = softmax_tile(scores, running_max, running_sum, acc, phi,
+                                                                    UNIFIED)
         v = tl.load(v_base + keys[:, None] * cache_stride_seq + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_N, BLOCK_D]
         acc = dot_exact(probabilities.to(v.dtype), v, acc)

@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, online_softmax_update, require,
-                                          require_float, require_index)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require,
+                                          require_float, require_index, softmax_tile)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_prefill", "attention_reference"]
@@ -43,13 +43,8 @@ def _attend_rows(q, query_pos, k_base, v_base, positions_row, key_end, kv_stride
         scores = dot_exact(q, k, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)) * scale
         visible = key_ok[None, :] & (key_pos[None, :] <= query_pos[:, None])
         scores = tl.where(visible, scores, float("-inf"))
-        if UNIFIED:
-            running_max = tl.maximum(running_max, tl.max(scores, axis=1))
-            probabilities = tl.exp(scores - phi)
-            running_sum += tl.sum(probabilities, axis=1)
-        else:
-            probabilities, running_max, running_sum, acc = online_softmax_update(
-                scores, running_max, running_sum, acc)
+        probabilities, running_max, running_sum, acc = softmax_tile(scores, running_max, running_sum, acc, phi,
+                                                                    UNIFIED)
         v = tl.load(v_base + keys[:, None] * kv_stride_seq + dims[None, :],
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)                     # [BLOCK_N, BLOCK_D]
         acc = dot_exact(probabilities.to(v.dtype), v, acc)
