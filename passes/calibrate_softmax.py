@@ -27,6 +27,7 @@ from fdpp.compiler.errors import CompileError
 from fdpp.compiler.interpreter import evaluate
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.runtime.reference_ops import causal_scores
 from fdpp.runtime.unified_max import safe_offsets
 
 MIN_COVERAGE = 0.999       # of calibration rows inside the safe range, for a layer to use the unified max
@@ -37,12 +38,10 @@ def _row_maxima_and_scores(node: Node, q: torch.Tensor, k: torch.Tensor, positio
     """Scaled causal scores of one attention call -> (row maxima [B*Hq*S], visible scores, flattened)."""
     b, s, _ = q.shape
     heads, kv_heads, head_dim = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
-    qh = q.float().view(b, s, heads, head_dim).transpose(1, 2)                       # [B, Hq, S, D]
-    kh = k.float().view(b, s, kv_heads, head_dim).transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)
-    scores = torch.matmul(qh, kh.transpose(-1, -2)) * node.attr("scale")             # [B, Hq, S, S]
-    visible = positions[:, None, None, :] <= positions[:, None, :, None]            # [B, 1, S, S]
-    row_max = scores.masked_fill(~visible, float("-inf")).amax(dim=-1)              # [B, Hq, S]
-    return row_max.flatten(), scores.masked_select(visible.expand_as(scores))
+    qh = q.view(b, s, heads, head_dim).transpose(1, 2)                                # [B, Hq, S, D]
+    kh = k.view(b, s, kv_heads, head_dim).transpose(1, 2)                             # [B, Hkv, S, D]
+    scores, visible = causal_scores(qh, kh, positions, positions, node.attr("scale"))  # [B, Hq, S, S]
+    return scores.amax(dim=-1).flatten(), scores.masked_select(visible.expand_as(scores))
 
 
 def measure_row_maxima(graph: Graph, tokens: torch.Tensor) -> dict[int, dict]:

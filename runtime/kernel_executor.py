@@ -21,6 +21,8 @@ from fdpp.runtime.kv_cache import KVCache
 from fdpp.runtime.schema import WEIGHT_PREFIX, KernelChoice, OpKind, Plan, Step
 
 Launcher = Callable[..., None]           # launcher(grid, *args)
+# The persistent workspace every attention launch adds its recomputed rows to (codegen/launch_specs.FALLBACKS)
+_FALLBACKS_KEY = ("softmax_fallbacks", (1,), torch.int32)
 
 
 def _linear_through_torch(args: list[torch.Tensor]) -> torch.Tensor:
@@ -100,12 +102,12 @@ class KernelExecutor:
     @property
     def softmax_fallbacks(self) -> int:
         """Attention rows the unified-max kernels recomputed with the synchronized scheme, since load."""
-        counter = self._persistent.get(("softmax_fallbacks", (1,), torch.int32))
+        counter = self._persistent.get(_FALLBACKS_KEY)
         return int(counter.item()) if counter is not None else 0
 
     def set_softmax_fallbacks(self, count: int) -> None:
         """Set the count (DecodeGraphs uses it to leave out its warm-up run)."""
-        counter = self._persistent.get(("softmax_fallbacks", (1,), torch.int32))
+        counter = self._persistent.get(_FALLBACKS_KEY)
         if counter is not None:
             counter.fill_(count)
 

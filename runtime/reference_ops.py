@@ -110,6 +110,17 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, k_cache:
     v_cache[batch_index, :, positions] = v.reshape(batch, seq_len, n_kv_heads, head_dim).to(v_cache.dtype)
 
 
+def causal_scores(qh: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled scores of queries qh [B, Hq, S, D] against keys [B, Hkv, T, D] (KV head h // (Hq / Hkv) for query
+    head h), float32, with the keys a query may not see (key position > its position) set to -inf.
+    Returns (scores [B, Hq, S, T], visible [B, 1, S, T])."""
+    keys = keys.float().repeat_interleave(qh.shape[1] // keys.shape[1], dim=1)          # [B, Hq, T, D]
+    scores = torch.matmul(qh.float(), keys.transpose(-1, -2)) * scale                  # [B, Hq, S, T]
+    visible = key_pos[:, None, None, :] <= positions[:, None, :, None]                 # [B, 1, S, T]
+    return scores.masked_fill(~visible, float("-inf")), visible
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               k_cache: torch.Tensor | None, v_cache: torch.Tensor | None, *,
               n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
@@ -138,12 +149,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
         key_pos = torch.arange(length, device=q.device)[None, :].expand(b, length)
     else:
         keys, values, key_pos = kh, vh, positions
-    group = n_heads // n_kv_heads
-    keys = keys.float().repeat_interleave(group, dim=1)                     # [B, Hq, T, D]
-    values = values.float().repeat_interleave(group, dim=1)
-    scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale              # [B, Hq, S, T]
-    visible = key_pos[:, None, None, :] <= positions[:, None, :, None]     # [B, 1, S, T]
-    scores = scores.masked_fill(~visible, float("-inf"))
+    values = values.float().repeat_interleave(n_heads // n_kv_heads, dim=1)    # [B, Hq, T, D]
+    scores, _ = causal_scores(qh, keys, positions, key_pos, scale)         # [B, Hq, S, T]
     probs = torch.softmax(scores, dim=-1)
     if unified is not None:
         phi, safe_low, safe_high = unified
