@@ -27,8 +27,11 @@ from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
 from fdpp.codegen.kernels.linear import gemm_kernel, gemv_kernel
 from fdpp.codegen.kernels.rms_norm import rms_norm_kernel
 from fdpp.codegen.kernels.rotary import rotary_kernel
+from fdpp.codegen.kernels.sparse_linear import (bitmap_linear_kernel, default_num_warps, default_split_k,
+                                                sum_splits_kernel, tiled_csl_linear_kernel)
 from fdpp.compiler.errors import CompileError
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
+from fdpp.runtime.sparse_formats import PARTS
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 # Kernel choices the runtime runs through torch rather than a compiled kernel (vendor libraries, views).
@@ -143,6 +146,9 @@ def _row_norm(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
 
 
 def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    if "sparse" in c.step.attrs:
+        _sparse_linear(b, c, choice)
+        return
     n, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
     has_bias = c.has_input(2)
     dt = c.dtype
@@ -168,6 +174,79 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     elif choice.kernel != "tc_gemm":
         raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")
+
+
+# Sparse linear kernel choices (passes/sparse_choice.py): their format and whether they use tensor cores.
+SPARSE_KERNELS = {"bitmap_gemv": ("bitmap", False), "bitmap_gemm": ("bitmap", True),
+                  "tiled_csl_gemv": ("tiled_csl", False), "tiled_csl_gemm": ("tiled_csl", True)}
+
+
+def _sparse_parts(c: StepContext, meta: dict) -> dict[str, str]:
+    """The encoded weight's parts by name (inputs 1.. in PARTS order), their shapes checked against meta."""
+    fmt, (np_, kp), (tile_n, tile_k) = meta["format"], meta["padded_shape"], meta["tile"]
+    parts = dict(zip(PARTS[fmt], (c.ref(1 + i) for i in range(len(PARTS[fmt])))))
+    tiles = (np_ // tile_n) * (kp // tile_k)
+    expected = {"bits": (np_, kp // 32), "tile_offsets": (tiles + (1 if fmt == "bitmap" else 2),)}
+    for index, part in enumerate(PARTS[fmt], start=1):
+        shape = tuple(_static(d, f"{part} shape", c.step) for d in c.shape(index))
+        if part in expected and shape != expected[part]:
+            raise CompileError(f"step {c.step.output}: {fmt} part {part} ({c.ref(index)}) has shape {shape}, "
+                               f"but the encoding's padded shape {tuple(meta['padded_shape'])} and tile "
+                               f"{tuple(meta['tile'])} need {expected[part]}")
+    return parts
+
+
+def _sparse_linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    """A LINEAR reading an encoded weight (attrs["sparse"] = SparseWeight.meta()): inputs (x, part..., bias?).
+    Config keys (defaults per kernel when absent): block_m, num_warps, num_stages, split_k, entry_chunk
+    (Tiled-CSL). split_k > 1 adds a float32 [split_k, rows, N] workspace and a summing launch."""
+    meta = c.step.attrs["sparse"]
+    fmt, tensor_cores = SPARSE_KERNELS.get(choice.kernel, (None, None))
+    if fmt != meta["format"]:
+        readers = ", ".join(name for name, (reads, _) in SPARSE_KERNELS.items() if reads == meta["format"])
+        raise CompileError(f"step {c.step.output}: kernel {choice.kernel!r} cannot read a {meta['format']} weight "
+                           f"(its kernels: {readers})")
+    parts = _sparse_parts(c, meta)
+    (n, k), (np_, kp), tile = meta["shape"], meta["padded_shape"], tuple(meta["tile"])
+    row_blocks, tiles_k = np_ // tile[0], kp // tile[1]
+    bias_index = 1 + len(PARTS[fmt])
+    has_bias = c.has_input(bias_index)
+    dt, wdt = c.dtype, TRITON_DTYPE[meta["dtype"]]
+    block_m = min(_pow2(choice.max_rows, 16), 64) if tensor_cores else min(_pow2(choice.max_rows), 4)
+    cfg = {"block_m": block_m, "num_warps": default_num_warps(tile, tensor_cores), "num_stages": 2,
+           "entry_chunk": 1024, **choice.config}
+    cfg.setdefault("split_k", default_split_k(row_blocks, tiles_k, cfg["num_warps"]))
+    split_k, block_m = cfg["split_k"], cfg["block_m"]
+    partial = {"partial": {"shape": [split_k, "rows", n], "dtype": "float32"}} if split_k > 1 else {}
+    out = [("out_ptr", "*fp32", "ws:partial") if partial else ("out_ptr", f"*{dt}", "out")]
+    bias = [("bias_ptr", f"*{dt}", c.ref(bias_index) if has_bias else c.ref(0))]   # never read without a bias
+    sizes = [("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k), ("x_row_stride", "i32", k)]
+    grid = (row_blocks, split_k, f"cdiv(rows, {block_m})")
+    constexprs = {"HAS_BIAS": has_bias and split_k == 1, "BLOCK_M": block_m, "SPLIT_K": split_k,
+                  "TENSOR_CORES": tensor_cores}
+    if fmt == "bitmap":
+        b.launch(bitmap_linear_kernel, grid, [
+            ("x_ptr", f"*{dt}", c.ref(0)), ("bits_ptr", "*i32", parts["bits"]),
+            ("values_ptr", f"*{wdt}", parts["values"]),
+            ("tile_offsets_ptr", "*i32", parts["tile_offsets"]), *bias, *out, *sizes,
+            ("words_per_row", "i32", kp // 32), ("tiles_k", "i32", tiles_k)],
+            {**constexprs, "TILE_N": tile[0], "TILE_K": tile[1]}, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], workspace=partial)
+    else:
+        scratch = {"scratch": {"shape": [f"{row_blocks * split_k} * cdiv(rows, {block_m})", tile[0] * tile[1]],
+                               "dtype": meta["dtype"]}}
+        b.launch(tiled_csl_linear_kernel, grid, [
+            ("x_ptr", f"*{dt}", c.ref(0)), ("entries_ptr", "*i32", parts["entries"]),
+            ("tile_offsets_ptr", "*i32", parts["tile_offsets"]), *bias, *out, ("scratch_ptr", f"*{wdt}", "ws:scratch"),
+            *sizes, ("tiles_k", "i32", tiles_k)],
+            {**constexprs, "ENTRY_CHUNK": cfg["entry_chunk"]}, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], workspace={**scratch, **partial})
+    if partial:
+        block_n = min(_pow2(n), 1024)
+        b.launch(sum_splits_kernel, ("rows", f"cdiv({n}, {block_n})"), [
+            ("partial_ptr", "*fp32", "ws:partial"), *bias, ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"),
+            ("N", "i32", n), ("splits", "i32", split_k)], {"HAS_BIAS": has_bias, "BLOCK_N": block_n},
+            workspace=partial)
 
 
 def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:

@@ -94,6 +94,8 @@ def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: 
         raise fdpp.FdppError("fdcc bench needs a GPU; none is visible to torch here")
     device = torch.device("cuda", torch.cuda.current_device())
     model = fdpp.load(bundle, device="cuda")
+    torch.cuda.synchronize(device)
+    weights_gpu_bytes = torch.cuda.memory_allocated(device)            # the loaded bundle, before any cache
     hf = _hf_model(model.manifest, device) if with_hf else None
     rows = []
     for batch in batches:
@@ -119,6 +121,9 @@ def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: 
         "bundle": bundle, "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "new_tokens": new_tokens,
         "model": model.manifest.source, "dtype": model.manifest.dtype, "rows": rows,
+        "bundle_bytes": Path(bundle).stat().st_size, "gpu_bytes_after_load": weights_gpu_bytes,
+        "gpu_peak_bytes": torch.cuda.max_memory_allocated(device),
+        "sparsity": {k: v for k, v in model.manifest.sparsity.items() if k != "weights"},
         "decode_step_breakdown": {"batch": batches[0], "context": contexts[0], "ops": breakdown},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,9 @@ def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: 
 
 def format_table(result: dict) -> str:
     lines = [f"{result['model']} ({result['dtype']}) on {result['gpu']}, torch {result['torch']}, "
-             f"{result['new_tokens']} new tokens",
+             f"{result['new_tokens']} new tokens; bundle {result['bundle_bytes'] / 1e9:.2f} GB, "
+             f"GPU memory after load {result['gpu_bytes_after_load'] / 1e9:.2f} GB, peak "
+             f"{result['gpu_peak_bytes'] / 1e9:.2f} GB",
              f"{'batch':>5} {'ctx':>6} {'prefill ms':>10} {'fdpp tok/s':>10} {'HF eager':>9} {'HF static':>9} "
              f"{'x eager':>8} {'x static':>8}"]
     for r in result["rows"]:

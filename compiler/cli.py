@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from fdpp.compiler.errors import CompileError
-from fdpp.compiler.options import DTYPES, SOFTMAX_MODES, CompileOptions
+from fdpp.compiler.options import DTYPES, PRUNE_METHODS, SOFTMAX_MODES, SPARSE_FORMATS, CompileOptions
 from fdpp.compiler.targets import TARGETS
 from fdpp.runtime.errors import FdppError
 
@@ -46,7 +46,20 @@ def cli():
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the bundle serves.")
 @click.option("--max-seq-len", type=int, default=2048, show_default=True, help="Longest sequence (prompt + new).")
 @click.option("--prefill-chunk", type=int, default=512, show_default=True, help="Prompt tokens per prefill launch.")
-@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Unstructured weight sparsity in [0, 1).")
+@click.option("--sparsity", type=float, default=0.0, show_default=True,
+              help="Unstructured sparsity in [0, 1) for every linear weight except embeddings and lm_head "
+                   "(Flash-LLM); the weights are pruned, then stored dense or re-encoded per layer.")
+@click.option("--prune", type=click.Choice(PRUNE_METHODS), default="wanda", show_default=True,
+              help="Pruning score, compared within each output row: magnitude |W|, or wanda |W| times the "
+                   "input channel's activation norm on the calibration text.")
+@click.option("--sparse-format", type=click.Choice(SPARSE_FORMATS), default="auto", show_default=True,
+              help="Storage of pruned weights. auto: per layer the cheapest of dense, bitmap and tiled_csl for "
+                   "the target's decode batches; dense keeps the pruned weights dense.")
+@click.option("--prune-include", multiple=True, metavar="PATTERN",
+              help="Prune only weights whose name matches this pattern (fnmatch, e.g. '*mlp*'); repeatable. "
+                   "Default: all linear weights.")
+@click.option("--prune-exclude", multiple=True, metavar="PATTERN",
+              help="Leave weights matching this pattern dense; repeatable. Default: '*lm_head*'.")
 @click.option("--weights", type=click.Choice(["real", "random"]), default="real", show_default=True,
               help="random: a built-in name's exact shapes with random weights (benchmarks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
@@ -63,8 +76,9 @@ def cli():
               help="UTF-8 text to calibrate on (default: the bundled Brown-corpus excerpt).")
 @click.option("--calibration-tokens", type=int, default=1024, show_default=True,
               help="Tokens of calibration text to run the model over (in sequences of 256).")
-def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk, sparsity, weights, seed, dump_ir,
-            emit_mlir, profile, softmax, calibration, calibration_tokens):
+def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk, sparsity, prune, sparse_format,
+            prune_include, prune_exclude, weights, seed, dump_ir, emit_mlir, profile, softmax, calibration,
+            calibration_tokens):
     """Compile SOURCE into one .fdpp bundle for one GPU target.
 
     SOURCE is a built-in name (smollm2-135m, llama2-7b, llama2-13b, llama2-70b, opt-6.7b, qwen2-0.5b,
@@ -84,7 +98,10 @@ def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk
         measured = load_profile(profile, target[0])
     options = CompileOptions(dtype=dtype, max_batch=max_batch, max_seq_len=max_seq_len, prefill_chunk=prefill_chunk,
                              sparsity=sparsity, weights=weights, seed=seed, profile=measured, softmax=softmax,
-                             calibration=calibration, calibration_tokens=calibration_tokens)
+                             calibration=calibration, calibration_tokens=calibration_tokens, prune=prune,
+                             sparse_format=sparse_format,
+                             prune_include=tuple(prune_include) or CompileOptions.prune_include,
+                             prune_exclude=tuple(prune_exclude) or CompileOptions.prune_exclude)
     if emit_mlir:
         from fdpp.compiler.mlir_export import emit_mlir as write_mlir
         write_mlir(source, Path(emit_mlir), options, _say)

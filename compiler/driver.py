@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from fdpp.compiler.bundle_writer import WeightShards, check_writable, write_bund
 from fdpp.compiler.calibration import CalibrationSet, load_calibration
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.ir import Graph
-from fdpp.compiler.options import DTYPES, SOFTMAX_MODES, CompileOptions
+from fdpp.compiler.options import DTYPES, PRUNE_METHODS, SOFTMAX_MODES, SPARSE_FORMATS, CompileOptions
 from fdpp.compiler.sources import LoadedSource, resolve_source
 from fdpp.compiler.targets import Target, get_target
 from fdpp.compiler.tune import shipped_profile
@@ -46,9 +47,12 @@ def validate_options(options: CompileOptions) -> None:
         raise CompileError(f"unknown dtype '{options.dtype}'; valid: {', '.join(DTYPES)}")
     if not 0.0 <= options.sparsity < 1.0:
         raise CompileError(f"--sparsity must be in [0, 1), got {options.sparsity}")
-    if options.sparsity > 0:
-        raise CompileError("--sparsity > 0 needs the pruning passes, which this fdpp build does not have yet; "
-                           "compile with --sparsity 0")
+    if options.prune not in PRUNE_METHODS:
+        raise CompileError(f"--prune must be one of {', '.join(PRUNE_METHODS)}, got {options.prune}")
+    if options.sparse_format not in SPARSE_FORMATS:
+        raise CompileError(f"--sparse-format must be one of {', '.join(SPARSE_FORMATS)}, got {options.sparse_format}")
+    if options.sparse_format == "tiled_csl" and options.dtype == "float32":
+        raise CompileError("Tiled-CSL stores 16-bit values; compile in float16/bfloat16 or use --sparse-format bitmap")
     if options.max_batch < 1 or options.max_seq_len < 16:
         raise CompileError(f"--max-batch must be >= 1 and --max-seq-len >= 16 (got {options.max_batch}, "
                            f"{options.max_seq_len})")
@@ -65,7 +69,8 @@ def validate_options(options: CompileOptions) -> None:
 
 def calibration_set(loaded: LoadedSource, graph: Graph, options: CompileOptions) -> CalibrationSet | None:
     """The calibration tokens the passes need (None when no pass needs them)."""
-    if options.softmax == "synchronized":
+    wanda = options.sparsity > 0 and options.prune == "wanda"
+    if options.softmax == "synchronized" and not wanda:
         return None
     return load_calibration(options.calibration, loaded.tokenizer_json, int(graph.config["vocab_size"]),
                             options.calibration_tokens, min(options.calibration_seq_len, options.max_seq_len))
@@ -142,6 +147,9 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
                 target_options = dataclasses.replace(options, profile=default)
             ir_dir = dump_ir / target.name if dump_ir is not None and len(targets) > 1 else dump_ir
             graph = optimize(traced, target_options, target, ir_dir, say, calibration)
+            if options.sparsity > 0:
+                for line in sparsity_report(graph, options.dtype):
+                    say(line)
             say(f"[4/5] {target.name}: emitting the plan and building its kernels")
             plan = emit_plan(graph)
             names = weights_used(plan)
@@ -151,7 +159,7 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
                 shards = WeightShards.write(names, _weight_getter(graph, dtype), _throttled(say, "weights"))
             elif list(shards.entries) != names:
                 raise CompileError(f"internal: target {target.name} uses other weights than the first target")
-            manifest = _manifest(loaded, graph, built, options, target)
+            manifest = _manifest(loaded, graph, built, options, target, calibration)
             size = write_bundle(output, manifest, built.plan, shards, loaded.tokenizer_json, built.members)
             say(f"done: {output} ({size / 1e6:.1f} MB) for {target.name} after {time.perf_counter() - t0:.1f}s")
     finally:
@@ -177,7 +185,8 @@ def _throttled(say: Progress, what: str) -> Callable[[int, int], None]:
     return report
 
 
-def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions, target: Target) -> Manifest:
+def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions, target: Target,
+              calibration: CalibrationSet | None) -> Manifest:
     return Manifest(
         format_version=FORMAT_VERSION, fdpp_version=_version("fdpp"),
         built_with={p: _version(p) for p in ("torch", "triton", "transformers")},
@@ -187,7 +196,48 @@ def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions
         tokenizer=({"bos_token_id": loaded.bos_token_id, "eos_token_ids": loaded.eos_token_ids}
                    if loaded.tokenizer_json is not None else None),
         weights={}, layers=_layers(built.plan), softmax=_softmax_summary(built.plan, options),
+        sparsity=_sparsity_summary(graph, options, calibration),
         kernels=built.manifest_entries)
+
+
+def _pruned_linears(graph: Graph) -> list:
+    return [n for n in graph.nodes if n.op.value == "linear" and "pruned" in n.attrs]
+
+
+def sparsity_report(graph: Graph, dtype: str) -> list[str]:
+    """Per pruned linear: density, stored format and bytes against dense, and the dataflow's expected speedup."""
+    itemsize = torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+    lines = [f"  {'pruned linear':<40} {'density':>7} {'format':>9} {'dense MB':>9} {'stored MB':>9} {'saved':>6} "
+             f"{'expected (M=1)':>14}"]
+    dense_total = stored_total = 0
+    for n in _pruned_linears(graph):
+        pruned, sparse, decision = n.attr("pruned"), n.attr("sparse"), n.attr("sparse_format", {})
+        dense_bytes = math.prod(graph.weights.shape(pruned["weight"])) * itemsize
+        stored = sparse["bytes"] if sparse else dense_bytes
+        dense_total, stored_total = dense_total + dense_bytes, stored_total + stored
+        lines.append(f"  {pruned['weight'][-40:]:<40} {pruned['density']:>7.3f} {decision.get('format', 'dense'):>9} "
+                     f"{dense_bytes / 1e6:>9.2f} {stored / 1e6:>9.2f} {1 - stored / dense_bytes:>6.1%} "
+                     f"{decision.get('expected_speedup', 1.0):>13.2f}x")
+    lines.append(f"  pruned linears: {dense_total / 1e6:.1f} MB dense -> {stored_total / 1e6:.1f} MB stored "
+                 f"({1 - stored_total / max(1, dense_total):.1%} saved)")
+    return lines
+
+
+def _sparsity_summary(graph: Graph, options: CompileOptions, calibration: CalibrationSet | None) -> dict:
+    """What the manifest records of pruning and sparse encodings (per weight: format, density, bytes)."""
+    if options.sparsity <= 0:
+        return {}
+    weights = {}
+    for n in _pruned_linears(graph):
+        pruned, decision = n.attr("pruned"), n.attr("sparse_format", {})
+        weights[pruned["weight"]] = {"density": pruned["density"], "format": decision.get("format", "dense"),
+                                     "expected_speedup": decision.get("expected_speedup", 1.0),
+                                     "costs_us": decision.get("costs", {}),
+                                     **({"encoding": n.attr("sparse")} if n.attr("sparse") else {})}
+    return {"sparsity": options.sparsity, "method": options.prune, "format": options.sparse_format,
+            "include": list(options.prune_include), "exclude": list(options.prune_exclude),
+            "calibration": calibration.description if options.prune == "wanda" and calibration else None,
+            "weights": weights}
 
 
 def _softmax_summary(plan: Plan, options: CompileOptions) -> dict:

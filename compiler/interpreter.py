@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from fdpp.compiler.ir import Graph, Node, Op, resolve_dim, resolve_shape
 from fdpp.runtime import reference_ops as ref
+from fdpp.runtime.sparse_formats import PARTS
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -34,6 +35,15 @@ def _attention(n: Node, q, k, v, positions=None):
                          n_kv_heads=n.attr("n_kv_heads"), head_dim=n.attr("head_dim"), scale=n.attr("scale"))
 
 
+def _linear(n: Node, x, *rest):
+    """(x, weight, bias?) or, for an encoded sparse weight, (x, part..., bias?)."""
+    sparse = n.attr("sparse")
+    if sparse is None:
+        return ref.linear(x, *rest)
+    count = len(PARTS[sparse["format"]])
+    return ref.sparse_linear(x, list(rest[:count]), sparse, rest[count] if len(rest) > count else None)
+
+
 def _sdpa(n: Node, q, k, v, mask=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n.attr("is_causal"),
                                           scale=n.attr("scale"), enable_gqa=n.attr("enable_gqa"))
@@ -41,7 +51,7 @@ def _sdpa(n: Node, q, k, v, mask=None):
 
 _EVAL: dict[Op, Callable[..., torch.Tensor]] = {
     Op.EMBEDDING: lambda n, t, i: ref.embedding(t, i),
-    Op.LINEAR: lambda n, x, w, b=None: ref.linear(x, w, b),
+    Op.LINEAR: _linear,
     Op.MATMUL: lambda n, a, b: torch.matmul(a, b),
     Op.ADD: lambda n, a, b: torch.add(a, b),
     Op.SUB: lambda n, a, b: torch.sub(a, b),

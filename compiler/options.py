@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 DTYPES = ("float16", "bfloat16", "float32")
 SOFTMAX_MODES = ("auto", "unified", "synchronized")
+PRUNE_METHODS = ("magnitude", "wanda")
+SPARSE_FORMATS = ("auto", "bitmap", "tiled_csl", "dense")
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,11 @@ class CompileOptions:
     max_batch: int = 8
     max_seq_len: int = 2048
     prefill_chunk: int = 512          # longest prompt piece one prefill launch takes
-    sparsity: float = 0.0
+    sparsity: float = 0.0             # unstructured, per linear weight (passes/prune_weights.py)
+    prune: str = "wanda"              # "magnitude" | "wanda"
+    prune_include: tuple[str, ...] = ("*",)          # weight-name patterns (fnmatch) to prune
+    prune_exclude: tuple[str, ...] = ("*lm_head*",)  # ... and to leave dense
+    sparse_format: str = "auto"       # "auto" (the dataflow picks per layer) | "bitmap" | "tiled_csl" | "dense"
     weights: str = "real"             # "real" | "random"
     seed: int = 0                     # for --weights random
     profile: dict | None = None       # `fdcc tune` measurements; replace the cost model where they cover a shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fdpp.passes.calibrate_softmax import calibrate_softmax
 from fdpp.passes.canonicalize import canonicalize
+from fdpp.passes.encode_sparse_weights import encode_sparse_weights
 from fdpp.passes.fold_position_tables import fold_position_tables
 from fdpp.passes.fuse_attention import fuse_attention
 from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
@@ -11,6 +12,7 @@ from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
 from fdpp.passes.insert_kv_cache import insert_kv_cache
 from fdpp.passes.pass_manager import PassFn
+from fdpp.passes.prune_weights import prune_weights
 from fdpp.passes.select_kernels import select_kernels
 
 PIPELINE: list[tuple[str, PassFn]] = [
@@ -25,8 +27,13 @@ PIPELINE: list[tuple[str, PassFn]] = [
     ("fold_position_tables", fold_position_tables),
     # attention reads and writes the KV cache at those positions
     ("insert_kv_cache", insert_kv_cache),
+    # Flash-LLM: unstructured pruning (magnitude or Wanda) of the linear weights, before the softmax is
+    # calibrated so that φ fits the pruned model
+    ("prune_weights", prune_weights),
     # FlashDecoding++'s unified max: φ per layer from the softmax inputs seen on calibration text
     ("calibrate_softmax", calibrate_softmax),
     # the heuristic dataflow binds each op to a kernel per row bucket for the target
     ("select_kernels", select_kernels),
+    # pruned weights the dataflow stores sparse are re-encoded (Tiled-CSL or bitmap) and read as such
+    ("encode_sparse_weights", encode_sparse_weights),
 ]

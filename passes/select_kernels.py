@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.passes.sparse_choice import choose_sparse_linear
 from fdpp.runtime.schema import KernelChoice
 
 LAUNCH_US = 3.0
@@ -66,6 +67,17 @@ def linear_cost_us(kernel: str, m: int, n: int, k: int, target, bytes_per_weight
     memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
     compute_us = 2 * padded * n * k / (peak * 1e6 * eff["compute"])
     return max(memory_us, compute_us) + LAUNCH_US
+
+
+def dense_linear_cost_us(m: int, n: int, k: int, target, profile: dict | None) -> float:
+    """The best dense kernel's time at m rows: measured where the profile has [N, K] at or above m, else the
+    cost model."""
+    if profile:
+        measured = sorted((e for e in profile["entries"] if (e["n"], e["k"]) == (n, k) and e["m"] >= m),
+                          key=lambda e: e["m"])
+        if measured:
+            return min(measured[0]["us"], measured[0]["vendor_us"])
+    return min(linear_cost_us(name, m, n, k, target) for name, eff in _EFFICIENCY.items() if m <= eff["max_rows"])
 
 
 def choose_linear(n: int, k: int, max_rows: int, target) -> tuple[KernelChoice, ...]:
@@ -165,11 +177,28 @@ def select_kernels(graph: Graph, ctx: PassContext) -> PassResult:
     max_rows = max(opts.max_batch * opts.prefill_chunk, opts.max_batch)
     edit = GraphEditor(graph)
     count = 0
+    sparse = 0
     for n in graph.nodes:
         choices = _choices(n, graph, ctx.target, max_rows, opts.profile, opts.batch_buckets(),
                            opts.max_seq_len + opts.prefill_chunk)
         if choices is None:
             continue
-        edit.update(n.with_(attrs={**n.attrs, "kernels": tuple(asdict(c) for c in choices)}))
+        attrs = {**n.attrs}
+        if "pruned" in n.attrs:
+            decision = _sparse_decision(n, graph, ctx, max_rows)
+            attrs["sparse_format"] = {k: v for k, v in decision.items() if k != "choices"}
+            if decision["format"] != "dense":
+                choices = decision["choices"]
+                sparse += 1
+        edit.update(n.with_(attrs={**attrs, "kernels": tuple(asdict(c) for c in choices)}))
         count += 1
-    return PassResult(edit.commit(), {"bound": count})
+    return PassResult(edit.commit(), {"bound": count, **({"sparse": sparse} if sparse else {})})
+
+
+def _sparse_decision(node: Node, graph: Graph, ctx: PassContext, max_rows: int) -> dict:
+    """Dense or a sparse encoding for a pruned linear, and its sparse kernels (passes/sparse_choice.py)."""
+    opts = ctx.options
+    n, k = graph.node(node.inputs[1]).type.shape
+    return choose_sparse_linear(n, k, node.attr("pruned")["density"], opts.dtype, opts.sparse_format,
+                                row_buckets(max_rows), opts.batch_buckets(), ctx.target,
+                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile))

@@ -38,13 +38,32 @@ def describe(bundle: Bundle) -> str:
         lines += ["", f"linear kernel choices come from {source}",
                   "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
         for s in linears:
-            shape = bundle.weights[s.inputs[1][1:]].shape
+            shape = s.attrs["sparse"]["shape"] if "sparse" in s.attrs else bundle.weights[s.inputs[1][1:]].shape
             starts = [1] + [k.max_rows + 1 for k in s.kernels[:-1]]       # first row count of each choice
             m1 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "flat_gemm"), None)
             m2 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "tc_gemm"), None)
             lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}")
     lines += _softmax_lines(m.layers)
+    lines += _sparsity_lines(m.sparsity, m.dtype)
     return "\n".join(lines)
+
+
+def _sparsity_lines(sparsity: dict, dtype: str) -> list[str]:
+    """Pruning and the stored encoding of each pruned weight (Flash-LLM)."""
+    if not sparsity:
+        return []
+    itemsize = 4 if dtype == "float32" else 2
+    lines = ["", f"sparsity: {sparsity['sparsity']:.0%} by {sparsity['method']}, storage {sparsity['format']}"
+                 + (f" (calibration: {sparsity['calibration']})" if sparsity.get("calibration") else ""),
+             f"  {'weight':<44} {'density':>7} {'format':>9} {'stored MB':>9} {'saved':>6} {'expected (M=1)':>14}"]
+    for name, w in sparsity["weights"].items():
+        enc = w.get("encoding")
+        dense = (enc["shape"][0] * enc["shape"][1] * itemsize) if enc else None
+        stored, saved = (f"{enc['bytes'] / 1e6:>9.2f}", f"{1 - enc['bytes'] / dense:>6.1%}") if enc else (
+            f"{'dense':>9}", f"{'-':>6}")
+        lines.append(f"  {name[-44:]:<44} {w['density']:>7.3f} {w['format']:>9} {stored} {saved} "
+                     f"{w['expected_speedup']:>13.2f}x")
+    return lines
 
 
 def _softmax_lines(layers: list[dict]) -> list[str]:

@@ -15,6 +15,8 @@ from fdpp.runtime import reference_ops as ref
 from fdpp.runtime.dims import evaluate_shape
 from fdpp.runtime.kv_cache import KVCache
 from fdpp.runtime.schema import WEIGHT_PREFIX, OpKind, Plan, Step
+from fdpp.runtime.sparse_formats import PARTS
+from fdpp.runtime.sparse_formats import decode as decode_sparse
 
 
 def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
@@ -29,12 +31,20 @@ def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env:
                          head_dim=a["head_dim"], scale=a["scale"], unified=unified, fallbacks=env["fallbacks"])
 
 
+def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
+    sparse = step.attrs.get("sparse")
+    if sparse is None:
+        return ref.linear(*args)
+    count = len(PARTS[sparse["format"]])           # (x, part..., bias?): the weight was decoded at load
+    return ref.linear(args[0], env["decoded"][step.output], args[1 + count] if len(args) > 1 + count else None)
+
+
 _RUN: dict[OpKind, Callable] = {
     OpKind.EMBEDDING: lambda s, a, c, e: ref.embedding(*a),
     OpKind.POSITION_LOOKUP: lambda s, a, c, e: ref.position_lookup(*a, s.attrs["seq_axis"]),
     OpKind.RMS_NORM: lambda s, a, c, e: ref.rms_norm(*a, s.attrs["eps"]),
     OpKind.LAYER_NORM: lambda s, a, c, e: ref.layer_norm(a[0], a[1], a[2] if len(a) > 2 else None, s.attrs["eps"]),
-    OpKind.LINEAR: lambda s, a, c, e: ref.linear(*a),
+    OpKind.LINEAR: _linear,
     OpKind.ROTARY: lambda s, a, c, e: ref.rotary(*a, s.attrs["head_dim"], s.attrs["layout"]),
     OpKind.ATTENTION: _attention,
     OpKind.GATED_ACT: lambda s, a, c, e: ref.gated_act(*a, s.attrs["activation"]),
@@ -54,6 +64,13 @@ class ReferenceExecutor:
         self.weights = {k: v.to(device) for k, v in weights.items()}
         self.device = device
         self._fallbacks = torch.zeros(1, dtype=torch.int64)
+        # sparse-encoded weights (Tiled-CSL, bitmap) are decoded once, by the format's layout alone
+        self._decoded: dict[str, torch.Tensor] = {}
+        for step in plan.steps:
+            if step.op is OpKind.LINEAR and "sparse" in step.attrs:
+                meta = step.attrs["sparse"]
+                parts = [self.weights[name[len(WEIGHT_PREFIX):]] for name in step.inputs[1:1 + len(PARTS[meta["format"]])]]
+                self._decoded[step.output] = decode_sparse(meta, dict(zip(PARTS[meta["format"]], parts))).to(device)
 
     @property
     def softmax_fallbacks(self) -> int:
@@ -63,7 +80,8 @@ class ReferenceExecutor:
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None,
                 phase: str = "prefill") -> torch.Tensor:
         """tokens, positions: [B, S] int64 -> logits [B, S, V] float32. (`phase` only matters to kernels.)"""
-        env = {"batch": tokens.shape[0], "seq": tokens.shape[1], "fallbacks": self._fallbacks}
+        env = {"batch": tokens.shape[0], "seq": tokens.shape[1], "fallbacks": self._fallbacks,
+               "decoded": self._decoded}
         buffers: dict[str, torch.Tensor] = {"tokens": tokens.to(self.device), "positions": positions.to(self.device)}
         for step in self.plan.steps:
             args = [self.weights[name[len(WEIGHT_PREFIX):]] if name.startswith(WEIGHT_PREFIX) else buffers[name]

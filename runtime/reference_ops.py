@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fdpp.runtime.sparse_formats import PARTS
+from fdpp.runtime.sparse_formats import decode as decode_sparse
+
 
 def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     # table: [V, H]; ids: [B, S] int64 -> [B, S, H]
@@ -45,6 +48,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     b = bias.float() if bias is not None else None
     return F.linear(x.float(), weight.float(), b).to(x.dtype)
+
+
+def sparse_linear(x: torch.Tensor, parts: list[torch.Tensor], meta: dict,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear() with the weight given encoded: parts in sparse_formats.PARTS[meta["format"]] order."""
+    weight = decode_sparse(meta, dict(zip(PARTS[meta["format"]], parts)))
+    return linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight, bias)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,9 @@ def stages(request) -> dict[str, tuple[Graph, PassResult]]:
 def test_pipeline_covers_every_pass_tested_here():
     assert [name for name, _ in PIPELINE] == ["canonicalize", "fuse_rms_norm", "fuse_rotary", "fuse_attention",
                                              "fuse_gated_mlp", "fold_position_tables", "insert_kv_cache",
-                                             "calibrate_softmax", "select_kernels"]
+                                             "prune_weights", "calibrate_softmax", "select_kernels",
+                                             "encode_sparse_weights"]
+    # prune_weights and encode_sparse_weights are tested in test_prune.py and test_sparse_bundles.py
 
 
 def _removable(graph: Graph, n: Node) -> bool:

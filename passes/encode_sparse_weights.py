@@ -1,0 +1,50 @@
+"""EncodeSparseWeights: re-encode each pruned weight the dataflow chose to store sparse (Tiled-CSL or bitmap).
+
+The pruned weight is cast to the bundle dtype (so the encoded bits are exactly the bundle's weight), encoded
+by runtime/sparse_formats.py, and the LINEAR is rewired to read the encoding's parts as weights named
+`<param>.<format>.<part>`: inputs become (x, part, part, ..., [bias]) in the format's PARTS order, and the
+`sparse` attr holds the encoding's facts (format, shape, padding, tile, nonzeros, density, bytes) that the
+kernels and executors need. Encoded tensors are held in memory (they are smaller than the dense weights
+they replace); dense weights stay in the lazy store.
+
+Needs: select_kernels (the `sparse_format` attr). Guarantees: no LINEAR with a sparse `sparse_format` reads a
+dense weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fdpp.compiler.ir import Graph, GraphEditor, Node, Op, OverlayWeightStore, TensorType
+from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.runtime.sparse_formats import PARTS, SparseWeight, encode, tensor_name
+
+
+def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
+    dtype = getattr(torch, ctx.options.dtype)
+    edit = GraphEditor(graph)
+    encoded: dict[str, SparseWeight] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    params: dict[str, str] = {}                  # tensor name -> PARAM node name
+    for node in graph.nodes:
+        decision = node.attr("sparse_format")
+        if node.op is not Op.LINEAR or not decision or decision["format"] == "dense":
+            continue
+        fmt, key = decision["format"], node.attr("pruned")["weight"]
+        if key not in encoded:
+            tile = tuple(decision["tile"]) if decision["tile"] else None
+            encoded[key] = encode(graph.weights.get(key).to(dtype), fmt, tile)
+            for part, tensor in encoded[key].tensors.items():
+                name = tensor_name(key, fmt, part)
+                tensors[name] = tensor
+                params[name] = edit.add(Node(name.replace(".", "_"), Op.PARAM, (), TensorType(
+                    tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")), {"key": name}), before=node.name)
+        weight = encoded[key]
+        parts = tuple(params[tensor_name(key, fmt, part)] for part in PARTS[fmt])
+        edit.update(node.with_(inputs=(node.inputs[0], *parts, *node.inputs[2:]),
+                               attrs={**node.attrs, "sparse": weight.meta()}))
+    if not encoded:
+        return PassResult(graph, {})
+    out = edit.commit().with_(weights=OverlayWeightStore(graph.weights, tensors))
+    return PassResult(out, {f"encoded {fmt}": sum(1 for w in encoded.values() if w.format == fmt)
+                            for fmt in PARTS})

@@ -1,0 +1,140 @@
+"""PruneWeights: unstructured pruning of linear weights to `--sparsity s` (Flash-LLM §6 of DESIGN.md).
+
+Methods, both comparing weights within each output row (so each row keeps the same count):
+- magnitude: score |W[n, k]|;
+- wanda: score |W[n, k]| * ||X[:, k]||_2, the norm of input channel k over the calibration tokens (Sun et
+  al., 2023). The norms come from one run of the dense graph over the calibration text (the compiler's CPU
+  interpreter, one layer's weights at a time); every layer is pruned against the dense model's activations.
+
+Per row, the round(s * K) lowest scores are set to zero (ties at the threshold are pruned too, so a row can
+lose a few more). The pass does not hold pruned weights: it computes each weight's per-row score threshold
+once (fetching one weight at a time) and swaps the graph's weight store for one that applies it when a weight
+is read, so pruning a 7B model needs the model's memory plus one weight's worth.
+
+Which linears: every LINEAR whose weight name matches an `--prune-include` pattern (default all) and no
+`--prune-exclude` pattern (default `*lm_head*`), except weights an EMBEDDING also reads (tied embeddings).
+Each pruned LINEAR gets a `pruned` attr: method, target sparsity, measured density, weight name.
+
+Needs: fused graph (LINEARs read PARAM weights). Guarantees: the graph's weights store returns pruned
+tensors for the pruned weights; everything else is unchanged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import defaultdict
+
+import torch
+
+from fdpp.compiler.errors import CompileError
+from fdpp.compiler.interpreter import evaluate
+from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
+from fdpp.passes.pass_manager import PassContext, PassResult
+
+from fdpp.compiler.options import PRUNE_METHODS as METHODS
+
+
+class PrunedWeightStore:
+    """A WeightStore that zeroes, in the weights it names, every score at or below its row's threshold."""
+
+    def __init__(self, base, rules: dict[str, tuple[torch.Tensor | None, torch.Tensor]]):
+        self.base = base
+        self.rules = rules            # weight -> (input-channel norms [K] or None, per-row threshold [N])
+
+    def names(self) -> list[str]:
+        return self.base.names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.base.shape(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        weight = self.base.get(name)
+        if name not in self.rules:
+            return weight
+        norms, threshold = self.rules[name]
+        return weight.masked_fill(scores(weight, norms) <= threshold[:, None], 0)
+
+
+def scores(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+    """[N, K] pruning scores in float32: |W|, times the input-channel norms for Wanda."""
+    s = weight.float().abs()
+    return s * norms.float()[None, :] if norms is not None else s
+
+
+def row_thresholds(weight: torch.Tensor, norms: torch.Tensor | None, sparsity: float) -> torch.Tensor:
+    """[N] per-row threshold: the round(sparsity * K)-th lowest score (-inf where nothing is pruned)."""
+    n, k = weight.shape
+    prune = round(sparsity * k)
+    if prune == 0:
+        return torch.full((n,), float("-inf"))
+    return scores(weight, norms).kthvalue(prune, dim=1).values
+
+
+def _selected(graph: Graph, options) -> list[tuple[Node, str]]:
+    """(LINEAR node, weight name) of every linear to prune."""
+    tied = {graph.node(n.inputs[0]).attr("key") for n in graph.nodes
+            if n.op is Op.EMBEDDING and graph.node(n.inputs[0]).op is Op.PARAM}
+    chosen = []
+    for n in graph.nodes:
+        if n.op is not Op.LINEAR or graph.node(n.inputs[1]).op is not Op.PARAM:
+            continue
+        key = graph.node(n.inputs[1]).attr("key")
+        if key in tied or not any(fnmatch.fnmatchcase(key, p) for p in options.prune_include):
+            continue
+        if any(fnmatch.fnmatchcase(key, p) for p in options.prune_exclude):
+            continue
+        chosen.append((n, key))
+    return chosen
+
+
+def measure_input_norms(graph: Graph, tokens: torch.Tensor, linears: list[Node]) -> dict[str, torch.Tensor]:
+    """Per LINEAR node: ||X[:, k]||_2 of its input over all calibration tokens, float32 [K]."""
+    names = {n.name for n in linears}
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+    positions = torch.arange(tokens.shape[1])[None, :].expand_as(tokens)
+
+    def observe(node: Node, args: list[torch.Tensor]) -> None:
+        if node.name in names:
+            x = args[0].double().reshape(-1, args[0].shape[-1])                      # [tokens, K]
+            sums[node.name] = sums[node.name] + x.pow(2).sum(0)
+
+    with torch.no_grad():
+        for row in range(tokens.shape[0]):
+            evaluate(graph, {"tokens": tokens[row:row + 1], "positions": positions[row:row + 1]},
+                     {"batch": 1, "seq": tokens.shape[1]}, observe=observe, float_weights=torch.float32)
+    return {name: s.sqrt().float() for name, s in sums.items()}
+
+
+def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
+    opts = ctx.options
+    if opts.sparsity <= 0:
+        return PassResult(graph, {})
+    if opts.prune not in METHODS:
+        raise CompileError(f"unknown pruning method {opts.prune!r}; valid: {', '.join(METHODS)}")
+    selected = _selected(graph, opts)
+    if not selected:
+        raise CompileError(f"--sparsity {opts.sparsity}: no linear weight matches --prune-include "
+                           f"{list(opts.prune_include)} outside --prune-exclude {list(opts.prune_exclude)}")
+    norms: dict[str, torch.Tensor] = {}
+    if opts.prune == "wanda":
+        if ctx.calibration is None:
+            raise CompileError("Wanda pruning needs calibration text; give --calibration or use --prune magnitude")
+        key = ("linear_input_norms", tuple(n.name for n, _ in selected))
+        if key not in ctx.calibration.cache:
+            ctx.calibration.cache[key] = measure_input_norms(graph, ctx.calibration.tokens, [n for n, _ in selected])
+        norms = ctx.calibration.cache[key]
+    rules: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    edit = GraphEditor(graph)
+    for node, key in selected:
+        weight = graph.weights.get(key)
+        channel_norms = norms.get(node.name)
+        if key in rules and channel_norms is not None and not torch.equal(rules[key][0], channel_norms):
+            raise CompileError(f"weight {key} feeds two linears with different inputs; Wanda cannot prune it "
+                               f"for both; exclude it with --prune-exclude")
+        threshold = row_thresholds(weight, channel_norms, opts.sparsity)
+        rules[key] = (channel_norms, threshold)
+        kept = int((scores(weight, channel_norms) > threshold[:, None]).logical_and(weight != 0).sum())
+        edit.update(node.with_(attrs={**node.attrs, "pruned": {
+            "method": opts.prune, "sparsity": opts.sparsity, "density": kept / weight.numel(), "weight": key}}))
+    pruned = edit.commit().with_(weights=PrunedWeightStore(graph.weights, rules))
+    return PassResult(pruned, {f"pruned ({opts.prune})": len(rules)})

@@ -1,0 +1,97 @@
+"""The sparse half of the heuristic dataflow: for a pruned linear, dense or which sparse encoding, and which
+sparse kernel per row bucket (Flash-LLM's "load as sparse, compute as dense", DESIGN.md §6).
+
+A sparse kernel streams the encoded bytes instead of the dense weight, and pays to rebuild each tile on chip:
+per weight position a few integer operations (bitmap: a bit test and a prefix count; Tiled-CSL: a scatter
+into an L2-resident scratch tile, zeroing and re-reading it). The cost model is a roofline over three
+resources — memory bandwidth, integer throughput (tile decode, repeated for every block of rows), and the
+multiply (CUDA cores for a few rows, tensor cores above) — plus the launch. The layer takes the encoding
+whose total cost over the decode batch buckets is lowest, dense included: where sparse loses, the layer
+stays dense. One encoding per layer is stored; each row bucket then gets that encoding's cheaper kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fdpp.runtime.schema import KernelChoice
+from fdpp.runtime.sparse_formats import TILED_CSL_TILE, encoded_bytes
+
+# Fractions of peak and integer work per weight position. Provisional until measured on a GPU
+# (scripts/bench_sparse.py); see docs/perf for the run that set them.
+SPARSE_EFFICIENCY = {
+    "bitmap": {"bandwidth": 0.60, "decode_ops": 8.0},
+    "tiled_csl": {"bandwidth": 0.50, "decode_ops": 24.0},
+}
+GEMV_MAX_ROWS = 4                  # the CUDA-core sparse kernels are offered up to this many rows
+TENSOR_BLOCK_M = 16                # rows per program of the tensor-core sparse kernels
+LAUNCH_US = 3.0
+
+
+def bitmap_tile(k: int) -> tuple[int, int]:
+    """16 rows (enough programs at M = 1 for N >= 2048) by the longest of 256/128/64 columns dividing K
+    (SmolLM2's K = 576 takes 64 rather than padding to 768)."""
+    for cols in (256, 128, 64):
+        if k % cols == 0:
+            return 16, cols
+    return 16, 64
+
+
+def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float, target,
+                   value_bytes: int = 2) -> float:
+    eff = SPARSE_EFFICIENCY[fmt]
+    tile = TILED_CSL_TILE if fmt == "tiled_csl" else bitmap_tile(k)
+    moved = encoded_bytes(fmt, (n, k), density, tile, value_bytes) + value_bytes * (m * k + m * n)
+    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
+    row_blocks = 1 if kernel.endswith("gemv") else math.ceil(m / TENSOR_BLOCK_M)
+    int_ops_per_us = target.vector_tflops_fp32 * 1e6 / 4          # int32 issue rate: half the fp32 lanes
+    decode_us = row_blocks * n * k * eff["decode_ops"] / int_ops_per_us
+    if kernel.endswith("gemv"):
+        compute_us = 2 * m * n * k / (target.vector_tflops_fp32 * 1e6 * 0.6)
+    else:
+        compute_us = 2 * row_blocks * TENSOR_BLOCK_M * n * k / (target.tensor_tflops_fp16 * 1e6 * 0.5)
+    return max(memory_us, decode_us + compute_us) + LAUNCH_US
+
+
+def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, value_bytes: int) -> dict[str, float]:
+    kernels = {f"{fmt}_gemm": sparse_cost_us(fmt, f"{fmt}_gemm", m, n, k, density, target, value_bytes)}
+    if m <= GEMV_MAX_ROWS:
+        kernels[f"{fmt}_gemv"] = sparse_cost_us(fmt, f"{fmt}_gemv", m, n, k, density, target, value_bytes)
+    return kernels
+
+
+def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],
+                         decode_buckets: tuple[int, ...], target, dense_cost) -> dict:
+    """The encoding of one pruned weight [N, K] and its kernel per row bucket.
+
+    forced: "auto", or a format ("bitmap", "tiled_csl", "dense") to use whatever the costs.
+    dense_cost(m) -> microseconds of the best dense kernel at m rows.
+    Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
+    "costs" (per format, summed over the decode buckets)}.
+    """
+    value_bytes = 4 if dtype == "float32" else 2
+    formats = ["bitmap"] + (["tiled_csl"] if value_bytes == 2 else [])
+    total = {"dense": sum(dense_cost(m) for m in decode_buckets)}
+    for fmt in formats:
+        total[fmt] = sum(min(_sparse_kernels(fmt, m, n, k, density, target, value_bytes).values())
+                         for m in decode_buckets)
+    chosen = min(total, key=total.get) if forced == "auto" else forced
+    result = {"format": chosen, "costs": {f: round(us, 2) for f, us in total.items()}, "choices": (),
+              "tile": None, "expected_speedup": 1.0}
+    if chosen == "dense":
+        return result
+    result["tile"] = list(TILED_CSL_TILE if chosen == "tiled_csl" else bitmap_tile(k))
+    one = min(_sparse_kernels(chosen, 1, n, k, density, target, value_bytes).values())
+    result["expected_speedup"] = round(dense_cost(1) / one, 2)
+    choices: list[KernelChoice] = []
+    for m in row_buckets:
+        costs = _sparse_kernels(chosen, m, n, k, density, target, value_bytes)
+        best = min(costs, key=costs.get)
+        reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
+                  + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
+        if choices and choices[-1].kernel == best:
+            choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)
+        else:
+            choices.append(KernelChoice(m, best, {}, reason))
+    result["choices"] = tuple(choices)
+    return result

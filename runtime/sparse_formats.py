@@ -1,0 +1,249 @@
+"""Sparse weight encodings (Flash-LLM, DESIGN.md §6): Tiled-CSL and a bitmap-tiled format, with exact
+encoders and decoders.
+
+Both encode a weight W [N, K] (nn.Linear layout, N output features) after padding it with zero rows and
+columns to a multiple of the tile; the padding is recorded as `padded_shape`. A position is "nonzero" when
+its bits are not all zero, so -0.0 survives the round trip.
+
+Tiled-CSL, exactly Flash-LLM's layout (16-bit dtypes only):
+- tiles of 128 rows x 64 columns in row-major tile order, t = i * (K_pad / 64) + j;
+- one 32-bit word per nonzero: the value's 16 bits low, its location `row * 64 + (col ^ ((row % 8) << 3))`
+  inside the tile high (the XOR is Flash-LLM's shared-memory bank swizzle); stored as int32 (the same bits);
+- each tile's entries padded to a multiple of 4 with zero-valued entries at positions whose weight is zero;
+  inside a tile, entries are in ascending location order (the order is free in the format);
+- tile_offsets int32 [T + 2]: 0, then the running entry count / 4 after each tile, the total repeated last.
+
+Bitmap (SpInfer-like; tile shape chosen per weight, `tile` = (rows, cols), cols a multiple of 32):
+- bits int32 [N_pad, K_pad / 32]: bit b of word w of row r is set iff W[r, 32 w + b] is nonzero;
+- values [nnz] in the weight's dtype: the nonzeros tile by tile (row-major tile order), row-major inside
+  a tile;
+- tile_offsets int32 [T + 1]: index into values of each tile's first nonzero, then nnz.
+Cost: 1 bit per position plus the values, against Tiled-CSL's 4 bytes per nonzero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+TILED_CSL_TILE = (128, 64)
+FORMATS = ("tiled_csl", "bitmap")
+# the bundle tensors of each format, named `<param>.<format>.<part>`
+PARTS = {"tiled_csl": ("entries", "tile_offsets"), "bitmap": ("bits", "values", "tile_offsets")}
+
+
+class SparseFormatError(ValueError):
+    """An encoding that cannot hold the weight, or encoded tensors that do not fit their description."""
+
+
+@dataclass
+class SparseWeight:
+    """One encoded weight: the format's tensors (by part name) and what a decoder needs to rebuild it."""
+
+    format: str
+    shape: tuple[int, int]             # [N, K] of the weight
+    padded_shape: tuple[int, int]      # [N, K] rounded up to the tile
+    tile: tuple[int, int]              # tile rows, tile columns
+    nnz: int                           # nonzero positions (padding entries not counted)
+    dtype: str                         # the weight's dtype ("float16", ...): Tiled-CSL's 16 bits are in it
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def meta(self) -> dict:
+        """The facts the bundle manifest records beside the tensors."""
+        return {"format": self.format, "shape": list(self.shape), "padded_shape": list(self.padded_shape),
+                "tile": list(self.tile), "nnz": self.nnz, "dtype": self.dtype, "density": self.nnz / max(1, math.prod(self.shape)),
+                "bytes": self.nbytes}
+
+
+def tensor_name(param: str, fmt: str, part: str) -> str:
+    return f"{param}.{fmt}.{part}"
+
+
+def _dtype_name(weight: torch.Tensor) -> str:
+    return str(weight.dtype).removeprefix("torch.")
+
+
+def _padded(weight: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    n, k = weight.shape
+    pn, pk = -n % tile[0], -k % tile[1]
+    return torch.nn.functional.pad(weight, (0, pk, 0, pn)) if pn or pk else weight
+
+
+def _bits16(weight: torch.Tensor) -> torch.Tensor:
+    """The 16-bit patterns of a float16/bfloat16 tensor, as int32 in [0, 65535]."""
+    if weight.element_size() != 2 or not weight.is_floating_point():
+        raise SparseFormatError(f"Tiled-CSL holds 16-bit floats; got {weight.dtype} (use the bitmap format, "
+                                f"or compile in float16/bfloat16)")
+    return weight.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+
+
+def _nonzero_bits(weight: torch.Tensor) -> torch.Tensor:
+    """Positions whose bits are not all zero (so -0.0 counts as a value to keep)."""
+    itemsize = weight.element_size()
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[itemsize]
+    return weight.contiguous().view(as_int) != 0
+
+
+def _check_2d(weight: torch.Tensor, what: str) -> None:
+    if weight.dim() != 2:
+        raise SparseFormatError(f"{what} encodes 2-D weights [N, K]; got shape {tuple(weight.shape)}")
+
+
+# --- Tiled-CSL ---------------------------------------------------------------------------------------
+
+def _swizzle_columns(rows: int, cols: int) -> torch.Tensor:
+    """[rows, cols] column index of each swizzled slot: slot (r, c') holds column c' ^ ((r % 8) << 3)."""
+    r = torch.arange(rows)[:, None]
+    c = torch.arange(cols)[None, :]
+    return c ^ ((r % 8) << 3)
+
+
+def encode_tiled_csl(weight: torch.Tensor) -> SparseWeight:
+    """W [N, K] (float16/bfloat16) -> Tiled-CSL entries and tile_offsets (layout in the module docstring)."""
+    _check_2d(weight, "Tiled-CSL")
+    tr, tc = TILED_CSL_TILE
+    n, k = weight.shape
+    bits = _padded(_bits16(weight), TILED_CSL_TILE)                            # [Np, Kp] int32
+    np_, kp = bits.shape
+    ti, tj = np_ // tr, kp // tc
+    tiles = bits.view(ti, tr, tj, tc).permute(0, 2, 1, 3).reshape(ti * tj, tr, tc)   # [T, 128, 64]
+    # slot (r, c') of a swizzled tile holds column c' ^ ((r % 8) << 3); flattened, a slot's index is its location
+    swizzled = tiles.gather(2, _swizzle_columns(tr, tc).expand(ti * tj, tr, tc)).reshape(ti * tj, tr * tc)
+    present = swizzled != 0                                                     # [T, 8192]
+    counts = present.sum(1)
+    pad = (-counts) % 4
+    zero_rank = (~present).cumsum(1) - 1                                        # among a tile's zero slots
+    chosen = present | (~present & (zero_rank < pad[:, None]))
+    tile_index, location = chosen.nonzero(as_tuple=True)                       # tile-major, location ascending
+    entries = (location.to(torch.int32) << 16) | swizzled[tile_index, location]
+    per_tile = (counts + pad) // 4
+    offsets = torch.zeros(ti * tj + 2, dtype=torch.int32)
+    offsets[1:-1] = per_tile.cumsum(0).to(torch.int32)
+    offsets[-1] = offsets[-2]
+    return SparseWeight("tiled_csl", (n, k), (np_, kp), TILED_CSL_TILE, int(counts.sum()), _dtype_name(weight),
+                        {"entries": entries.to(torch.int32), "tile_offsets": offsets})
+
+
+def decode_tiled_csl(entries: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int],
+                     padded_shape: tuple[int, int], dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Rebuild W [N, K] in `dtype` (float16/bfloat16) from the layout alone."""
+    tr, tc = TILED_CSL_TILE
+    np_, kp = padded_shape
+    if np_ % tr or kp % tc or np_ < shape[0] or kp < shape[1]:
+        raise SparseFormatError(f"Tiled-CSL padded shape {padded_shape} is not a tile multiple covering {shape}")
+    ti, tj = np_ // tr, kp // tc
+    offsets = tile_offsets.to(torch.int64)
+    if offsets.numel() != ti * tj + 2 or int(offsets[-1]) * 4 != entries.numel():
+        raise SparseFormatError(f"Tiled-CSL tile_offsets ({offsets.numel()}, total {int(offsets[-1])}x4) do not "
+                                f"match {ti * tj} tiles and {entries.numel()} entries")
+    counts = (offsets[1:-1] - offsets[:-2]) * 4
+    tile_index = torch.repeat_interleave(torch.arange(ti * tj), counts)
+    words = entries.to(torch.int64) & 0xFFFFFFFF
+    location = words >> 16
+    if entries.numel() and int(location.max()) >= tr * tc:
+        raise SparseFormatError("Tiled-CSL entry location outside its 128x64 tile")
+    swizzled = torch.zeros(ti * tj, tr * tc, dtype=torch.int64)
+    swizzled[tile_index, location] = words & 0xFFFF
+    swizzled = swizzled.view(ti * tj, tr, tc)
+    tiles = torch.empty_like(swizzled).scatter_(2, _swizzle_columns(tr, tc).expand(ti * tj, tr, tc), swizzled)
+    dense = tiles.view(ti, tj, tr, tc).permute(0, 2, 1, 3).reshape(np_, kp)
+    signed = ((dense ^ 0x8000) - 0x8000).to(torch.int16)                      # two's complement 16-bit
+    return signed.view(dtype)[: shape[0], : shape[1]].contiguous()
+
+
+# --- bitmap ------------------------------------------------------------------------------------------
+
+def check_bitmap_tile(tile: tuple[int, int]) -> None:
+    rows, cols = tile
+    if rows < 1 or cols < 32 or cols % 32:
+        raise SparseFormatError(f"bitmap tile {tile}: columns must be a positive multiple of 32")
+
+
+def encode_bitmap(weight: torch.Tensor, tile: tuple[int, int]) -> SparseWeight:
+    """W [N, K] (any float dtype) -> bitmap bits, packed values and tile_offsets."""
+    _check_2d(weight, "the bitmap format")
+    check_bitmap_tile(tile)
+    tr, tc = tile
+    n, k = weight.shape
+    padded = _padded(weight.contiguous(), tile)
+    np_, kp = padded.shape
+    present = _nonzero_bits(padded)                                             # [Np, Kp]
+    weights_of_bits = torch.tensor([1 << b for b in range(32)], dtype=torch.int64)
+    words = (present.view(np_, kp // 32, 32).to(torch.int64) * weights_of_bits).sum(-1)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)   # uint32 bits as int32
+    ti, tj = np_ // tr, kp // tc
+    tiled_present = present.view(ti, tr, tj, tc).permute(0, 2, 1, 3)            # [Ti, Tj, tr, tc]
+    values = padded.view(ti, tr, tj, tc).permute(0, 2, 1, 3)[tiled_present]     # tile order, row-major in tile
+    offsets = torch.zeros(ti * tj + 1, dtype=torch.int64)
+    offsets[1:] = tiled_present.reshape(ti * tj, -1).sum(1).cumsum(0)
+    if int(offsets[-1]) >= 1 << 31:
+        raise SparseFormatError(f"bitmap: {int(offsets[-1])} nonzeros do not fit int32 offsets")
+    return SparseWeight("bitmap", (n, k), (np_, kp), (tr, tc), int(offsets[-1]), _dtype_name(weight),
+                        {"bits": words, "values": values.contiguous(), "tile_offsets": offsets.to(torch.int32)})
+
+
+def decode_bitmap(bits: torch.Tensor, values: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int],
+                  padded_shape: tuple[int, int], tile: tuple[int, int]) -> torch.Tensor:
+    """Rebuild W [N, K] (the values' dtype) from bits, values and tile_offsets."""
+    check_bitmap_tile(tile)
+    tr, tc = tile
+    np_, kp = padded_shape
+    if np_ % tr or kp % tc or np_ < shape[0] or kp < shape[1] or tuple(bits.shape) != (np_, kp // 32):
+        raise SparseFormatError(f"bitmap bits {tuple(bits.shape)} / padded shape {padded_shape} do not fit tile "
+                                f"{tile} and shape {shape}")
+    ti, tj = np_ // tr, kp // tc
+    if tile_offsets.numel() != ti * tj + 1 or int(tile_offsets[-1]) != values.numel():
+        raise SparseFormatError(f"bitmap tile_offsets ({tile_offsets.numel()}, total {int(tile_offsets[-1])}) do "
+                                f"not match {ti * tj} tiles and {values.numel()} values")
+    shifts = torch.arange(32, dtype=torch.int64)
+    present = ((bits.to(torch.int64)[..., None] >> shifts) & 1).bool().view(np_, kp)
+    tiled_present = present.view(ti, tr, tj, tc).permute(0, 2, 1, 3)
+    counts = tiled_present.reshape(ti * tj, -1).sum(1)
+    if not torch.equal(counts, (tile_offsets[1:] - tile_offsets[:-1]).to(torch.int64)):
+        raise SparseFormatError("bitmap tile_offsets disagree with the bits' per-tile counts")
+    tiles = torch.zeros(ti, tj, tr, tc, dtype=values.dtype)
+    tiles[tiled_present] = values
+    return tiles.permute(0, 2, 1, 3).reshape(np_, kp)[: shape[0], : shape[1]].contiguous()
+
+
+# --- shared ------------------------------------------------------------------------------------------
+
+def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None) -> SparseWeight:
+    if fmt == "tiled_csl":
+        return encode_tiled_csl(weight)
+    if fmt == "bitmap":
+        if tile is None:
+            raise SparseFormatError("the bitmap format needs a tile shape")
+        return encode_bitmap(weight, tile)
+    raise SparseFormatError(f"unknown sparse format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def decode(meta: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rebuild a weight from its description (SparseWeight.meta()) and its tensors by part name."""
+    shape, padded = tuple(meta["shape"]), tuple(meta["padded_shape"])
+    if meta["format"] == "tiled_csl":
+        return decode_tiled_csl(tensors["entries"], tensors["tile_offsets"], shape, padded,
+                                getattr(torch, meta["dtype"]))
+    if meta["format"] == "bitmap":
+        return decode_bitmap(tensors["bits"], tensors["values"], tensors["tile_offsets"], shape, padded,
+                             tuple(meta["tile"]))
+    raise SparseFormatError(f"unknown sparse format {meta['format']!r}")
+
+
+def encoded_bytes(fmt: str, shape: tuple[int, int], density: float, tile: tuple[int, int],
+                  value_bytes: int = 2) -> float:
+    """Expected bytes of an encoding at a density (what the dataflow's cost model reads)."""
+    n, k = shape
+    np_, kp = math.ceil(n / tile[0]) * tile[0], math.ceil(k / tile[1]) * tile[1]
+    tiles = (np_ // tile[0]) * (kp // tile[1])
+    if fmt == "tiled_csl":
+        return 4 * (density * n * k + 1.5 * tiles) + 4 * (tiles + 2)
+    if fmt == "bitmap":
+        return np_ * kp / 8 + value_bytes * density * n * k + 4 * (tiles + 1)
+    raise SparseFormatError(f"unknown sparse format {fmt!r}")

@@ -1,0 +1,257 @@
+"""Sparse linear kernels (bitmap, Tiled-CSL: runtime/sparse_formats.py) against reference_ops.linear on the
+decoded weight and a float64 product; their launch specs run as recorded; their cross-compilation."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+import triton
+import triton.language as tl
+
+from fdpp.codegen.aot import jit_launchers
+from fdpp.codegen.kernels import sparse_linear
+from fdpp.codegen.kernels.testing import (TOLERANCE, assert_close, interpreter_fallback, poisoned_allocations,
+                                          random_tensor, relative_error)
+from fdpp.codegen.launch_specs import step_launches
+from fdpp.compiler.errors import CompileError
+from fdpp.runtime.dims import evaluate_dim, evaluate_shape
+from fdpp.runtime.reference_ops import linear as linear_reference
+from fdpp.runtime.schema import KernelChoice, OpKind, Step
+from fdpp.runtime.sparse_formats import PARTS, SparseWeight, decode, encode_bitmap, encode_tiled_csl
+
+# without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
+_skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+
+
+def _weight(n: int, k: int, density: float, dtype, seed: int) -> torch.Tensor:
+    """Random normal [N, K] with about `density` of it kept (kept values are never zero)."""
+    torch.manual_seed(seed)
+    kept = torch.rand(n, k) < density
+    return (random_tensor((n, k), F32, "cpu", scale=k ** -0.5) * kept).to(dtype)
+
+
+def _on_device(weight: SparseWeight) -> SparseWeight:
+    tensors = {part: t.to(DEVICE) for part, t in weight.tensors.items()}
+    return SparseWeight(weight.format, weight.shape, weight.padded_shape, weight.tile, weight.nnz, weight.dtype,
+                        tensors)
+
+
+def _check(out: torch.Tensor, x: torch.Tensor, encoded: SparseWeight, bias, what: str) -> None:
+    """Against the decoded weight through reference_ops.linear, and against a float64 product."""
+    weight = decode(encoded.meta(), {part: t.cpu() for part, t in encoded.tensors.items()}).to(DEVICE)
+    assert_close(out, linear_reference(x, weight.to(x.dtype), bias), what)
+    exact = x.double() @ weight.double().T + (bias.double() if bias is not None else 0)
+    assert relative_error(out, exact) <= TOLERANCE[x.dtype], f"{what}: against float64"
+
+
+def _inputs(m: int, k: int, n: int, dtype, with_bias: bool, seed: int):
+    torch.manual_seed(seed)
+    x = random_tensor((m, k), dtype, DEVICE)
+    return x, (random_tensor((n,), dtype, DEVICE) if with_bias else None)
+
+
+# (tile, M, density, bias, tensor cores, split_k, dtype) for W [40, 96]: N and K not tile multiples; every value
+# of each axis appears on both paths; split_k 3 over 2 K tiles leaves one split without tiles
+BITMAP_CASES = [
+    ((16, 64), 1, 0.3, False, False, 1, F16), ((16, 64), 1, 0.3, True, False, 2, F16),
+    ((16, 64), 3, 0.3, True, False, 1, F32), ((16, 64), 3, 1.0, False, False, 2, F16),
+    ((16, 64), 17, 0.3, True, False, 2, F16), ((16, 64), 3, 0.0, True, False, 1, F16),
+    ((8, 32), 3, 0.3, True, False, 3, F16), ((16, 64), 1, 0.3, False, True, 1, F16),
+    ((16, 64), 17, 0.3, True, True, 2, F16), ((16, 64), 17, 1.0, False, True, 1, F32),
+    ((16, 64), 3, 0.0, False, True, 2, F16), ((32, 128), 17, 0.3, True, True, 1, F32),
+    ((16, 64), 1, 1.0, True, True, 3, F32),
+]
+
+
+@pytest.mark.parametrize("tile,m,density,with_bias,tensor_cores,split_k,dtype", BITMAP_CASES)
+def test_bitmap_linear(tile, m, density, with_bias, tensor_cores, split_k, dtype):
+    n, k = 40, 96
+    encoded = _on_device(encode_bitmap(_weight(n, k, density, dtype, seed=20), tile))
+    x, bias = _inputs(m, k, n, dtype, with_bias, seed=21)
+    with poisoned_allocations():
+        out = sparse_linear.sparse_linear(x, encoded, bias, tensor_cores=tensor_cores, split_k=split_k)
+    _check(out, x, encoded, bias, f"bitmap {tile} M={m} density={density}")
+
+
+# (M, density, bias, tensor cores, split_k, entry_chunk, dtype) for W [130, 70]: 2 x 2 tiles, mostly padding
+TILED_CSL_CASES = [
+    (1, 0.3, False, False, 1, 256, F16), (1, 0.3, True, False, 2, 64, F16), (3, 1.0, True, False, 2, 1024, F16),
+    (3, 0.0, False, False, 1, 256, F16), (17, 0.3, True, False, 3, 256, F16), (1, 0.3, True, True, 2, 256, F16),
+    (17, 0.3, False, True, 2, 64, F16), (17, 1.0, True, True, 1, 1024, F16), (3, 0.0, True, True, 2, 256, F16),
+    (17, 0.3, True, False, 2, 256, BF16),
+    pytest.param(17, 0.3, True, True, 2, 256, BF16, marks=pytest.mark.skipif(
+        DEVICE == "cpu", reason="the interpreter's tl.dot mishandles bfloat16 (the dense gemm's too)")),
+]
+
+
+@pytest.mark.parametrize("m,density,with_bias,tensor_cores,split_k,entry_chunk,dtype", TILED_CSL_CASES)
+def test_tiled_csl_linear(m, density, with_bias, tensor_cores, split_k, entry_chunk, dtype):
+    n, k = 130, 70
+    encoded = _on_device(encode_tiled_csl(_weight(n, k, density, dtype, seed=30)))
+    x, bias = _inputs(m, k, n, dtype, with_bias, seed=31)
+    with poisoned_allocations():
+        out = sparse_linear.sparse_linear(x, encoded, bias, tensor_cores=tensor_cores, split_k=split_k,
+                                          entry_chunk=entry_chunk)
+    _check(out, x, encoded, bias, f"tiled_csl M={m} density={density}")
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+def test_sparse_linear_keeps_leading_dims_and_row_strides(fmt):
+    weight = _weight(48, 64, 0.5, F16, seed=40)
+    encoded = _on_device(encode_bitmap(weight, (16, 64)) if fmt == "bitmap" else encode_tiled_csl(weight))
+    torch.manual_seed(41)
+    x = random_tensor((2, 3, 100), F16, DEVICE)[..., :64]                 # rows with a stride, no copy
+    with poisoned_allocations():
+        out = sparse_linear.sparse_linear(x, encoded)
+    assert out.shape == (2, 3, 48)
+    _check(out.reshape(6, 48), x.reshape(6, 64), encoded, None, fmt)
+
+
+@triton.jit
+def _popcount_kernel(v_ptr, out_ptr, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offsets, sparse_linear.popcount(tl.load(v_ptr + offsets)))
+
+
+def test_popcount_counts_every_bit_of_negative_words_too():
+    torch.manual_seed(50)
+    words = torch.randint(-2 ** 31, 2 ** 31 - 1, (256,), dtype=torch.int32)
+    words[:4] = torch.tensor([0, -1, -2 ** 31, 1], dtype=torch.int32)
+    out = torch.empty_like(words, device=DEVICE)
+    _popcount_kernel[(1,)](words.to(DEVICE), out, BLOCK=256)
+    expected = [bin(int(w) & 0xFFFFFFFF).count("1") for w in words]
+    assert out.cpu().tolist() == expected
+
+
+def test_wrappers_refuse_bad_inputs_naming_the_kernel():
+    bitmap = encode_bitmap(_weight(40, 96, 0.5, F16, seed=60), (16, 64))
+    bits, values, offsets = (bitmap.tensors[p] for p in PARTS["bitmap"])
+    x = torch.ones(2, 96, dtype=F16)
+    args = (bitmap.shape, bitmap.padded_shape, bitmap.tile)
+    with pytest.raises(ValueError, match=r"bitmap_linear: x \[\.\.\., 95\] does not fit"):
+        sparse_linear.bitmap_linear(x[:, :95], bits, values, offsets, *args)
+    with pytest.raises(ValueError, match="bitmap_linear: bits must be int32"):
+        sparse_linear.bitmap_linear(x, bits[:, :1].contiguous(), values, offsets, *args)
+    with pytest.raises(ValueError, match="bitmap_linear: tile_offsets must be int32"):
+        sparse_linear.bitmap_linear(x, bits, values, offsets.long(), *args)
+    with pytest.raises(ValueError, match="bitmap_linear: tensor cores need"):
+        sparse_linear.bitmap_linear(x.float(), bits, values, offsets, *args, tensor_cores=True)
+    with pytest.raises(ValueError, match="bitmap_linear: tl.dot needs block_m >= 16"):
+        sparse_linear.bitmap_linear(x, bits, values, offsets, *args, tensor_cores=True, block_m=8)
+    with pytest.raises(ValueError, match="bitmap_linear: bias must be"):
+        sparse_linear.bitmap_linear(x, bits, values, offsets, *args, bias=torch.ones(41, dtype=F16))
+    csl = encode_tiled_csl(_weight(40, 96, 0.5, F16, seed=61))
+    entries, csl_offsets = (csl.tensors[p] for p in PARTS["tiled_csl"])
+    with pytest.raises(ValueError, match="tiled_csl_linear: Tiled-CSL holds 16-bit weights"):
+        sparse_linear.tiled_csl_linear(x, entries, csl_offsets, csl.shape, csl.padded_shape, weight_dtype=F32)
+    with pytest.raises(ValueError, match="tiled_csl_linear: padded shape"):
+        sparse_linear.tiled_csl_linear(x, entries, csl_offsets, csl.shape, (130, 128))
+    with pytest.raises(ValueError, match="tiled_csl_linear: split_k must be >= 1"):
+        sparse_linear.tiled_csl_linear(x, entries, csl_offsets, csl.shape, csl.padded_shape, split_k=-1)
+    with pytest.raises(ValueError, match="sparse_linear: unknown sparse format 'coo'"):
+        sparse_linear.sparse_linear(x, SparseWeight("coo", (40, 96), (40, 96), (1, 1), 0, "float16"))
+
+
+# --- launch specs ----------------------------------------------------------------------------------------
+
+def _sparse_step(encoded: SparseWeight, kernel: str, max_rows: int, config: dict, with_bias: bool):
+    """A LINEAR reading `w` encoded (as encode_sparse_weights leaves it), its choice, and its tensors by reference."""
+    n, k = encoded.shape
+    parts = {f"@w.{encoded.format}.{part}": encoded.tensors[part] for part in PARTS[encoded.format]}
+    tensors = {**parts, **({"@b": random_tensor((n,), F16, DEVICE)} if with_bias else {})}
+    step = Step(OpKind.LINEAR, ("x", *tensors), "y", {"sparse": encoded.meta()}, out_shape=("batch", "seq", n))
+    shapes = {"x": ("batch", "seq", k), **{ref: tuple(t.shape) for ref, t in tensors.items()}}
+    return step, KernelChoice(max_rows, kernel, config), tensors, shapes.__getitem__
+
+
+def _run_launches(built, tensors: dict, out: torch.Tensor, rows: int) -> None:
+    """Follow recorded launches as the kernel executor does (grids and sizes evaluated, workspaces fresh)."""
+    env = {"rows": rows, "batch": rows, "seq": 1}
+    launchers = jit_launchers(built.specs)
+    workspace = {name: torch.empty(evaluate_shape(spec["shape"], env), dtype=getattr(torch, spec["dtype"]),
+                                   device=DEVICE)
+                 for launch in built.launches for name, spec in launch.get("workspace", {}).items()}
+    for launch in built.launches:
+        refs = {"out": out, **{f"ws:{name}": t for name, t in workspace.items()}, **tensors}
+        args = [refs[value] if kind == "t" else evaluate_dim(value, env) if kind == "i" else float(value)
+                for kind, value in launch["args"]]
+        launchers[launch["kernel"]](tuple(evaluate_dim(g, env) for g in launch["grid"]), *args)
+
+
+@pytest.mark.parametrize("kernel,rows,config", [
+    ("bitmap_gemv", 3, {}), ("bitmap_gemm", 17, {"split_k": 1}), ("tiled_csl_gemv", 3, {"split_k": 2}),
+    ("tiled_csl_gemm", 17, {"block_m": 16, "entry_chunk": 128}),
+])
+def test_launch_specs_run_as_recorded(kernel, rows, config):
+    fmt = kernel.rsplit("_", 1)[0]
+    weight = _weight(130, 136, 0.4, F16, seed=70)
+    encoded = _on_device(encode_bitmap(weight, (16, 64)) if fmt == "bitmap" else encode_tiled_csl(weight))
+    torch.manual_seed(71)
+    step, choice, tensors, shape_of = _sparse_step(encoded, kernel, 32, config, with_bias=True)
+    built = step_launches(step, choice, "float16", shape_of)
+    split = built.launches[0]["grid"][1] > 1                    # config, or the default for 3 x 3 tiles
+    assert split == (config.get("split_k", 2) > 1)
+    assert [launch["kernel"].split("-")[0] for launch in built.launches] == \
+        [f"{fmt}_linear_kernel"] + (["sum_splits_kernel"] if split else [])
+    x = random_tensor((rows, 136), F16, DEVICE)
+    with poisoned_allocations():
+        out = torch.empty((rows, 130), dtype=F16, device=DEVICE)
+        _run_launches(built, {"x": x, **tensors}, out, rows)
+    _check(out, x, encoded, tensors["@b"], kernel)
+
+
+def test_launch_specs_refuse_a_kernel_of_another_format_and_misshapen_parts():
+    encoded = encode_bitmap(_weight(40, 96, 0.5, F16, seed=80), (16, 64))
+    step, choice, _, shape_of = _sparse_step(encoded, "tiled_csl_gemv", 4, {}, with_bias=False)
+    with pytest.raises(CompileError, match="step y: kernel 'tiled_csl_gemv' cannot read a bitmap weight"):
+        step_launches(step, choice, "float16", shape_of)
+    step, choice, _, shape_of = _sparse_step(encoded, "bitmap_gemv", 4, {}, with_bias=False)
+    wrong = {"@w.bitmap.bits": (48, 3)}
+    with pytest.raises(CompileError, match=r"step y: bitmap part bits \(@w.bitmap.bits\) has shape \(48, 3\)"):
+        step_launches(step, choice, "float16", lambda ref: wrong.get(ref) or shape_of(ref))
+
+
+# --- cross-compilation ----------------------------------------------------------------------------------
+
+_CROSS_COMPILE = """
+import tempfile, torch
+from fdpp.codegen.build import KernelCache, compile_kernel
+from fdpp.codegen.elf import read_elf_arch
+from fdpp.codegen.launch_specs import step_launches
+from fdpp.compiler.targets import get_target
+from fdpp.runtime.schema import KernelChoice, OpKind, Step
+from fdpp.runtime.sparse_formats import PARTS, encode_bitmap, encode_tiled_csl
+weight = torch.randn(256, 512).half()
+specs = {}
+for encoded in (encode_bitmap(weight, (16, 256)), encode_tiled_csl(weight)):
+    refs = [f"@w.{encoded.format}.{p}" for p in PARTS[encoded.format]]
+    shapes = {"x": ("batch", "seq", 512), **{r: tuple(encoded.tensors[p].shape) for r, p in
+                                             zip(refs, PARTS[encoded.format])}}
+    step = Step(OpKind.LINEAR, ("x", *refs), "y", {"sparse": encoded.meta()}, out_shape=("batch", "seq", 256))
+    for kernel, rows in (("_gemv", 4), ("_gemm", 64)):
+        choice = KernelChoice(rows, encoded.format + kernel, {"split_k": 2})
+        specs.update(step_launches(step, choice, "float16", shapes.__getitem__).specs)
+cache = KernelCache(tempfile.mkdtemp())
+for target in ("h100", "mi300x"):
+    for key, spec in sorted(specs.items()):
+        built = compile_kernel(spec.fn, get_target(target), dict(spec.signature), dict(spec.constexprs), name=key,
+                               num_warps=spec.num_warps, num_stages=spec.num_stages,
+                               divisible_by_16=spec.divisible_by_16, cache=cache)
+        assert read_elf_arch(built.binary)[1] == get_target(target).arch, (target, key)
+print(len(specs), "specs")
+"""
+
+
+def test_sparse_kernels_cross_compile_for_cuda_and_hip():
+    # compiled kernels are built in a process of their own: this one may run Triton as the interpreter
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    child = subprocess.run([sys.executable, "-c", _CROSS_COMPILE], env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "5 specs" in child.stdout                # 2 formats x CUDA/tensor cores, and the split-K sum

@@ -1,0 +1,122 @@
+"""prune_weights (magnitude, Wanda), the sparse dataflow decision and encode_sparse_weights, on hand-made
+weights and the tiny Llama; the sparse bundles' outputs against dense bundles of the same pruned weights
+are in test_sparse_bundles.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fdpp.compiler.calibration import load_calibration
+from fdpp.compiler.errors import CompileError
+from fdpp.compiler.interpreter import evaluate
+from fdpp.compiler.ir import DictWeightStore, Op
+from fdpp.compiler.targets import get_target
+from fdpp.passes.pass_manager import PassContext, PassManager
+from fdpp.passes.pipeline import PIPELINE
+from fdpp.passes.prune_weights import PrunedWeightStore, row_thresholds, scores
+from fdpp.passes.sparse_choice import choose_sparse_linear
+
+from helpers import compile_options, random_tokens, tiny_llama, trace_tiny
+
+UP_TO_PRUNING = PIPELINE[:[name for name, _ in PIPELINE].index("prune_weights") + 1]
+
+
+def _pruned_graph(**options):
+    model, _ = tiny_llama()
+    calibration = load_calibration(None, None, 300, 256, 64)
+    ctx = PassContext(compile_options(**options), get_target("h100"), calibration)
+    return PassManager(list(UP_TO_PRUNING)).run(trace_tiny(model), ctx), model
+
+
+def _linear_weights(graph):
+    return {graph.node(n.inputs[1]).attr("key"): n for n in graph.nodes if n.op is Op.LINEAR}
+
+
+def test_magnitude_keeps_the_largest_of_each_row():
+    w = torch.tensor([[1.0, -4.0, 3.0, 2.0], [0.5, 0.25, -0.75, 1.0]])
+    store = PrunedWeightStore(DictWeightStore({"w": w}), {"w": (None, row_thresholds(w, None, 0.5))})
+    assert store.get("w").tolist() == [[0.0, -4.0, 3.0, 0.0], [0.0, 0.0, -0.75, 1.0]]
+
+
+def test_wanda_weighs_by_input_channel_norms():
+    w = torch.tensor([[1.0, -4.0, 3.0, 2.0]])
+    norms = torch.tensor([10.0, 0.1, 1.0, 1.0])            # channel 0 matters, channel 1 hardly
+    store = PrunedWeightStore(DictWeightStore({"w": w}), {"w": (norms, row_thresholds(w, norms, 0.5))})
+    assert store.get("w").tolist() == [[1.0, 0.0, 3.0, 0.0]]
+    assert torch.equal(scores(w, norms), w.abs() * norms)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_pass_prunes_every_row_of_every_linear_but_lm_head(method):
+    graph, model = _pruned_graph(sparsity=0.5, prune=method)
+    linears = _linear_weights(graph)
+    assert "lm_head.weight" in linears and "pruned" not in linears["lm_head.weight"].attrs
+    pruned = {k: n for k, n in linears.items() if "pruned" in n.attrs}
+    assert len(pruned) == 2 * 7                              # q k v o gate up down, two layers
+    for key, node in pruned.items():
+        w = graph.weights.get(key)
+        zeros_per_row = (w == 0).sum(1)
+        assert torch.all(zeros_per_row >= w.shape[1] // 2), key
+        assert node.attr("pruned")["method"] == method
+        assert node.attr("pruned")["density"] == pytest.approx(float((w != 0).float().mean()))
+        kept = w != 0
+        assert torch.equal(w[kept], model.state_dict()[key][kept])   # survivors are untouched
+
+
+def test_wanda_and_magnitude_choose_differently_and_wanda_uses_the_activations():
+    magnitude, _ = _pruned_graph(sparsity=0.5, prune="magnitude")
+    wanda, _ = _pruned_graph(sparsity=0.5, prune="wanda")
+    key = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(magnitude.weights.get(key) != 0, wanda.weights.get(key) != 0)
+
+
+def test_include_and_exclude_patterns():
+    graph, _ = _pruned_graph(sparsity=0.5, prune="magnitude", prune_include=("*mlp*",),
+                             prune_exclude=("*down_proj*", "*lm_head*"))
+    pruned = sorted(k for k, n in _linear_weights(graph).items() if "pruned" in n.attrs)
+    assert pruned == sorted(f"model.layers.{i}.mlp.{p}_proj.weight" for i in range(2) for p in ("gate", "up"))
+    with pytest.raises(CompileError, match="no linear weight matches"):
+        _pruned_graph(sparsity=0.5, prune="magnitude", prune_include=("nothing*",))
+
+
+def test_pruning_reads_one_weight_at_a_time():
+    """The pruned store holds thresholds, not tensors: each read prunes the base store's tensor again."""
+    reads = []
+
+    class Counting(DictWeightStore):
+        def get(self, name):
+            reads.append(name)
+            return super().get(name)
+
+    w = torch.randn(8, 16)
+    store = PrunedWeightStore(Counting({"w": w}), {"w": (None, row_thresholds(w, None, 0.7))})
+    first, second = store.get("w"), store.get("w")
+    assert reads == ["w", "w"] and torch.equal(first, second)
+    assert int((first == 0).sum()) == 8 * int(0.7 * 16)
+
+
+def test_pruned_graph_still_runs_and_differs_from_dense():
+    graph, model = _pruned_graph(sparsity=0.5, prune="wanda")
+    tokens = random_tokens(1, 12, seed=1)
+    positions = torch.arange(12)[None, :]
+    logits = evaluate(graph, {"tokens": tokens, "positions": positions}, {"batch": 1, "seq": 12})
+    (out,) = logits.values()
+    with torch.no_grad():
+        dense = model(tokens).logits
+    assert torch.isfinite(out).all() and not torch.allclose(out, dense, atol=1e-3)
+
+
+def test_dataflow_keeps_a_layer_dense_where_sparse_loses():
+    target = get_target("h200")
+    low_sparsity = choose_sparse_linear(4096, 4096, 0.95, "float16", "auto", [1, 2, 4, 8], (1, 2, 4, 8), target,
+                                        lambda m: 9.0)
+    assert low_sparsity["format"] == "dense" and low_sparsity["choices"] == ()
+    high_sparsity = choose_sparse_linear(4096, 4096, 0.2, "float16", "auto", [1, 2, 4, 8], (1, 2, 4, 8), target,
+                                         lambda m: 30.0)
+    assert high_sparsity["format"] in ("bitmap", "tiled_csl") and high_sparsity["expected_speedup"] > 1
+    forced = choose_sparse_linear(4096, 4096, 0.95, "float16", "tiled_csl", [1, 16], (1,), target, lambda m: 9.0)
+    assert forced["format"] == "tiled_csl" and {c.kernel for c in forced["choices"]} <= {"tiled_csl_gemv",
+                                                                                          "tiled_csl_gemm"}
+    float32 = choose_sparse_linear(4096, 4096, 0.2, "float32", "auto", [1], (1,), target, lambda m: 60.0)
+    assert float32["format"] in ("bitmap", "dense")          # Tiled-CSL holds 16-bit values only
