@@ -17,11 +17,14 @@ import math
 from fdpp.runtime.schema import KernelChoice
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, encoded_bytes
 
-# Fractions of peak and integer work per weight position. Provisional until measured on a GPU
-# (scripts/bench_sparse.py); see docs/perf for the run that set them.
+# Fraction of bandwidth reached, and integer instructions per weight position to rebuild a tile, per kernel.
+# Fitted to the H200 run of scripts/bench_sparse.py (docs/perf/2026-11-22-h200-sparse.md): at M = 1 the bitmap
+# CUDA-core kernel rebuilds ~1.0 M positions/us and the Tiled-CSL one ~0.7 M/us whatever the sparsity
+# (50-90%), and the tensor-core kernels ~0.5-0.7 M/us per 16-row block: the decode, not the bytes, sets
+# their time, which is why on an H200 they lose to dense cuBLAS everywhere (0.21-0.68x).
 SPARSE_EFFICIENCY = {
-    "bitmap": {"bandwidth": 0.60, "decode_ops": 8.0},
-    "tiled_csl": {"bandwidth": 0.50, "decode_ops": 24.0},
+    "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 17.0, "gemm": 32.0}},
+    "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
 GEMV_MAX_ROWS = 4                  # the CUDA-core sparse kernels are offered up to this many rows
 TENSOR_BLOCK_M = 16                # rows per program of the tensor-core sparse kernels
@@ -43,13 +46,16 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
     tile = TILED_CSL_TILE if fmt == "tiled_csl" else bitmap_tile(k)
     moved = encoded_bytes(fmt, (n, k), density, tile, value_bytes) + value_bytes * (m * k + m * n)
     memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
-    row_blocks = 1 if kernel.endswith("gemv") else math.ceil(m / TENSOR_BLOCK_M)
+    path = "gemv" if kernel.endswith("gemv") else "gemm"
+    # the CUDA-core kernel decodes once for all its rows (each row adds ~1/8 for its products); the
+    # tensor-core one decodes again for every block of 16 rows
+    repeats = 1 + (m - 1) / 8 if path == "gemv" else math.ceil(m / TENSOR_BLOCK_M)
     int_ops_per_us = target.vector_tflops_fp32 * 1e6 / 4          # int32 issue rate: half the fp32 lanes
-    decode_us = row_blocks * n * k * eff["decode_ops"] / int_ops_per_us
-    if kernel.endswith("gemv"):
+    decode_us = repeats * n * k * eff["decode_ops"][path] / int_ops_per_us
+    if path == "gemv":
         compute_us = 2 * m * n * k / (target.vector_tflops_fp32 * 1e6 * 0.6)
     else:
-        compute_us = 2 * row_blocks * TENSOR_BLOCK_M * n * k / (target.tensor_tflops_fp16 * 1e6 * 0.5)
+        compute_us = 2 * repeats * TENSOR_BLOCK_M * n * k / (target.tensor_tflops_fp16 * 1e6 * 0.5)
     return max(memory_us, decode_us + compute_us) + LAUNCH_US
 
 
