@@ -60,3 +60,15 @@ def test_dense_format_keeps_pruned_weights_dense(llama_dir, tmp_path):
     w = bundle.weights["model.layers.1.mlp.up_proj.weight"]
     assert float((w == 0).float().mean()) >= 0.7
     assert all(e["format"] == "dense" for e in bundle.manifest.sparsity["weights"].values())
+
+
+def test_sparse_options_are_checked_before_any_work():
+    from fdpp.compiler.driver import validate_options
+    from fdpp.compiler.errors import CompileError
+
+    with pytest.raises(CompileError, match="Tiled-CSL stores 16-bit values"):
+        validate_options(compile_options("float32", sparsity=0.5, sparse_format="tiled_csl"))
+    with pytest.raises(CompileError, match="--prune must be one of"):
+        validate_options(compile_options(sparsity=0.5, prune="random"))
+    with pytest.raises(CompileError, match="--sparse-format must be one of"):
+        validate_options(compile_options(sparsity=0.5, sparse_format="csr"))
