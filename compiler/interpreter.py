@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from fdpp.compiler.ir import Graph, Node, Op, resolve_dim, resolve_shape
 from fdpp.runtime import reference_ops as ref
-from fdpp.runtime.sparse_formats import PARTS
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -38,10 +37,7 @@ def _attention(n: Node, q, k, v, positions=None):
 def _linear(n: Node, x, *rest):
     """(x, weight, bias?) or, for an encoded sparse weight, (x, part..., bias?)."""
     sparse = n.attr("sparse")
-    if sparse is None:
-        return ref.linear(x, *rest)
-    count = len(PARTS[sparse["format"]])
-    return ref.sparse_linear(x, list(rest[:count]), sparse, rest[count] if len(rest) > count else None)
+    return ref.linear(x, *rest) if sparse is None else ref.sparse_linear(x, list(rest), sparse)
 
 
 def _sdpa(n: Node, q, k, v, mask=None):

@@ -15,8 +15,8 @@ from fdpp.runtime import reference_ops as ref
 from fdpp.runtime.dims import evaluate_shape
 from fdpp.runtime.kv_cache import KVCache
 from fdpp.runtime.schema import WEIGHT_PREFIX, OpKind, Plan, Step
-from fdpp.runtime.sparse_formats import PARTS
 from fdpp.runtime.sparse_formats import decode as decode_sparse
+from fdpp.runtime.sparse_formats import split_operands
 
 
 def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
@@ -35,8 +35,8 @@ def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: di
     sparse = step.attrs.get("sparse")
     if sparse is None:
         return ref.linear(*args)
-    count = len(PARTS[sparse["format"]])           # (x, part..., bias?): the weight was decoded at load
-    return ref.linear(args[0], env["decoded"][step.output], args[1 + count] if len(args) > 1 + count else None)
+    _, bias = split_operands(sparse, args[1:])     # (x, part..., bias?): the weight was decoded at load
+    return ref.linear(args[0], env["decoded"][step.output], bias)
 
 
 _RUN: dict[OpKind, Callable] = {
@@ -68,9 +68,9 @@ class ReferenceExecutor:
         self._decoded: dict[str, torch.Tensor] = {}
         for step in plan.steps:
             if step.op is OpKind.LINEAR and "sparse" in step.attrs:
-                meta = step.attrs["sparse"]
-                parts = [self.weights[name[len(WEIGHT_PREFIX):]] for name in step.inputs[1:1 + len(PARTS[meta["format"]])]]
-                self._decoded[step.output] = decode_sparse(meta, dict(zip(PARTS[meta["format"]], parts))).to(device)
+                parts, _ = split_operands(step.attrs["sparse"], [self.weights.get(name[len(WEIGHT_PREFIX):])
+                                                                 for name in step.inputs[1:]])
+                self._decoded[step.output] = decode_sparse(step.attrs["sparse"], parts).to(device)
 
     @property
     def softmax_fallbacks(self) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fdpp.runtime.sparse_formats import PARTS
 from fdpp.runtime.sparse_formats import decode as decode_sparse
+from fdpp.runtime.sparse_formats import split_operands
 
 
 def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -50,10 +50,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x.float(), weight.float(), b).to(x.dtype)
 
 
-def sparse_linear(x: torch.Tensor, parts: list[torch.Tensor], meta: dict,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """linear() with the weight given encoded: parts in sparse_formats.PARTS[meta["format"]] order."""
-    weight = decode_sparse(meta, dict(zip(PARTS[meta["format"]], parts)))
+def sparse_linear(x: torch.Tensor, operands: list[torch.Tensor], meta: dict) -> torch.Tensor:
+    """linear() with the weight given encoded: operands are (part..., bias?) in sparse_formats.PARTS order."""
+    parts, bias = split_operands(meta, operands)
+    weight = decode_sparse(meta, parts)
     return linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight, bias)
 
 

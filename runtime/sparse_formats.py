@@ -57,12 +57,18 @@ class SparseWeight:
     def meta(self) -> dict:
         """The facts the bundle manifest records beside the tensors."""
         return {"format": self.format, "shape": list(self.shape), "padded_shape": list(self.padded_shape),
-                "tile": list(self.tile), "nnz": self.nnz, "dtype": self.dtype, "density": self.nnz / max(1, math.prod(self.shape)),
-                "bytes": self.nbytes}
+                "tile": list(self.tile), "nnz": self.nnz, "dtype": self.dtype,
+                "density": self.nnz / max(1, math.prod(self.shape)), "bytes": self.nbytes}
 
 
 def tensor_name(param: str, fmt: str, part: str) -> str:
     return f"{param}.{fmt}.{part}"
+
+
+def split_operands(meta: dict, operands: list):
+    """A sparse linear's operands after x — (part..., bias?) — as ({part name: operand}, bias or None)."""
+    names = PARTS[meta["format"]]
+    return dict(zip(names, operands[:len(names)])), (operands[len(names)] if len(operands) > len(names) else None)
 
 
 def _dtype_name(weight: torch.Tensor) -> str:
