@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fdpp.codegen.kernels.attention_decode import allocate_decode_workspace, attention_decode
+from fdpp.codegen.kernels.testing import copy_bandwidth_gbs
 from fdpp.passes.select_kernels import DECODE_BLOCK_N, DECODE_NUM_STAGES, MIN_SPLIT_KEYS, choose_splits
 from fdpp.runtime.unified_max import safe_offsets
 
@@ -33,22 +34,6 @@ LOW, HIGH = (PHI + o for o in safe_offsets("float16"))
 SMS = 132
 ROTATE_BYTES = 512 << 20          # input sets rotate through at least this much memory (L2 is 50-60 MB)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"   # cpu: a dry run under TRITON_INTERPRET=1, tiny sizes
-
-
-def copy_bandwidth_gbs() -> float:
-    if DEVICE == "cpu":
-        return 10.0
-    src = torch.randn(1 << 28, device=DEVICE, dtype=torch.float16)       # 512 MiB
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * src.numel() * 2 / statistics.median(times[5:]) / 1e9
 
 
 def graph_time_us(calls: list, moved: int, repeats: int = 15) -> float:
@@ -260,7 +245,7 @@ def main() -> int:
     name = torch.cuda.get_device_properties(0).name if DEVICE == "cuda" else "cpu (dry run)"
     SMS = torch.cuda.get_device_properties(0).multi_processor_count if DEVICE == "cuda" else 4
     props = argparse.Namespace(name=name, multi_processor_count=SMS)
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = copy_bandwidth_gbs(DEVICE, 1 << 29)
     print(f"{props.name}, {props.multi_processor_count} SMs, copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     rows = []
     with open(args.out / "attention.jsonl", "w") as log:

@@ -30,6 +30,7 @@ import triton
 
 from fdpp.codegen.kernels.linear import gemm, gemv
 from fdpp.codegen.kernels.sparse_linear import default_num_warps, default_split_k, sparse_linear
+from fdpp.codegen.kernels.testing import copy_bandwidth_gbs
 from fdpp.passes.select_kernels import flat_gemm_config
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, SparseWeight, encode_bitmap, encode_tiled_csl
 
@@ -43,23 +44,6 @@ MAX_COPIES = 16
 REPEATS = 20
 MAX_ERROR = 2e-3
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"   # cpu: a dry run under TRITON_INTERPRET=1
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy of 1 GiB, bytes read plus written, median of 20."""
-    if DEVICE == "cpu":
-        return 10.0
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=DEVICE)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return 2 * src.numel() / statistics.median(times[5:]) / 1e9
 
 
 def time_us(calls: list) -> float:
@@ -271,7 +255,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     props = torch.cuda.get_device_properties(0) if DEVICE == "cuda" else None
     gpu, sms = (props.name, props.multi_processor_count) if props else ("cpu (dry run)", 4)
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = copy_bandwidth_gbs(DEVICE, 1 << 30)
     print(f"{gpu}, {sms} SMs, copy bandwidth {copy_gbs:.0f} GB/s, torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
     started = time.perf_counter()
