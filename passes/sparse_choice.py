@@ -26,6 +26,9 @@ SPARSE_EFFICIENCY = {
     "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 17.0, "gemm": 32.0}},
     "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
+# AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
+# Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
+HIP_SWAR_POPCOUNT_OPS = 12.0
 GEMV_MAX_ROWS = 4                  # the CUDA-core sparse kernels are offered up to this many rows
 TENSOR_BLOCK_M = 16                # rows per program of the tensor-core sparse kernels
 LAUNCH_US = 3.0
@@ -40,6 +43,12 @@ def bitmap_tile(k: int) -> tuple[int, int]:
     return 16, 64
 
 
+def int_ops_per_us(target) -> float:
+    """Integer instructions per microsecond the whole GPU issues: NVIDIA's int32 rate is half its fp32 lanes;
+    AMD's datasheet fp32 peak is doubled by packed math integers do not get."""
+    return target.vector_tflops_fp32 * 1e6 / (4 if target.vendor == "cuda" else 8)
+
+
 def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float, target,
                    value_bytes: int = 2) -> float:
     eff = SPARSE_EFFICIENCY[fmt]
@@ -50,8 +59,8 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
     # the CUDA-core kernel decodes once for all its rows (each row adds ~1/8 for its products); the
     # tensor-core one decodes again for every block of 16 rows
     repeats = 1 + (m - 1) / 8 if path == "gemv" else math.ceil(m / TENSOR_BLOCK_M)
-    int_ops_per_us = target.vector_tflops_fp32 * 1e6 / 4          # int32 issue rate: half the fp32 lanes
-    decode_us = repeats * n * k * eff["decode_ops"][path] / int_ops_per_us
+    ops = eff["decode_ops"][path] + (HIP_SWAR_POPCOUNT_OPS if fmt == "bitmap" and target.vendor == "hip" else 0)
+    decode_us = repeats * n * k * ops / int_ops_per_us(target)
     if path == "gemv":
         compute_us = 2 * m * n * k / (target.vector_tflops_fp32 * 1e6 * 0.6)
     else:
