@@ -10,6 +10,7 @@ Writes a table to stdout, and JSON plus a PNG plot to --out.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -19,6 +20,25 @@ from typing import Callable
 import torch
 
 import fdpp
+from fdpp.runtime.dims import evaluate_shape
+
+
+def copy_bandwidth_gbs(device: str, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read plus written, median of 20 after 5 warm-ups), the
+    yardstick of the GPU benchmarks' "% of copy bandwidth". On a CPU dry run: a nominal 10 GB/s."""
+    if device == "cpu":
+        return 10.0
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return 2 * nbytes / statistics.median(times[5:]) / 1e9
 
 
 def _hf_model(manifest, device: torch.device):
@@ -64,8 +84,32 @@ def _fdpp_decode(model, batch: int, context: int, new: int) -> tuple[float, floa
     return prefill, decode
 
 
-def _op_breakdown(model, batch: int, context: int) -> list[dict]:
-    """Per-op time of one eager decode step at this batch and context, summed by op kind and kernel."""
+def step_bytes(model, step, batch: int, context: int, shapes: dict[str, tuple]) -> int:
+    """Bytes one decode step of `step` must move at this batch and context: the weights it reads (sparse
+    encodings as stored), its input and output activations, and for attention the KV cache it reads."""
+    env = {"batch": batch, "seq": 1, "rows": batch}
+    itemsize = torch.tensor([], dtype=model.dtype).element_size()
+    total = 0
+    gather = step.op.value in ("embedding", "position_lookup")     # reads only the rows it gathers
+    for name in step.inputs:
+        if name.startswith("@"):
+            w = model.bundle.weights[name[1:]]
+            total += (math.prod(evaluate_shape(step.out_shape, env)) * w.element_size() if gather
+                      else w.numel() * w.element_size())
+        elif name in shapes:
+            width = 8 if name in ("tokens", "positions") else itemsize            # int64 ids and positions
+            total += math.prod(evaluate_shape(shapes[name], env)) * width
+    total += math.prod(evaluate_shape(step.out_shape, env)) * itemsize
+    if step.op.value == "attention":
+        a = step.attrs
+        total += 2 * batch * a["n_kv_heads"] * context * a["head_dim"] * itemsize
+    return total
+
+
+def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict]:
+    """Per op kind and kernel, one eager decode step at this batch and context: time (CUDA events around each
+    step, so a few microseconds of event overhead per step are included), bytes it must move, and the
+    bandwidth that gives against the measured copy bandwidth."""
     cache = model._cache(batch, context + 1)
     tokens = torch.randint(10, 1000, (batch, 1), device=model.device)
     positions = torch.full((batch, 1), context, device=model.device)
@@ -77,15 +121,24 @@ def _op_breakdown(model, batch: int, context: int) -> list[dict]:
         model.executor.forward(tokens, positions, cache, "decode", profile=profile)
         torch.cuda.synchronize()
         samples.append([(s, a.elapsed_time(b)) for s, a, b in profile])
+    shapes = {"tokens": ("batch", "seq"), "positions": ("batch", "seq"),
+              **{s.output: tuple(s.out_shape) for s in model.plan.steps}}
     totals: dict[tuple[str, str], list[float]] = {}
+    moved: dict[tuple[str, str], int] = {}
     for i, (step, _) in enumerate(samples[0]):
         choice = step.kernel_for(batch, "decode")
         key = (step.op.value, choice.kernel if choice else "view")
         totals.setdefault(key, [0.0] * len(samples))
+        moved[key] = moved.get(key, 0) + step_bytes(model, step, batch, context, shapes)
         for j, sample in enumerate(samples):
             totals[key][j] += sample[i][1]
-    return [{"op": op, "kernel": kernel, "ms": statistics.median(v)} for (op, kernel), v in
-            sorted(totals.items(), key=lambda kv: -statistics.median(kv[1]))]
+    rows = []
+    for (op, kernel), v in sorted(totals.items(), key=lambda kv: -statistics.median(kv[1])):
+        ms = statistics.median(v)
+        gbs = moved[(op, kernel)] / (ms * 1e6) if ms > 0 else 0.0
+        rows.append({"op": op, "kernel": kernel, "ms": ms, "bytes": moved[(op, kernel)], "gbs": gbs,
+                     "fraction_of_copy": gbs / copy_gbs if copy_gbs else None})
+    return rows
 
 
 def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: int, out_dir: Path,
@@ -116,7 +169,8 @@ def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: 
                         row[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             say(json.dumps(row))
             rows.append(row)
-    breakdown = _op_breakdown(model, batches[0], contexts[0])
+    copy_gbs = copy_bandwidth_gbs(str(device), 1 << 30)
+    breakdown = _op_breakdown(model, batches[0], contexts[0], copy_gbs)
     result = {
         "bundle": bundle, "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "new_tokens": new_tokens,
@@ -124,6 +178,7 @@ def run_bench(bundle: str, batches: list[int], contexts: list[int], new_tokens: 
         "bundle_bytes": Path(bundle).stat().st_size, "gpu_bytes_after_load": weights_gpu_bytes,
         "gpu_peak_bytes": torch.cuda.max_memory_allocated(device),
         "sparsity": {k: v for k, v in model.manifest.sparsity.items() if k != "weights"},
+        "copy_gbs": copy_gbs,
         "decode_step_breakdown": {"batch": batches[0], "context": contexts[0], "ops": breakdown},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,9 +201,14 @@ def format_table(result: dict) -> str:
                      f"{r.get('ratio_vs_hf_eager', float('nan')):>8.2f} {r.get('ratio_vs_hf_static', float('nan')):>8.2f}")
     b = result["decode_step_breakdown"]
     total = sum(o["ms"] for o in b["ops"])
-    lines.append(f"one eager decode step, batch {b['batch']}, context {b['context']}: {total:.3f} ms")
-    for o in b["ops"][:12]:
-        lines.append(f"  {o['op']:<16} {o['kernel']:<28} {o['ms']:8.3f} ms  {100 * o['ms'] / total:5.1f}%")
+    moved = sum(o.get("bytes", 0) for o in b["ops"])
+    lines.append(f"one eager decode step, batch {b['batch']}, context {b['context']}: {total:.3f} ms, "
+                 f"{moved / 1e6:.1f} MB moved; copy bandwidth {result.get('copy_gbs', float('nan')):.0f} GB/s "
+                 f"(event overhead included per step)")
+    lines.append(f"  {'op':<16} {'kernel':<28} {'ms':>8} {'share':>6} {'MB':>9} {'GB/s':>7} {'%copy':>6}")
+    for o in b["ops"][:14]:
+        lines.append(f"  {o['op']:<16} {o['kernel']:<28} {o['ms']:8.3f} {100 * o['ms'] / total:5.1f}% "
+                     f"{o.get('bytes', 0) / 1e6:9.2f} {o.get('gbs', 0):7.0f} {100 * (o.get('fraction_of_copy') or 0):5.1f}%")
     return "\n".join(lines)
 
 

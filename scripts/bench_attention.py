@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fdpp.compiler.bench import copy_bandwidth_gbs
 from fdpp.codegen.kernels.attention_decode import allocate_decode_workspace, attention_decode
-from fdpp.codegen.kernels.testing import copy_bandwidth_gbs
 from fdpp.passes.select_kernels import DECODE_BLOCK_N, DECODE_NUM_STAGES, MIN_SPLIT_KEYS, choose_splits
 from fdpp.runtime.unified_max import safe_offsets
 

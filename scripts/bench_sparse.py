@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from fdpp.compiler.bench import copy_bandwidth_gbs
 from fdpp.codegen.kernels.linear import gemm, gemv
 from fdpp.codegen.kernels.sparse_linear import default_num_warps, default_split_k, sparse_linear
-from fdpp.codegen.kernels.testing import copy_bandwidth_gbs
 from fdpp.passes.select_kernels import flat_gemm_config
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, SparseWeight, encode_bitmap, encode_tiled_csl
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 from typing import Iterator
@@ -100,21 +99,3 @@ def interpreter_fallback(test_file: str):
         assert child.returncode == 0, f"{test_file} under the interpreter:\n{report}"
 
     return skip_where_kernels_cannot_run, test_in_interpreter_process
-
-
-def copy_bandwidth_gbs(device: str, nbytes: int = 1 << 30) -> float:
-    """Measured device-to-device copy bandwidth (bytes read plus written, median of 20 after 5 warm-ups), the
-    yardstick of the GPU benchmarks' "% of copy bandwidth". On a CPU dry run: a nominal 10 GB/s."""
-    if device == "cpu":
-        return 10.0
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return 2 * nbytes / statistics.median(times[5:]) / 1e9
