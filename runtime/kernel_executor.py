@@ -61,8 +61,7 @@ class KernelExecutor:
         profile: if a list, (step, start event, end event) is appended per step (CUDA only, not in graphs).
         """
         tokens, positions = tokens.contiguous(), positions.contiguous()   # kernels index them as flat arrays
-        batch, seq = tokens.shape
-        env = {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cache.capacity}
+        env = self.decode_env(*tokens.shape, cache)
         buffers: dict[str, torch.Tensor] = {"tokens": tokens, "positions": positions}
         for step in self.plan.steps:
             if profile is not None:
@@ -75,6 +74,14 @@ class KernelExecutor:
             for name in step.frees:
                 buffers.pop(name, None)
         return buffers[self.plan.output].float()
+
+    def decode_env(self, batch: int, seq: int, cache: KVCache) -> dict:
+        """The size symbols of a launch of [batch, seq] tokens (what forward() evaluates launches with)."""
+        return {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cache.capacity}
+
+    def run_step(self, step: Step, buffers: dict, cache: KVCache, env: dict, phase: str) -> torch.Tensor:
+        """One step on buffers that hold its inputs -> its output (for measuring steps one kind at a time)."""
+        return self._run(step, buffers, cache, env, phase)
 
     def _tensor(self, ref: str, buffers: dict, step: Step, cache: KVCache, out: torch.Tensor | None,
                 workspace: dict) -> torch.Tensor:
