@@ -118,7 +118,7 @@ def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict
     cache = model._cache(batch, context + 1)
     tokens = torch.randint(10, 1000, (batch, 1), device=model.device)
     positions = torch.full((batch, 1), context, device=model.device)
-    env = executor.decode_env(batch, 1, cache)
+    env = executor.launch_env(batch, 1, cache)
     buffers = {"tokens": tokens, "positions": positions}
     groups: dict[tuple[str, str], list] = {}
     for step in model.plan.steps:

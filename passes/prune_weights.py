@@ -63,11 +63,15 @@ def scores(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
 
 def row_thresholds(weight: torch.Tensor, norms: torch.Tensor | None, sparsity: float) -> torch.Tensor:
     """[N] per-row threshold: the round(sparsity * K)-th lowest score (-inf where nothing is pruned)."""
-    n, k = weight.shape
+    return _thresholds(scores(weight, norms), sparsity)
+
+
+def _thresholds(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    n, k = score.shape
     prune = round(sparsity * k)
     if prune == 0:
         return torch.full((n,), float("-inf"))
-    return scores(weight, norms).kthvalue(prune, dim=1).values
+    return score.kthvalue(prune, dim=1).values
 
 
 def _selected(graph: Graph, options) -> list[tuple[Node, str]]:
@@ -131,9 +135,10 @@ def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
         if key in rules and channel_norms is not None and not torch.equal(rules[key][0], channel_norms):
             raise CompileError(f"weight {key} feeds two linears with different inputs; Wanda cannot prune it "
                                f"for both; exclude it with --prune-exclude")
-        threshold = row_thresholds(weight, channel_norms, opts.sparsity)
+        score = scores(weight, channel_norms)
+        threshold = _thresholds(score, opts.sparsity)
         rules[key] = (channel_norms, threshold)
-        kept = int((scores(weight, channel_norms) > threshold[:, None]).logical_and(weight != 0).sum())
+        kept = int((score > threshold[:, None]).logical_and(weight != 0).sum())
         edit.update(node.with_(attrs={**node.attrs, "pruned": {
             "method": opts.prune, "sparsity": opts.sparsity, "density": kept / weight.numel(), "weight": key}}))
     pruned = edit.commit().with_(weights=PrunedWeightStore(graph.weights, rules))

@@ -54,28 +54,18 @@ class KernelExecutor:
         if missing:
             raise GenerationError(f"the bundle's plan launches kernels it does not contain ({sorted(missing)[0]}…)")
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, phase: str,
-                profile: list | None = None) -> torch.Tensor:
-        """tokens, positions: [B, S] int64 on the device -> logits [B, S, V] float32. phase: decode|prefill.
-
-        profile: if a list, (step, start event, end event) is appended per step (CUDA only, not in graphs).
-        """
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, phase: str) -> torch.Tensor:
+        """tokens, positions: [B, S] int64 on the device -> logits [B, S, V] float32. phase: decode|prefill."""
         tokens, positions = tokens.contiguous(), positions.contiguous()   # kernels index them as flat arrays
-        env = self.decode_env(*tokens.shape, cache)
+        env = self.launch_env(*tokens.shape, cache)
         buffers: dict[str, torch.Tensor] = {"tokens": tokens, "positions": positions}
         for step in self.plan.steps:
-            if profile is not None:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
             buffers[step.output] = self._run(step, buffers, cache, env, phase)
-            if profile is not None:
-                end.record()
-                profile.append((step, start, end))
             for name in step.frees:
                 buffers.pop(name, None)
         return buffers[self.plan.output].float()
 
-    def decode_env(self, batch: int, seq: int, cache: KVCache) -> dict:
+    def launch_env(self, batch: int, seq: int, cache: KVCache) -> dict:
         """The size symbols of a launch of [batch, seq] tokens (what forward() evaluates launches with)."""
         return {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cache.capacity}
 
