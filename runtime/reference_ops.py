@@ -50,6 +50,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x.float(), weight.float(), b).to(x.dtype)
 
 
+def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 residual: torch.Tensor | None = None, gated: str | None = None) -> torch.Tensor:
+    """linear() with the epilogues the dataflow fuses into it, all in float32 with one rounding at the end.
+
+    x [..., K]; weight [N, K], or [2N, K] = (gate; up) when `gated` names an activation; bias [N] or [2N];
+    residual [..., N]. Returns act(x @ gate^T + b_gate) * (x @ up^T + b_up) when gated (else x @ W^T + b),
+    plus residual: [..., N] in x's dtype.
+    """
+    y = F.linear(x.float(), weight.float(), bias.float() if bias is not None else None)
+    if gated:
+        gate, up = y.chunk(2, dim=-1)
+        y = _ACTIVATIONS[gated](gate) * up
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(x.dtype)
+
+
+def linear_operands(attrs: dict, operands: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A dense LINEAR step's inputs after (x, weight) -> (bias, residual): residual is last when attrs say so."""
+    residual = operands[-1] if attrs.get("residual") else None
+    rest = operands[:-1] if residual is not None else operands
+    return (rest[0] if rest else None), residual
+
+
 def sparse_linear(x: torch.Tensor, operands: list[torch.Tensor], meta: dict) -> torch.Tensor:
     """linear() with the weight given encoded: operands are (part..., bias?) in sparse_formats.PARTS order."""
     parts, bias = split_operands(meta, operands)
@@ -172,6 +196,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
             fallbacks += int((~inside).sum())
     out = torch.matmul(probs, values)                                      # [B, Hq, S, D]
     return out.transpose(1, 2).reshape(b, s, n_heads * head_dim).to(q.dtype)
+
+
+def slice_last(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    # x: [..., W] -> the view x[..., start:end] (rows keep x's stride: no copy)
+    return x[..., start:end]
 
 
 def reshape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -47,6 +47,25 @@ def test_gemm(m, n, k, with_bias, dtype):
     assert_close(out, linear.linear_reference(x, weight, bias), "gemm")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", ["residual", "gated", "gated+residual"])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("kernel, config, m", [
+    (linear.gemv, {"block_m": 4, "block_n": 4, "block_k": 64}, 7),
+    (linear.gemm, {"block_m": 16, "block_n": 32, "block_k": 32}, 7),
+    (linear.gemm, {"block_m": 64, "block_n": 64, "block_k": 64}, 97),
+], ids=["gemv", "flat_gemm", "gemm64"])
+def test_fused_epilogues(kernel, config, m, with_bias, epilogue, dtype):
+    """Residual add and the gated activation over a stacked (gate; up) weight, against fused_linear."""
+    n, k = 96, 577
+    gated = "silu" if "gated" in epilogue else None
+    x, weight, bias = _inputs(m, 2 * n if gated else n, k, dtype, with_bias, seed=13)
+    residual = random_tensor((m, n), dtype, DEVICE) if "residual" in epilogue else None
+    with poisoned_allocations():
+        out = kernel(x, weight, bias, residual=residual, gated=gated, **config)
+    assert_close(out, linear.fused_linear_reference(x, weight, bias, residual, gated), kernel.__name__)
+
+
 @pytest.mark.parametrize("kernel", [linear.gemv, linear.gemm])
 def test_linear_keeps_leading_dims_and_row_strides(kernel):
     torch.manual_seed(12)
