@@ -220,11 +220,19 @@ def bench(bundle, batches, contexts, new_tokens, out, hf):
     click.echo(format_table(result))
 
 
+def _tune_shape(text: str) -> tuple[int, int, bool]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]) or parts[2:] not in ([], ["gated"]):
+        raise CompileError(f"--shape {text!r}: write N:K (e.g. 4096:11008) or N:K:gated")
+    return int(parts[0]), int(parts[1]), len(parts) == 3
+
+
 @cli.command()
 @click.option("--target", "-t", required=True, help="The target this GPU is (the profile is for it alone).")
 @click.option("--model", default=None, help="Built-in model whose linear shapes to measure (e.g. llama2-7b).")
-@click.option("--shape", "shapes", multiple=True, help="A weight shape N:K to measure; repeatable.")
-@click.option("--rows", "rows", type=int, multiple=True, default=(1, 2, 4, 8, 16, 32, 64), show_default=True,
+@click.option("--shape", "shapes", multiple=True,
+              help="A weight shape N:K to measure, N:K:gated for a stacked (gate; up) weight; repeatable.")
+@click.option("--rows", "rows", type=int, multiple=True, default=(1, 2, 4, 8, 16, 32, 64, 128), show_default=True,
               help="Row counts (batch x tokens) to measure.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Profile JSON to write.")
@@ -235,7 +243,7 @@ def tune(target, model, shapes, rows, dtype, output):
     from fdpp.compiler.tune import model_linear_shapes, tune as run_tune
 
     get_target(target)
-    wanted = [tuple(int(v) for v in s.split(":")) for s in shapes]
+    wanted = [_tune_shape(s) for s in shapes]
     if model:
         if model not in BUILTINS:
             raise CompileError(f"unknown model '{model}'; known: {', '.join(BUILTINS)}")

@@ -1,10 +1,12 @@
 """`fdcc tune`: measure every linear-kernel candidate per weight shape and row count on the local GPU and
 write a profile that `fdcc compile --profile FILE` uses instead of the cost model.
 
-Candidates: the CUDA-core GEMV (M = 1, a few tile configs), the Triton flat GEMM (a grid of N tiles, K
-chunks and pipeline depths) and the vendor GEMM through torch. Timing: triton.testing.do_bench medians,
-inputs rotated over several weight copies so the weights come from device memory, each candidate checked
-against torch first (a wrong candidate is never chosen).
+Candidates: the CUDA-core GEMV (M <= 4, a grid of N tiles, K chunks and warps), the Triton flat GEMM
+(M <= 64: N tiles, K chunks, pipeline depths; from M = 32 also 64-row tiles, the plain tensor-core GEMM
+with our fused epilogues) and the vendor GEMM through torch. Timing: CUDA-graph replays
+of one launch per weight copy, the copies together far larger than L2 (graph_time_us), each candidate
+checked against torch first (a wrong candidate is never chosen). `vendor_us` is plain cuBLAS on the same
+weights (for a gated shape, without the activation that our fused kernels also do).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import platform
+import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -20,78 +23,131 @@ import torch
 from fdpp.compiler.errors import CompileError
 
 PROFILE_VERSION = 1
-FLAT_GEMM_GRID = {"block_n": (16, 32, 64), "block_k": (64, 128, 256), "num_stages": (3, 4, 5)}
-GEMV_GRID = {"block_n": (4, 8), "block_k": (512, 1024), "num_warps": (2, 4)}
+FLAT_GEMM_GRID = {"block_n": (16, 32, 64), "block_k": (128, 256), "num_stages": (3, 4, 5)}
+GEMV_GRID = {"block_n": (2, 4, 8), "block_k": (512, 1024), "num_warps": (4, 8)}
+GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many rows
+FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
+ROTATION_BYTES = 512 << 20   # weight copies rotated per timing: several times any L2
 
 
-def model_linear_shapes(config: dict) -> list[tuple[int, int]]:
-    """[N, K] of every distinct linear in a Llama/Qwen2/OPT-style model config."""
+def model_linear_shapes(config: dict) -> list[tuple[int, int, bool]]:
+    """(N, K, gated) of every distinct linear of a Llama/Qwen2/OPT-style model config, as the compiler
+    builds them: QKV fused, gate and up fused into one gated GEMM (both also alone, which pruned layers
+    keep), o/down, lm_head."""
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     head_dim = config.get("head_dim") or hidden // heads
     inter = config.get("intermediate_size") or config.get("ffn_dim")
-    shapes = {(heads * head_dim, hidden), (kv_heads * head_dim, hidden), (hidden, heads * head_dim),
-              (inter, hidden), (hidden, inter), (config["vocab_size"], hidden)}
-    return sorted(shapes)
+    plain = {(heads * head_dim, hidden), (kv_heads * head_dim, hidden), (hidden, heads * head_dim),
+             (inter, hidden), (hidden, inter), (config["vocab_size"], hidden),
+             ((heads + 2 * kv_heads) * head_dim, hidden)}
+    gated = {(2 * inter, hidden)} if config.get("intermediate_size") else set()
+    return sorted({(n, k, False) for n, k in plain} | {(n, k, True) for n, k in gated})
 
 
 def _candidates(m: int) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = [("tc_gemm", {})]
-    out += [("flat_gemm", {"block_n": bn, "block_k": bk, "num_stages": st, "num_warps": 4})
-            for bn, bk, st in itertools.product(*FLAT_GEMM_GRID.values())]
-    if m == 1:
+    if m <= FLAT_GEMM_MAX_ROWS:
+        out += [("flat_gemm", {"block_n": bn, "block_k": bk, "num_stages": st, "num_warps": 4})
+                for bn, bk, st in itertools.product(*FLAT_GEMM_GRID.values())]
+    if m > 16:
+        out += [("flat_gemm", {"block_m": 64, "block_n": bn, "block_k": 64, "num_stages": st, "num_warps": w})
+                for bn, st, w in itertools.product((64, 128), (3, 4), (4, 8))]
+    if m <= GEMV_MAX_ROWS:
         out += [("gemv", {"block_n": bn, "block_k": bk, "num_warps": w})
                 for bn, bk, w in itertools.product(*GEMV_GRID.values())]
     return out
 
 
-def _runner(kernel: str, config: dict, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One launch of a candidate on weight w; gated shapes run the fused SiLU-gated epilogue (the vendor GEMM
+    then needs torch's activation kernels after it, as the runtime does)."""
     from fdpp.codegen.kernels.linear import gemm, gemv
+    from fdpp.runtime.reference_ops import gated_act
+    activation = "silu" if gated else None
     if kernel == "tc_gemm":
+        if gated:
+            return lambda w: gated_act(*torch.nn.functional.linear(x, w).chunk(2, dim=-1), "silu")
         return lambda w: torch.nn.functional.linear(x, w)
     if kernel == "flat_gemm":
-        return lambda w: gemm(x, w, block_m=16, block_n=config["block_n"], block_k=config["block_k"],
-                              num_stages=config["num_stages"], num_warps=config["num_warps"])
-    return lambda w: gemv(x, w, block_n=config["block_n"], block_k=config["block_k"], num_warps=config["num_warps"])
+        return lambda w: gemm(x, w, gated=activation, block_m=config.get("block_m", 16), block_n=config["block_n"],
+                              block_k=config["block_k"], num_stages=config["num_stages"],
+                              num_warps=config["num_warps"])
+    return lambda w: gemv(x, w, gated=activation, block_n=config["block_n"], block_k=config["block_k"],
+                          num_warps=config["num_warps"])
 
 
-def tune(target_name: str, shapes: list[tuple[int, int]], rows: list[int], dtype: str,
+def graph_time_us(launch: Callable[[torch.Tensor], object], weights: list[torch.Tensor], replays: int = 15) -> float:
+    """Median GPU time of one launch: one call per weight copy captured in a CUDA graph (the copies together
+    exceed L2, so every call streams its weight from device memory; no launch gaps), replayed `replays`
+    times, divided by the calls."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):                    # warm-up: compile, allocate
+        for w in weights:
+            launch(w)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            launch(w)
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(weights))
+    return statistics.median(times)
+
+
+def rotating_weights(n: int, k: int, dtype: torch.dtype, total_bytes: int = ROTATION_BYTES) -> list[torch.Tensor]:
+    """Random [N, K] weight copies (scaled like a trained layer) adding up to at least total_bytes."""
+    copies = max(2, min(32, -(-total_bytes // (n * k * dtype.itemsize))))
+    return [torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5 for _ in range(copies)]
+
+
+def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int], dtype: str,
          say: Callable[[str], None]) -> dict:
-    """Measure and return the profile (a JSON-ready dict)."""
+    """Measure and return the profile (a JSON-ready dict). Every candidate is checked against a float32 torch
+    reference before it is timed (a wrong one is never chosen); timings by graph_time_us."""
     import triton
+    from fdpp.runtime.reference_ops import fused_linear
 
     if not torch.cuda.is_available():
         raise CompileError("fdcc tune measures kernels on a GPU; torch sees none here")
     torch_dtype = getattr(torch, dtype)
     entries = []
-    for n, k in shapes:
-        copies = max(2, min(8, (256 << 20) // (n * k * torch_dtype.itemsize) + 1))   # > L2 in total
-        weights = [torch.randn(n, k, device="cuda", dtype=torch_dtype) * k ** -0.5 for _ in range(copies)]
+    for n, k, gated in shapes:
+        weights = rotating_weights(n, k, torch_dtype)
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
-            reference = torch.nn.functional.linear(x.float(), weights[0].float())
+            reference = fused_linear(x.float(), weights[0].float(), gated="silu" if gated else None)
             timings = []
             for kernel, config in _candidates(m):
-                run = _runner(kernel, config, x)
+                run = _runner(kernel, config, x, gated)
                 try:
                     err = float((run(weights[0]).float() - reference).norm() / reference.norm())
+                    us = graph_time_us(run, weights) if err < 5e-3 else None
                 except Exception:
                     continue                      # a config the compiler or the GPU refuses
-                if not err < 1e-2:
-                    continue
-                turn = iter(itertools.cycle(weights))
-                us = triton.testing.do_bench(lambda: run(next(turn)), return_mode="median") * 1e3
-                timings.append((us, kernel, config))
+                if us is not None:
+                    timings.append((us, kernel, config))
             us, kernel, config = min(timings, key=lambda t: t[0])
-            vendor_us = next(t[0] for t in timings if t[1] == "tc_gemm")
-            entries.append({"n": n, "k": k, "m": m, "kernel": kernel, "config": config, "us": us,
-                            "vendor_us": vendor_us,
+            cublas_us = graph_time_us(lambda w: torch.nn.functional.linear(x, w), weights)
+            entries.append({"n": n, "k": k, "gated": gated, "m": m, "kernel": kernel, "config": config, "us": us,
+                            "vendor_us": cublas_us,
                             "weight_gb_per_s": n * k * torch_dtype.itemsize / (us * 1e-6) / 1e9})
-            say(f"[{n}, {k}] M={m}: {kernel} {config} {us:.1f} us ({vendor_us / us:.2f}x vendor GEMM)")
+            say(f"[{n}, {k}]{' gated' if gated else ''} M={m}: {kernel} {config} {us:.1f} us "
+                f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)")
+        del weights
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
             "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(), "entries": entries}
+            "python": platform.python_version(), "timing": "cuda-graph replay over rotating weights",
+            "entries": entries}
 
 
 SHIPPED_PROFILES = Path(__file__).parent / "profiles"

@@ -69,12 +69,17 @@ def linear_cost_us(kernel: str, m: int, n: int, k: int, target, bytes_per_weight
     return max(memory_us, compute_us) + LAUNCH_US
 
 
-def dense_linear_cost_us(m: int, n: int, k: int, target, profile: dict | None) -> float:
+def _measured(profile: dict, n: int, k: int, gated: bool) -> list[dict]:
+    """The profile's entries for weight [N, K] (gated: a stacked gate/up weight with its fused epilogue), by M."""
+    return sorted((e for e in profile["entries"] if (e["n"], e["k"], e.get("gated", False)) == (n, k, gated)),
+                  key=lambda e: e["m"])
+
+
+def dense_linear_cost_us(m: int, n: int, k: int, target, profile: dict | None, gated: bool = False) -> float:
     """The best dense kernel's time at m rows: measured where the profile has [N, K] at or above m, else the
     cost model."""
     if profile:
-        measured = sorted((e for e in profile["entries"] if (e["n"], e["k"]) == (n, k) and e["m"] >= m),
-                          key=lambda e: e["m"])
+        measured = [e for e in _measured(profile, n, k, gated) if e["m"] >= m]
         if measured:
             return min(measured[0]["us"], measured[0]["vendor_us"])
     return min(linear_cost_us(name, m, n, k, target) for name, eff in _EFFICIENCY.items() if m <= eff["max_rows"])
@@ -95,10 +100,11 @@ def choose_linear(n: int, k: int, max_rows: int, target) -> tuple[KernelChoice, 
     return tuple(choices)
 
 
-def choose_linear_from_profile(n: int, k: int, max_rows: int, profile: dict) -> tuple[KernelChoice, ...] | None:
+def choose_linear_from_profile(n: int, k: int, max_rows: int, profile: dict,
+                               gated: bool = False) -> tuple[KernelChoice, ...] | None:
     """Per row bucket, the candidate `fdcc tune` measured fastest at the nearest measured M at or above it;
-    the vendor GEMM past the largest measured M. None if the profile has no entry for [N, K]."""
-    measured = sorted((e for e in profile["entries"] if (e["n"], e["k"]) == (n, k)), key=lambda e: e["m"])
+    the vendor GEMM past the largest measured M. None if the profile has no entry for [N, K] (and gated)."""
+    measured = _measured(profile, n, k, gated)
     if not measured:
         return None
     choices: list[KernelChoice] = []
@@ -163,7 +169,8 @@ def _choices(node: Node, graph: Graph, target, max_rows: int, profile: dict | No
              batch_buckets: tuple[int, ...], max_len: int) -> tuple[KernelChoice, ...] | None:
     if node.op is Op.LINEAR:
         n, k = graph.node(node.inputs[1]).type.shape
-        measured = choose_linear_from_profile(n, k, max_rows, profile) if profile else None
+        gated = bool(node.attr("gated"))
+        measured = choose_linear_from_profile(n, k, max_rows, profile, gated) if profile else None
         return measured or choose_linear(n, k, max_rows, target)
     if node.op is Op.ATTENTION:
         return choose_attention(node, target, max_rows, batch_buckets, max_len)

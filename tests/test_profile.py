@@ -74,8 +74,9 @@ def test_bad_profiles_are_refused(tmp_path):
 def test_model_shapes_and_tune_without_gpu(tmp_path):
     from fdpp.compiler.sources import BUILTINS
     shapes = model_linear_shapes(BUILTINS["llama2-7b"].config)
-    assert (4096, 4096) in shapes and (11008, 4096) in shapes and (4096, 11008) in shapes
-    assert (32000, 4096) in shapes
+    assert (4096, 4096, False) in shapes and (11008, 4096, False) in shapes and (4096, 11008, False) in shapes
+    assert (32000, 4096, False) in shapes and (12288, 4096, False) in shapes      # QKV fused
+    assert (22016, 4096, True) in shapes                                          # gate and up fused, gated
     done = subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "tune", "-t", "h200", "--model", "llama2-7b",
                            "-o", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=300)
     if "torch sees none" not in done.stderr:
