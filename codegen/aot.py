@@ -16,7 +16,7 @@ from fdpp.codegen.launch_specs import KernelSpec, step_launches
 from fdpp.compiler.targets import Target
 from fdpp.runtime.bundle import KERNELS_DIR
 from fdpp.runtime.kernel_binary import CompiledKernel
-from fdpp.runtime.schema import WEIGHT_PREFIX, Plan
+from fdpp.runtime.schema import OpKind, WEIGHT_PREFIX, Plan
 
 
 @dataclasses.dataclass
@@ -40,16 +40,28 @@ def _shape_lookup(plan: Plan, weight_shapes: dict[str, tuple[int, ...]]) -> Call
     return shape_of
 
 
+def _row_stride_lookup(plan: Plan, shape_of: Callable[[str], tuple]) -> Callable[[str], object]:
+    """ref -> elements between its rows: the last-axis width of the buffer it views (SLICE steps are views)."""
+    viewed = {s.output: s.inputs[0] for s in plan.steps if s.op is OpKind.SLICE}
+
+    def row_stride_of(ref: str):
+        while ref in viewed:
+            ref = viewed[ref]
+        return shape_of(ref)[-1]
+    return row_stride_of
+
+
 def collect_launches(plan: Plan, dtype: str,
                      weight_shapes: dict[str, tuple[int, ...]]) -> tuple[Plan, dict[str, KernelSpec]]:
     """The plan with every kernel choice's launches recorded, and the distinct kernel specs they use."""
     shape_of = _shape_lookup(plan, weight_shapes)
+    row_stride_of = _row_stride_lookup(plan, shape_of)
     specs: dict[str, KernelSpec] = {}
     steps = []
     for step in plan.steps:
         choices = []
         for choice in step.kernels:
-            built = step_launches(step, choice, dtype, shape_of)
+            built = step_launches(step, choice, dtype, shape_of, row_stride_of)
             specs.update(built.specs)
             choices.append(dataclasses.replace(choice, launches=tuple(built.launches)))
         steps.append(dataclasses.replace(step, kernels=tuple(choices)))

@@ -17,19 +17,23 @@ _PLAN_OP = {
     Op.LAYER_NORM: OpKind.LAYER_NORM, Op.LINEAR: OpKind.LINEAR, Op.ROTARY: OpKind.ROTARY,
     Op.ATTENTION: OpKind.ATTENTION, Op.GATED_ACT: OpKind.GATED_ACT, Op.RELU: OpKind.ACTIVATION,
     Op.GELU: OpKind.ACTIVATION, Op.SILU: OpKind.ACTIVATION, Op.ADD: OpKind.ADD, Op.MUL: OpKind.MUL,
-    Op.RESHAPE: OpKind.RESHAPE,
+    Op.RESHAPE: OpKind.RESHAPE, Op.SLICE: OpKind.SLICE,
 }
 _ATTRS = {
     Op.RELU: lambda n: {"kind": "relu"},
     Op.SILU: lambda n: {"kind": "silu"},
     Op.GELU: lambda n: {"kind": "gelu_tanh" if n.attr("approximate") == "tanh" else "gelu"},
     Op.RESHAPE: lambda n: {"shape": list(n.attr("shape"))},
+    Op.SLICE: lambda n: {"start": n.attr("start"), "end": n.attr("end")},
 }
 
 
 def _step(graph: Graph, node: Node) -> Step:
     kind = _PLAN_OP.get(node.op)
-    if kind is None or (node.op is Op.ROTARY and node.attr("layout") != "flat"):
+    last_dim_view = node.op is not Op.SLICE or (
+        node.attr("dim") % node.type.rank == node.type.rank - 1 and node.attr("step") == 1
+        and all(isinstance(node.attr(a), int) for a in ("start", "end")))
+    if kind is None or (node.op is Op.ROTARY and node.attr("layout") != "flat") or not last_dim_view:
         raise UnsupportedOpError(node.op.value, node.source, f"node %{node.name}, {node.type}")
     inputs = []
     for name in node.inputs:

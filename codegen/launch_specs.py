@@ -102,9 +102,15 @@ class StepContext:
     step: Step
     dtype: str                                  # triton dtype of activations and float weights
     shape_of: Callable[[str], tuple]            # input reference -> shape (ints and size expressions)
+    row_stride_of: Callable[[str], object] | None = None   # input reference -> elements between its rows
 
     def shape(self, index: int) -> tuple:
         return self.shape_of(self.step.inputs[index])
+
+    def row_stride(self, index: int):
+        """Elements between rows of input `index`: its own width, or the viewed buffer's for a SLICE view."""
+        ref = self.step.inputs[index]
+        return self.row_stride_of(ref) if self.row_stride_of else self.shape_of(ref)[-1]
 
     def ref(self, index: int) -> str:
         return self.step.inputs[index]
@@ -146,31 +152,39 @@ def _row_norm(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
 
 
 def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    """A dense LINEAR: inputs (x, weight, bias?, residual?); attrs gated (activation over a stacked (gate; up)
+    weight) and residual (the last input is added) are fused into the kernel's epilogue."""
     if "sparse" in c.step.attrs:
         _sparse_linear(b, c, choice)
         return
-    n, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
-    has_bias = c.has_input(2)
+    rows_w, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
+    gated, residual = c.step.attrs.get("gated"), bool(c.step.attrs.get("residual"))
+    n = rows_w // 2 if gated else rows_w
+    has_bias = len(c.step.inputs) > 2 + residual
     dt = c.dtype
     args = [("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{dt}", c.ref(1)),
-            ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else c.ref(1)), ("out_ptr", f"*{dt}", "out"),
-            ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k), ("x_row_stride", "i32", k),
-            ("weight_row_stride", "i32", k)]
+            ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else c.ref(1)),
+            ("residual_ptr", f"*{dt}", c.ref(len(c.step.inputs) - 1) if residual else c.ref(0)),
+            ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k),
+            ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)]
+    epilogue = {"HAS_BIAS": has_bias, "HAS_RESIDUAL": residual, "GATED": bool(gated),
+                "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0}
     if choice.kernel == "gemv":
-        # H200 sweep (scripts/sweep_gemv.py): narrow N tiles and long K chunks keep enough programs in
-        # flight to stream the weights at ~2.4-3.1 TB/s at M = 1.
-        block_m = min(_pow2(choice.max_rows), 8)
-        cfg = {"block_n": 4, "block_k": max(128, 1024 // block_m), "num_warps": 4 if block_m == 1 else 2,
-               **choice.config}
+        # defaults from the H200 tune (docs/perf): a few output features per program and long K chunks, so
+        # thousands of programs stream the weights
+        block_m = min(_pow2(choice.max_rows), 4)
+        cfg = {"block_n": 4, "block_k": 512, "num_warps": 4, **choice.config}
         block_n, block_k = cfg["block_n"], cfg["block_k"]
         b.launch(gemv_kernel, (f"cdiv({n}, {block_n})", f"cdiv(rows, {block_m})"), args,
-                 {"HAS_BIAS": has_bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
                  num_warps=cfg["num_warps"], num_stages=2)
     elif choice.kernel == "flat_gemm":
-        cfg = {"block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
-        block_n, block_k = cfg["block_n"], cfg["block_k"]
-        b.launch(gemm_kernel, (f"cdiv(rows, 16) * cdiv({n}, {block_n})",), args,
-                 {"HAS_BIAS": has_bias, "BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
+        # block_m 16: the flat GEMM (M padded to 16); larger for many rows, where it is a plain tensor-core GEMM
+        # that keeps the fused epilogues
+        cfg = {"block_m": 16, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
+        block_m, block_n, block_k = cfg["block_m"], cfg["block_n"], cfg["block_k"]
+        b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * cdiv({n}, {block_n})",), args,
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     elif choice.kernel != "tc_gemm":
         raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")
@@ -258,8 +272,10 @@ def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     b.launch(rotary_kernel, ("rows", f"cdiv({heads}, {block_heads})"), [
         ("x_ptr", f"*{dt}", c.ref(0)), ("out_ptr", f"*{dt}", "out"), ("cos_ptr", f"*{dt}", c.ref(1)),
         ("sin_ptr", f"*{dt}", c.ref(2)), ("positions_ptr", "*i64", "positions"), ("seq_len", "i32", "seq"),
-        ("n_heads", "i32", heads), ("x_stride_batch", "i32", f"seq * {width}"), ("x_stride_seq", "i32", width),
-        ("x_stride_head", "i32", head_dim), ("cos_stride_batch", "i32", f"seq * {head_dim}"),
+        ("n_heads", "i32", heads), ("x_stride_batch", "i32", f"seq * {c.row_stride(0)}"),
+        ("x_stride_seq", "i32", c.row_stride(0)),
+        ("x_stride_head", "i32", head_dim), ("out_stride_batch", "i32", f"seq * {width}"),
+        ("out_stride_seq", "i32", width), ("cos_stride_batch", "i32", f"seq * {head_dim}"),
         ("cos_stride_seq", "i32", head_dim), ("positions_stride_batch", "i32", 0)],
         {"HEAD_DIM": head_dim, "BLOCK_HALF": _pow2(head_dim // 2), "BLOCK_HEADS": block_heads,
          "BY_POSITION": False})
@@ -271,8 +287,9 @@ def _write_kv(b: _Builder, c: StepContext, kv_heads: int, head_dim: int) -> None
     b.launch(write_kv_kernel, ("rows", f"cdiv({kv_heads}, {block_heads})"), [
         ("k_ptr", f"*{dt}", c.ref(1)), ("v_ptr", f"*{dt}", c.ref(2)), ("k_cache_ptr", f"*{dt}", "k_cache"),
         ("v_cache_ptr", f"*{dt}", "v_cache"), ("positions_ptr", "*i64", c.ref(3)), ("seq_len", "i32", "seq"),
-        ("n_kv_heads", "i32", kv_heads), ("kv_stride_batch", "i32", f"seq * {kv_heads * head_dim}"),
-        ("kv_stride_seq", "i32", kv_heads * head_dim),
+        ("n_kv_heads", "i32", kv_heads), ("k_stride_batch", "i32", f"seq * {c.row_stride(1)}"),
+        ("k_stride_seq", "i32", c.row_stride(1)), ("v_stride_batch", "i32", f"seq * {c.row_stride(2)}"),
+        ("v_stride_seq", "i32", c.row_stride(2)),
         ("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
         ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)],
         {"HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim), "BLOCK_HEADS": block_heads})
@@ -317,7 +334,7 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("arrivals_ptr", "*i32", "ws:arrivals"),
             ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("n_heads", "i32", heads),
             ("n_kv_heads", "i32", kv_heads), ("splits", "i32", splits), ("min_split_keys", "i32", min_keys),
-            ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", heads * head_dim),
+            ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", c.row_stride(0)),
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
              "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "GROUP_P2": _pow2(group),
@@ -329,7 +346,7 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),
             ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("seq_len", "i32", "seq"),
             ("n_heads", "i32", heads), ("scale", "fp32", scale), *softmax_args,
-            ("q_stride_batch", "i32", f"seq * {heads * head_dim}"), ("q_stride_seq", "i32", heads * head_dim),
+            ("q_stride_batch", "i32", f"seq * {c.row_stride(0)}"), ("q_stride_seq", "i32", c.row_stride(0)),
             ("kv_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
             ("kv_stride_head", "i32", f"{head_dim} * capacity"), ("kv_stride_seq", "i32", head_dim)],
             {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16), "BLOCK_M": 64, "BLOCK_N": 64,
@@ -358,10 +375,11 @@ _SPECS: dict[OpKind, Callable[[_Builder, StepContext, KernelChoice], None]] = {
 }
 
 
-def step_launches(step: Step, choice: KernelChoice, dtype: str, shape_of: Callable[[str], tuple]) -> StepLaunches:
+def step_launches(step: Step, choice: KernelChoice, dtype: str, shape_of: Callable[[str], tuple],
+                  row_stride_of: Callable[[str], object] | None = None) -> StepLaunches:
     """The kernels to compile and the launches to record for one step under one kernel choice."""
     if choice.kernel in TORCH_KERNELS or step.op not in _SPECS:
         return StepLaunches()
     builder = _Builder()
-    _SPECS[step.op](builder, StepContext(step, TRITON_DTYPE[dtype], shape_of), choice)
+    _SPECS[step.op](builder, StepContext(step, TRITON_DTYPE[dtype], shape_of, row_stride_of), choice)
     return builder.out

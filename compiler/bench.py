@@ -124,7 +124,7 @@ def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict
     for step in model.plan.steps:
         buffers[step.output] = executor.run_step(step, buffers, cache, env, "decode")
         choice = step.kernel_for(batch, "decode")
-        if step.op.value != "reshape":
+        if step.op.value not in ("reshape", "slice"):
             groups.setdefault((step.op.value, choice.kernel if choice else "torch"), []).append(step)
     shapes = {"tokens": ("batch", "seq"), "positions": ("batch", "seq"),
               **{s.output: tuple(s.out_shape) for s in model.plan.steps}}

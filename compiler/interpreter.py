@@ -35,9 +35,14 @@ def _attention(n: Node, q, k, v, positions=None):
 
 
 def _linear(n: Node, x, *rest):
-    """(x, weight, bias?) or, for an encoded sparse weight, (x, part..., bias?)."""
+    """(x, weight, bias?, residual?) or, for an encoded sparse weight, (x, part..., bias?)."""
     sparse = n.attr("sparse")
-    return ref.linear(x, *rest) if sparse is None else ref.sparse_linear(x, list(rest), sparse)
+    if sparse is not None:
+        return ref.sparse_linear(x, list(rest), sparse)
+    bias, residual = ref.linear_operands(n.attrs, list(rest[1:]))
+    if n.attr("gated") or residual is not None:
+        return ref.fused_linear(x, rest[0], bias, residual, n.attr("gated"))
+    return ref.linear(x, rest[0], bias)
 
 
 def _sdpa(n: Node, q, k, v, mask=None):

@@ -164,6 +164,28 @@ class OverlayWeightStore:
         return self.extra[name] if name in self.extra else self.base.get(name)
 
 
+class StackedWeightStore:
+    """A WeightStore that adds weights made by stacking others along dim 0 (fused QKV or gate/up
+    projections), built when read so that the base's laziness (random or pruned weights) is kept."""
+
+    def __init__(self, base: WeightStore, stacks: Mapping[str, tuple[str, ...]]):
+        self.base, self.stacks = base, dict(stacks)
+
+    def names(self) -> list[str]:
+        return self.base.names() + [n for n in self.stacks if n not in set(self.base.names())]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.stacks:
+            return self.base.shape(name)
+        shapes = [self.base.shape(part) for part in self.stacks[name]]
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.stacks:
+            return self.base.get(name)
+        return torch.cat([self.base.get(part) for part in self.stacks[name]], dim=0)
+
+
 @dataclass(frozen=True)
 class Graph:
     nodes: tuple[Node, ...]

@@ -8,6 +8,7 @@ from fdpp.passes.encode_sparse_weights import encode_sparse_weights
 from fdpp.passes.fold_position_tables import fold_position_tables
 from fdpp.passes.fuse_attention import fuse_attention
 from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
+from fdpp.passes.fuse_linear_epilogues import fuse_linear_epilogues
 from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
 from fdpp.passes.insert_kv_cache import insert_kv_cache
@@ -32,6 +33,9 @@ PIPELINE: list[tuple[str, PassFn]] = [
     ("prune_weights", prune_weights),
     # FlashDecoding++'s unified max: φ per layer from the softmax inputs seen on calibration text
     ("calibrate_softmax", calibrate_softmax),
+    # the gated MLP's two projections become one GEMM with the activation in its epilogue, and residual adds
+    # move into the epilogue of the linear before them (dense weights only: sparse kernels have no epilogues)
+    ("fuse_linear_epilogues", fuse_linear_epilogues),
     # the heuristic dataflow binds each op to a kernel per row bucket for the target
     ("select_kernels", select_kernels),
     # pruned weights the dataflow stores sparse are re-encoded (Tiled-CSL or bitmap) and read as such

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from fdpp.runtime import reference_ops as ref
 from fdpp.runtime.dims import evaluate_dim, evaluate_shape
 from fdpp.runtime.errors import GenerationError
 from fdpp.runtime.kv_cache import KVCache
@@ -25,16 +26,19 @@ Launcher = Callable[..., None]           # launcher(grid, *args)
 _FALLBACKS_KEY = ("softmax_fallbacks", (1,), torch.int32)
 
 
-def _linear_through_torch(args: list[torch.Tensor]) -> torch.Tensor:
-    x, w = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
-    return F.linear(x, w, bias)
+def _linear_through_torch(attrs: dict, args: list[torch.Tensor]) -> torch.Tensor:
+    """The vendor GEMM (cuBLAS / hipBLASLt through torch), then the fused epilogues in torch."""
+    bias, residual = ref.linear_operands(attrs, args[2:])
+    y = F.linear(args[0], args[1], bias)
+    if attrs.get("gated"):
+        y = ref.gated_act(*y.chunk(2, dim=-1), attrs["gated"])
+    return y + residual if residual is not None else y
 
 
-_TORCH_OPS: dict[OpKind, Callable[[list[torch.Tensor]], torch.Tensor]] = {
+_TORCH_OPS: dict[OpKind, Callable[[dict, list[torch.Tensor]], torch.Tensor]] = {
     OpKind.LINEAR: _linear_through_torch,
-    OpKind.ADD: lambda a: torch.add(a[0], a[1]),
-    OpKind.MUL: lambda a: torch.mul(a[0], a[1]),
+    OpKind.ADD: lambda attrs, a: torch.add(a[0], a[1]),
+    OpKind.MUL: lambda attrs, a: torch.mul(a[0], a[1]),
 }
 
 
@@ -111,13 +115,15 @@ class KernelExecutor:
     def _run(self, step: Step, buffers: dict, cache: KVCache, env: dict, phase: str) -> torch.Tensor:
         if step.op is OpKind.RESHAPE:
             return buffers[step.inputs[0]].reshape(evaluate_shape(step.attrs["shape"], env))
+        if step.op is OpKind.SLICE:                 # a view; the readers' launches carry its row stride
+            return buffers[step.inputs[0]][..., step.attrs["start"]:step.attrs["end"]]
         choice: KernelChoice | None = step.kernel_for(env["rows"], phase)
         if choice is None or not choice.launches:
             if step.op not in _TORCH_OPS:
                 raise GenerationError(f"step {step.output} ({step.op.value}) has no launches for "
                                       f"{env['rows']} rows in {phase}; the bundle is incomplete")
             args = [self._tensor(r, buffers, step, cache, None, {}) for r in step.inputs]
-            return _TORCH_OPS[step.op](args)
+            return _TORCH_OPS[step.op](step.attrs, args)
         dtype = self.dtype if step.out_float else torch.int64
         out = torch.empty(evaluate_shape(step.out_shape, env), dtype=dtype, device=self.device)
         # scratch of the step's launches (e.g. split-KV partial results), and persistent counters

@@ -34,7 +34,10 @@ def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env:
 def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
     sparse = step.attrs.get("sparse")
     if sparse is None:
-        return ref.linear(*args)
+        bias, residual = ref.linear_operands(step.attrs, args[2:])
+        if step.attrs.get("gated") or residual is not None:
+            return ref.fused_linear(args[0], args[1], bias, residual, step.attrs.get("gated"))
+        return ref.linear(args[0], args[1], bias)
     _, bias = split_operands(sparse, args[1:])     # (x, part..., bias?): the weight was decoded at load
     return ref.linear(args[0], env["decoded"][step.output], bias)
 
@@ -52,6 +55,7 @@ _RUN: dict[OpKind, Callable] = {
     OpKind.ADD: lambda s, a, c, e: ref.add(*a),
     OpKind.MUL: lambda s, a, c, e: ref.mul(*a),
     OpKind.RESHAPE: lambda s, a, c, e: ref.reshape(a[0], evaluate_shape(s.attrs["shape"], e)),
+    OpKind.SLICE: lambda s, a, c, e: ref.slice_last(a[0], s.attrs["start"], s.attrs["end"]),
 }
 
 

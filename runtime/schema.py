@@ -30,6 +30,7 @@ class OpKind(enum.Enum):
     ADD = "add"
     MUL = "mul"
     RESHAPE = "reshape"
+    SLICE = "slice"              # a view of columns [start, end) of the last axis (attrs start, end)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from fdpp.passes.canonicalize import canonicalize
 from fdpp.passes.fold_position_tables import TABLE_PREFIX, fold_position_tables
 from fdpp.passes.fuse_attention import fuse_attention
 from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
+from fdpp.passes.fuse_linear_epilogues import fuse_linear_epilogues, stacked_key
 from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
 from fdpp.passes.insert_kv_cache import insert_kv_cache
@@ -97,8 +98,8 @@ def stages(request) -> dict[str, tuple[Graph, PassResult]]:
 def test_pipeline_covers_every_pass_tested_here():
     assert [name for name, _ in PIPELINE] == ["canonicalize", "fuse_rms_norm", "fuse_rotary", "fuse_attention",
                                              "fuse_gated_mlp", "fold_position_tables", "insert_kv_cache",
-                                             "prune_weights", "calibrate_softmax", "select_kernels",
-                                             "encode_sparse_weights"]
+                                             "prune_weights", "calibrate_softmax", "fuse_linear_epilogues",
+                                             "select_kernels", "encode_sparse_weights"]
     # prune_weights and encode_sparse_weights are tested in test_prune.py and test_sparse_bundles.py
 
 
@@ -183,6 +184,23 @@ def test_fuse_gated_mlp(stages):
     assert after.count(Op.GATED_ACT) == LAYERS
     assert before.count(Op.SILU) == LAYERS and after.count(Op.SILU) == 0
     assert all(n.attr("activation") == "silu" for n in after.nodes if n.op is Op.GATED_ACT)
+    assert_same_numbers(before, after)
+
+
+def test_fuse_linear_epilogues(stages):
+    before, result = stages["fuse_linear_epilogues"]
+    after = result.graph
+    gated = LAYERS if stages["model"] == "llama" else 0                      # OPT's ReLU MLP has no GATED_ACT
+    # o_proj and down_proj take the residual; q, k and v become one GEMM with three views
+    assert result.changes == {"gated": gated, "residual": 2 * LAYERS, "siblings": LAYERS}
+    assert after.count(Op.GATED_ACT) == 0 and after.count(Op.ADD) == before.count(Op.ADD) - 2 * LAYERS
+    assert after.count(Op.LINEAR) == before.count(Op.LINEAR) - gated - 2 * LAYERS
+    assert after.count(Op.SLICE) == 3 * LAYERS
+    for n in after.nodes:
+        if n.op is Op.LINEAR and n.attr("gated"):
+            weight = after.node(n.inputs[1])
+            assert weight.attr("key").endswith("gate_proj+up_proj.weight")
+            assert after.param_tensor(weight).shape == weight.type.shape == (2 * n.type.shape[-1], 64)
     assert_same_numbers(before, after)
 
 
@@ -555,6 +573,62 @@ def test_fuse_gated_mlp_hand_made(act, approximate, kind, act_second):
 ], ids=["relu", "tanh", "activation-read-elsewhere", "up-broadcasts"])
 def test_fuse_gated_mlp_near_misses(kwargs):
     assert_left_alone(fuse_gated_mlp, gated_graph(**kwargs), Op.GATED_ACT)
+
+
+# --- fuse_linear_epilogues: positive and near-misses -------------------------------------------
+
+
+def mlp_graph(*, shared_x=True, gate_read_elsewhere=False, pruned=False, bias=False, residual_shape=(B, S, 4),
+              residual_first=True) -> Graph:
+    """x -> gate/up linears -> GATED_ACT -> down linear -> + residual."""
+    b = GraphBuilder()
+    x, x2 = b.input("x", (B, S, 4)), b.input("x2", (B, S, 4))
+    r = b.input("r", residual_shape)
+    gate = b.op(Op.LINEAR, [x, b.param("mlp.gate_proj.weight", torch.randn(8, 4))]
+                + ([b.param("mlp.gate_proj.bias", torch.randn(8))] if bias else []), (B, S, 8),
+                **({"pruned": {"weight": "mlp.gate_proj.weight"}} if pruned else {}))
+    up = b.op(Op.LINEAR, [x if shared_x else x2, b.param("mlp.up_proj.weight", torch.randn(8, 4))]
+              + ([b.param("mlp.up_proj.bias", torch.randn(8))] if bias else []), (B, S, 8))
+    act = b.op(Op.GATED_ACT, [gate, up], (B, S, 8), activation="silu")
+    if gate_read_elsewhere:
+        act = b.op(Op.MUL, [act, gate], (B, S, 8))
+    down = b.op(Op.LINEAR, [act, b.param("mlp.down_proj.weight", torch.randn(4, 8))], (B, S, 4))
+    out = b.op(Op.ADD, [r, down] if residual_first else [down, r], (B, S, 4))
+    return b.build(out)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("residual_first", [False, True])
+def test_fuse_linear_epilogues_hand_made(bias, residual_first):
+    graph = mlp_graph(bias=bias, residual_first=residual_first)
+    result = fuse_linear_epilogues(graph, CTX)
+    after = result.graph
+    assert result.changes == {"gated": 1, "residual": 1, "siblings": 0}
+    assert after.count(Op.GATED_ACT) == 0 and after.count(Op.ADD) == 0 and after.count(Op.LINEAR) == 2
+    gated, down = (n for n in after.nodes if n.op is Op.LINEAR)
+    assert gated.attr("gated") == "silu" and after.node(gated.inputs[1]).attr("key") == "mlp.gate_proj+up_proj.weight"
+    assert len(gated.inputs) == 2 + bias and down.attr("residual") and down.inputs[-1] == "r"
+    assert_same_numbers(graph, after)
+
+
+@pytest.mark.parametrize("kwargs, changes", [
+    (dict(shared_x=False), {"gated": 0, "residual": 1, "siblings": 0}),
+    (dict(gate_read_elsewhere=True), {"gated": 0, "residual": 1, "siblings": 0}),   # no strided readers
+    (dict(pruned=True), {"gated": 0, "residual": 1, "siblings": 0}),
+    (dict(residual_shape=(B, 1, 4)), {"gated": 1, "residual": 0, "siblings": 0}),
+], ids=["different-inputs", "gate-read-elsewhere", "pruned", "residual-broadcasts"])
+def test_fuse_linear_epilogues_near_misses(kwargs, changes):
+    graph = mlp_graph(**kwargs)
+    result = fuse_linear_epilogues(graph, CTX)
+    assert result.changes == changes
+    assert_same_numbers(graph, result.graph)
+
+
+def test_stacked_key_names_the_parts():
+    assert stacked_key(["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]) == \
+        "model.layers.0.mlp.gate_proj+up_proj.weight"
+    assert stacked_key(["a.q.weight", "a.k.weight", "a.v.weight"]) == "a.q+k+v.weight"
+    assert stacked_key(["gate", "up"]) == "gate+up"
 
 
 # --- fold_position_tables: positive and values that are not a function of the position ----------

@@ -18,8 +18,8 @@ __all__ = ["rotary", "rotary_by_position", "rotary_reference", "rotary_by_positi
 
 @triton.jit
 def rotary_kernel(
-    x_ptr,                  # q or k, contiguous; addressed through the strides below
-    out_ptr,                # rotated x, same shape and strides as x
+    x_ptr,                  # q or k, unit stride along D; addressed through the strides below
+    out_ptr,                # rotated x, same shape as x; heads x_stride_head apart
     cos_ptr,                # cos [B|1, S, D] per token, or the table [T, D] when BY_POSITION
     sin_ptr,                # sin, laid out as cos
     positions_ptr,          # [B, S] int positions (read only when BY_POSITION)
@@ -27,7 +27,9 @@ def rotary_kernel(
     n_heads,                # H
     x_stride_batch,         # elements between batches of x
     x_stride_seq,           # elements between tokens of x
-    x_stride_head,          # elements between heads of x
+    x_stride_head,          # elements between heads of x (and of out)
+    out_stride_batch,       # elements between batches of out
+    out_stride_seq,         # elements between tokens of out
     cos_stride_batch,       # elements between batches of cos/sin (0 to broadcast one batch)
     cos_stride_seq,         # elements between tokens of cos/sin, or between table rows when BY_POSITION
     positions_stride_batch,  # elements between rows of positions
@@ -54,12 +56,14 @@ def rotary_kernel(
     sin_low = tl.load(sin_ptr + cos_row + half_dims, mask=in_half).to(tl.float32)[None, :]
     sin_high = tl.load(sin_ptr + cos_row + HALF + half_dims, mask=in_half).to(tl.float32)[None, :]
 
-    offsets = batch * x_stride_batch + seq * x_stride_seq + heads[:, None] * x_stride_head + half_dims[None, :]
+    within = heads[:, None] * x_stride_head + half_dims[None, :]
+    offsets = batch * x_stride_batch + seq * x_stride_seq + within
     x_low = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     x_high = tl.load(x_ptr + offsets + HALF, mask=mask).to(tl.float32)
     # x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x_high, x_low)
-    tl.store(out_ptr + offsets, x_low * cos_low - x_high * sin_low, mask=mask)
-    tl.store(out_ptr + offsets + HALF, x_high * cos_high + x_low * sin_high, mask=mask)
+    out = out_ptr + batch * out_stride_batch + seq * out_stride_seq + within
+    tl.store(out, x_low * cos_low - x_high * sin_low, mask=mask)
+    tl.store(out + HALF, x_high * cos_high + x_low * sin_high, mask=mask)
 
 
 def _launch(x, cos, sin, positions, head_dim, layout, by_position, cos_strides, block_heads, num_warps):
@@ -73,10 +77,10 @@ def _launch(x, cos, sin, positions, head_dim, layout, by_position, cos_strides, 
         batch, seq_len, width = x.shape
         require(width % head_dim == 0, kernel_name, f"width {width} is not a multiple of head_dim {head_dim}")
         n_heads = width // head_dim
-        x_strides = (x.stride(0), x.stride(1), head_dim)
+        x_strides = (x.stride(0), x.stride(1), head_dim, x.stride(0), x.stride(1))
     elif layout == "heads":                                # [B, H, S, D]
         batch, n_heads, seq_len, _ = x.shape
-        x_strides = (x.stride(0), x.stride(2), x.stride(1))
+        x_strides = (x.stride(0), x.stride(2), x.stride(1), x.stride(0), x.stride(2))
     else:
         raise ValueError(f"{kernel_name}: unknown layout {layout!r}")
     out = torch.empty_like(x)
