@@ -25,7 +25,8 @@ def main(path: str) -> int:
     for phase, seq, start in (("prefill", prompt, 0), ("decode", 1, prompt)):
         tokens = torch.randint(3, vocab, (batch, seq), generator=g).cuda()
         positions = (torch.arange(seq)[None, :] + start).expand(batch, seq).contiguous().cuda()
-        env = {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cap}
+        env = {"batch": batch, "seq": seq, "rows": batch * seq, "capacity": cap,
+               "fallbacks": torch.zeros(1, dtype=torch.int64)}
         bk = {"tokens": tokens, "positions": positions}
         br = dict(bk)
         worst = 0.0
