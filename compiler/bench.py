@@ -42,6 +42,33 @@ def copy_bandwidth_gbs(device: str, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / statistics.median(times[5:]) / 1e9
 
 
+def graph_replay_ms(calls: list[Callable[[], object]], replays: int = 15, warm_replays: int = 1) -> float:
+    """Median GPU time of running `calls` in order, captured once in a CUDA graph and replayed (no Python, no
+    launch gaps); each call runs once outside the graph first (compile, allocate). Divide by len(calls) for
+    the time of one call."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    times = []
+    for i in range(warm_replays + replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        if i >= warm_replays:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def _hf_model(manifest, device: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = dict(manifest.model)
@@ -130,29 +157,12 @@ def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict
               **{s.output: tuple(s.out_shape) for s in model.plan.steps}}
     rows = []
     for (op, kernel), steps in groups.items():
-        def run_group():
-            for step in steps:
-                executor.run_step(step, buffers, cache, env, "decode")
-        run_group()                                      # warm-up outside the graph
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run_group()
-        times = []
-        for i in range(13):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            if i >= 3:
-                times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
+        ms = graph_replay_ms([lambda step=step: executor.run_step(step, buffers, cache, env, "decode")
+                              for step in steps], replays=10, warm_replays=3)
         moved = sum(step_bytes(model, step, batch, context, shapes) for step in steps)
         gbs = moved / (ms * 1e6) if ms > 0 else 0.0
         rows.append({"op": op, "kernel": kernel, "steps": len(steps), "ms": ms, "bytes": moved, "gbs": gbs,
                      "fraction_of_copy": gbs / copy_gbs if copy_gbs else None})
-        del graph
     return sorted(rows, key=lambda r: -r["ms"])
 
 

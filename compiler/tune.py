@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import platform
-import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -78,30 +77,11 @@ def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable
                           num_warps=config["num_warps"])
 
 
-def graph_time_us(launch: Callable[[torch.Tensor], object], weights: list[torch.Tensor], replays: int = 15) -> float:
-    """Median GPU time of one launch: one call per weight copy captured in a CUDA graph (the copies together
-    exceed L2, so every call streams its weight from device memory; no launch gaps), replayed `replays`
-    times, divided by the calls."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):                    # warm-up: compile, allocate
-        for w in weights:
-            launch(w)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            launch(w)
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(weights))
-    return statistics.median(times)
+def graph_time_us(launch: Callable[[torch.Tensor], object], weights: list[torch.Tensor]) -> float:
+    """Median GPU time of one launch: one call per weight copy replayed in a CUDA graph (the copies together
+    exceed L2, so every call streams its weight from device memory; no launch gaps)."""
+    from fdpp.compiler.bench import graph_replay_ms
+    return graph_replay_ms([lambda w=w: launch(w) for w in weights]) * 1e3 / len(weights)
 
 
 def rotating_weights(n: int, k: int, dtype: torch.dtype, total_bytes: int = ROTATION_BYTES) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fdpp.compiler.bench import copy_bandwidth_gbs
+from fdpp.compiler.bench import copy_bandwidth_gbs, graph_replay_ms
 from fdpp.codegen.kernels.attention_decode import allocate_decode_workspace, attention_decode
 from fdpp.passes.select_kernels import DECODE_BLOCK_N, DECODE_NUM_STAGES, MIN_SPLIT_KEYS, choose_splits
 from fdpp.runtime.unified_max import safe_offsets
@@ -44,32 +43,7 @@ def graph_time_us(calls: list, moved: int, repeats: int = 15) -> float:
         calls[0]()
         return (time.perf_counter() - t) * 1e6
     sequence = list(itertools.islice(itertools.cycle(calls), max(4 if moved > 1e9 else 20, len(calls))))
-    repeats = 5 if moved > 1e9 else repeats
-    for call in sequence[:len(calls)]:
-        call()                                                   # warm-up: compile, allocate
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in sequence[:len(calls)]:
-            call()
-        stream.synchronize()
-        with torch.cuda.graph(graph, stream=stream):
-            for call in sequence:
-                call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(sequence))
-    return statistics.median(times)
+    return graph_replay_ms(sequence, replays=5 if moved > 1e9 else repeats) * 1e3 / len(sequence)
 
 
 def make_set(batch, heads, kv_heads, head_dim, length):
