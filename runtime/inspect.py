@@ -29,7 +29,7 @@ def describe(bundle: Bundle) -> str:
         choices = "; ".join(f"{k.phase + ' ' if k.phase != 'any' else ''}<= {k.max_rows}: {k.kernel}"
                             + (f" x{k.config['splits']} splits" if "splits" in k.config else "")
                             for k in s.kernels) or "(view, no kernel)"
-        lines.append(f"{s.output:<28} {s.op.value:<16} {choices}")
+        lines.append(f"{s.output:<28} {_op_label(s):<16} {choices}")
     linears = [s for s in plan.steps if s.op.value == "linear"]
     if linears:
         measured = sum(1 for s in linears if any(k.reason.startswith("profile") for k in s.kernels))
@@ -42,10 +42,19 @@ def describe(bundle: Bundle) -> str:
             starts = [1] + [k.max_rows + 1 for k in s.kernels[:-1]]       # first row count of each choice
             m1 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "flat_gemm"), None)
             m2 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "tc_gemm"), None)
-            lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}")
+            fused = f"  ({_op_label(s).removeprefix('linear')[1:]})" if _op_label(s) != "linear" else ""
+            lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}{fused}")
     lines += _softmax_lines(m.layers)
     lines += _sparsity_lines(m.sparsity, m.dtype)
     return "\n".join(lines)
+
+
+def _op_label(step) -> str:
+    """The step's op, with a linear's fused epilogues: linear+silu (stacked gate/up), linear+res."""
+    if step.op.value != "linear":
+        return step.op.value
+    return "linear" + (f"+{step.attrs['gated']}" if step.attrs.get("gated") else "") \
+        + ("+res" if step.attrs.get("residual") else "")
 
 
 def _sparsity_lines(sparsity: dict, dtype: str) -> list[str]:
