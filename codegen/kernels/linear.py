@@ -92,18 +92,9 @@ def gemv_kernel(
 
 @triton.jit
 def gemm_kernel(
-    x_ptr,              # [M, K] activations, unit stride along K
-    weight_ptr,         # [N, K] weight (nn.Linear layout), unit stride along K, same dtype as x; [2N, K] when GATED
-    bias_ptr,           # [N] bias ([2N] when GATED; read only when HAS_BIAS)
-    residual_ptr,       # [M, N] added last (read only when HAS_RESIDUAL)
-    out_ptr,            # [M, N] output, contiguous
-    M, N, K,            # problem size (N: output features)
-    x_row_stride,       # elements between rows of x
-    weight_row_stride,  # elements between rows of the weight
-    HAS_BIAS: tl.constexpr,      # add the bias
-    HAS_RESIDUAL: tl.constexpr,  # add residual to the result
-    GATED: tl.constexpr,         # out = act(x @ gate^T) * (x @ up^T)
-    ACTIVATION: tl.constexpr,    # activation code (activation.ACTIVATION_CODES) when GATED
+    # operands, sizes and epilogue flags as gemv_kernel's; the weight has x's dtype (tl.dot operands)
+    x_ptr, weight_ptr, bias_ptr, residual_ptr, out_ptr, M, N, K, x_row_stride, weight_row_stride,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr,   # tile rows (>= 16 for tl.dot)
     BLOCK_N: tl.constexpr,   # tile columns (>= 16)
     BLOCK_K: tl.constexpr,   # reduction chunk (>= 16)
