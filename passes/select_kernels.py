@@ -23,15 +23,15 @@ from fdpp.passes.sparse_choice import choose_sparse_linear
 from fdpp.runtime.schema import KernelChoice
 
 LAUNCH_US = 3.0
-# Fraction of datasheet peak each implementation reaches, and the largest M it is offered for. Measured on
-# an H200 (docs/perf/2026-11-22-h200-codegen.md, Llama-2-7B shapes, rotating weights): the Triton flat GEMM
-# (tl.dot, M padded to 16) streams weights at 46-78% of copy bandwidth and beats cuBLAS by 1.02-1.12x for
-# M <= 16, and is within 0.98-1.06x up to M = 64; our CUDA-core GEMV only matches cuBLAS at M = 1 and loses
-# to the flat GEMM there too. Until `fdcc tune` measures a target, these fractions stand for every target.
+# Fraction of datasheet peak each implementation reaches, and the largest M it is offered for. Measured with
+# CUDA-graph replays over rotating weights (docs/perf/2026-11-22-h200-fused-linears.md, Llama-2-7B's decode
+# shapes): on an H200 the flat GEMM streams weights at 58-84% of the 4.8 TB/s datasheet figure at M <= 16
+# (~0.77 weighted by bytes), cuBLAS at 0.50-0.80; on an H100 the GEMV and the flat GEMM are within 2% at
+# M = 1 (0.83 / 0.81 on QKV). Until `fdcc tune` measures a target, these fractions stand for every target.
 _EFFICIENCY = {
-    "gemv": {"bandwidth": 0.52, "compute": 0.60, "pad": 1, "max_rows": 1},
-    "flat_gemm": {"bandwidth": 0.58, "compute": 0.50, "pad": 16, "max_rows": 64},
-    "tc_gemm": {"bandwidth": 0.55, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
+    "gemv": {"bandwidth": 0.72, "compute": 0.60, "pad": 1, "max_rows": 4},
+    "flat_gemm": {"bandwidth": 0.75, "compute": 0.50, "pad": 16, "max_rows": 64},
+    "tc_gemm": {"bandwidth": 0.70, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
 }
 
 
