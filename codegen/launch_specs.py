@@ -30,6 +30,7 @@ from fdpp.codegen.kernels.rotary import rotary_kernel
 from fdpp.codegen.kernels.sparse_linear import (bitmap_linear_kernel, default_num_warps, default_split_k,
                                                 sum_splits_kernel, tiled_csl_linear_kernel)
 from fdpp.compiler.errors import CompileError
+from fdpp.runtime.reference_ops import linear_operands
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import PARTS
 
@@ -158,16 +159,15 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         _sparse_linear(b, c, choice)
         return
     rows_w, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
-    gated, residual = c.step.attrs.get("gated"), bool(c.step.attrs.get("residual"))
+    gated = c.step.attrs.get("gated")
+    bias, residual = linear_operands(c.step.attrs, list(c.step.inputs[2:]))
     n = rows_w // 2 if gated else rows_w
-    has_bias = len(c.step.inputs) > 2 + residual
     dt = c.dtype
     args = [("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{dt}", c.ref(1)),
-            ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else c.ref(1)),
-            ("residual_ptr", f"*{dt}", c.ref(len(c.step.inputs) - 1) if residual else c.ref(0)),
+            ("bias_ptr", f"*{dt}", bias or c.ref(1)), ("residual_ptr", f"*{dt}", residual or c.ref(0)),
             ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k),
             ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)]
-    epilogue = {"HAS_BIAS": has_bias, "HAS_RESIDUAL": residual, "GATED": bool(gated),
+    epilogue = {"HAS_BIAS": bias is not None, "HAS_RESIDUAL": residual is not None, "GATED": bool(gated),
                 "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0}
     if choice.kernel == "gemv":
         # defaults from the H200 tune (docs/perf): a few output features per program and long K chunks, so

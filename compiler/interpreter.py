@@ -39,10 +39,7 @@ def _linear(n: Node, x, *rest):
     sparse = n.attr("sparse")
     if sparse is not None:
         return ref.sparse_linear(x, list(rest), sparse)
-    bias, residual = ref.linear_operands(n.attrs, list(rest[1:]))
-    if n.attr("gated") or residual is not None:
-        return ref.fused_linear(x, rest[0], bias, residual, n.attr("gated"))
-    return ref.linear(x, rest[0], bias)
+    return ref.linear_step(x, rest[0], n.attrs, list(rest[1:]))
 
 
 def _sdpa(n: Node, q, k, v, mask=None):

@@ -34,10 +34,7 @@ def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env:
 def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
     sparse = step.attrs.get("sparse")
     if sparse is None:
-        bias, residual = ref.linear_operands(step.attrs, args[2:])
-        if step.attrs.get("gated") or residual is not None:
-            return ref.fused_linear(args[0], args[1], bias, residual, step.attrs.get("gated"))
-        return ref.linear(args[0], args[1], bias)
+        return ref.linear_step(args[0], args[1], step.attrs, args[2:])
     _, bias = split_operands(sparse, args[1:])     # (x, part..., bias?): the weight was decoded at load
     return ref.linear(args[0], env["decoded"][step.output], bias)
 

@@ -67,11 +67,19 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.to(x.dtype)
 
 
-def linear_operands(attrs: dict, operands: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A dense LINEAR step's inputs after (x, weight) -> (bias, residual): residual is last when attrs say so."""
+def linear_operands(attrs: dict, operands: list) -> tuple:
+    """A dense LINEAR step's inputs after (x, weight) -> (bias, residual): residual is last when attrs say so.
+    The one definition of that layout, for tensors and for input names alike."""
     residual = operands[-1] if attrs.get("residual") else None
     rest = operands[:-1] if residual is not None else operands
     return (rest[0] if rest else None), residual
+
+
+def linear_step(x: torch.Tensor, weight: torch.Tensor, attrs: dict, operands: list[torch.Tensor]) -> torch.Tensor:
+    """A dense LINEAR step of the plan or graph: x, weight, then (bias?, residual?) with the epilogues attrs name
+    (fused_linear without epilogues is linear: the same float32 product, rounded once)."""
+    bias, residual = linear_operands(attrs, operands)
+    return fused_linear(x, weight, bias, residual, attrs.get("gated"))
 
 
 def sparse_linear(x: torch.Tensor, operands: list[torch.Tensor], meta: dict) -> torch.Tensor:
