@@ -155,7 +155,9 @@ class OverlayWeightStore:
         self.base, self.extra = base, dict(extra)
 
     def names(self) -> list[str]:
-        return self.base.names() + [n for n in self.extra if n not in set(self.base.names())]
+        base = self.base.names()
+        known = set(base)
+        return base + [n for n in self.extra if n not in known]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.extra[name].shape) if name in self.extra else self.base.shape(name)
@@ -172,7 +174,9 @@ class StackedWeightStore:
         self.base, self.stacks = base, dict(stacks)
 
     def names(self) -> list[str]:
-        return self.base.names() + [n for n in self.stacks if n not in set(self.base.names())]
+        base = self.base.names()
+        known = set(base)
+        return base + [n for n in self.stacks if n not in known]
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.stacks:
