@@ -315,11 +315,11 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     dt = c.dtype
     cache_strides = [("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
                      ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)]
-    _write_kv(b, c, kv_heads, head_dim)
     unified = choice.kernel in ("decode_attention_unified", "prefill_attention_unified")
     phi, safe_low, safe_high = _unified(c.step) if unified else (0.0, 0.0, 0.0)
     softmax_args = [("phi", "fp32", phi), ("safe_low", "fp32", safe_low), ("safe_high", "fp32", safe_high)]
     if choice.kernel in ("decode_attention_split_kv", "decode_attention_unified"):
+        # the decode kernel writes the step's key and value into the cache itself (WRITE_KV)
         splits, min_keys, block_n = (choice.config["splits"], choice.config["min_split_keys"],
                                      choice.config["block_n"])
         workspace = {"partial_out": {"shape": ["batch", heads, splits, head_dim], "dtype": "float32"},
@@ -332,15 +332,18 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),
             ("partial_out_ptr", "*fp32", "ws:partial_out"), ("partial_max_ptr", "*fp32", "ws:partial_max"),
             ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("arrivals_ptr", "*i32", "ws:arrivals"),
-            ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("n_heads", "i32", heads),
+            ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("new_k_ptr", f"*{dt}", c.ref(1)),
+            ("new_v_ptr", f"*{dt}", c.ref(2)), ("new_k_stride_batch", "i32", c.row_stride(1)),
+            ("new_v_stride_batch", "i32", c.row_stride(2)), ("n_heads", "i32", heads),
             ("n_kv_heads", "i32", kv_heads), ("splits", "i32", splits), ("min_split_keys", "i32", min_keys),
             ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", c.row_stride(0)),
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
              "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "GROUP_P2": _pow2(group),
-             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified},
+             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified, "WRITE_KV": True},
             num_stages=choice.config.get("num_stages", 2), workspace=workspace)
     elif choice.kernel in ("prefill_attention", "prefill_attention_unified"):
+        _write_kv(b, c, kv_heads, head_dim)
         b.launch(attention_prefill_kernel, ("cdiv(seq, 64)", f"batch * {heads}"), [
             ("q_ptr", f"*{dt}", c.ref(0)), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),
             ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),

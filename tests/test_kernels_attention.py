@@ -115,6 +115,26 @@ def test_decode_attention(starts, num_splits, min_split_keys, block_n, heads, dt
     assert int(fallbacks) == 0       # scores of unit-normal inputs sit well inside [phi - 9, phi + 10.5]
 
 
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("starts,num_splits,min_split_keys,block_n", [DECODE_CASES[1], DECODE_CASES[4]])
+@pytest.mark.parametrize("unified", [None, (0.0, -9.0, 10.5)], ids=["synchronized", "unified"])
+def test_decode_attention_writes_the_new_key_and_value(starts, num_splits, min_split_keys, block_n, heads, unified):
+    """new_kv: the kernel stores the step's k and v at each sequence's position itself (one slice or several)
+    and attends to them; the caches end up exactly as write_kv leaves them."""
+    q, k, v, positions, k_cache, v_cache = _step(len(starts), 1, heads, torch.float16, starts, seed=25)
+    ref, _, _ = _attention_reference(q, k, v, positions, k_cache, v_cache, heads)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    kv_cache.write_kv(k, v, positions, expected_k, expected_v)
+    n_heads, n_kv_heads, head_dim = heads
+    with poisoned_allocations():
+        out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5,
+                                                unified=unified, new_kv=(k, v), num_splits=num_splits,
+                                                min_split_keys=min_split_keys, block_n=block_n)
+    assert_close(out, ref, "attention_decode (new_kv)")
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
 def test_decode_attention_reuses_a_workspace():
     heads = (9, 3, 64)
     q, k, v, positions, k_cache, v_cache = _step(3, 1, heads, torch.float32, [5, 70, 33], seed=24)

@@ -14,7 +14,8 @@ The combine runs in the same launch: each program stores its slice, then takes a
 per-(sequence, KV head) arrival counter; the program that arrives last combines the slices and resets the
 counter to zero, so the counters are zero between launches (allocate them zeroed once). The split count is
 fixed at launch (a CUDA graph replays it); each sequence divides its own length by it, but never into
-slices shorter than `min_split_keys`, so short contexts use fewer splits and the rest return at once.
+slices shorter than `min_split_keys`, so short contexts use fewer slices ("active") and the other programs
+return at once, touching nothing. A sequence in one slice skips the combine: its program writes the output.
 Sequence b attends to cache slots 0..positions[b] (its length is that + 1).
 """
 
@@ -59,6 +60,61 @@ def _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale
 
 
 @triton.jit
+def _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_out_ptr, partial_max_ptr,
+                    partial_sum_ptr, safe_low, safe_high, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, GROUP_P2: tl.constexpr,
+                    SPLIT_CHUNK: tl.constexpr, UNIFIED: tl.constexpr):
+    """The last-arriving program: every query row of this KV head, its `active` slices combined and divided,
+    stored to out. All partial loads are issued before any store, so the combine costs a few L2 round trips
+    however many heads share the KV head. Returns the number of rows whose max left the safe range (unified)."""
+    group = tl.arange(0, GROUP_P2)
+    group_ok = group < GROUP
+    rows = batch * n_heads + kv_head * GROUP + group                                           # [GROUP_P2]
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
+    slices = tl.arange(0, BLOCK_SPLITS)
+    both_ok = group_ok[:, None] & (slices < active)[None, :]
+    all_max = tl.load(partial_max_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok,
+                      other=SOFTMAX_FLOOR, cache_modifier=".cg")                             # [GROUP_P2, BLOCK_SPLITS]
+    all_sum = tl.load(partial_sum_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok, other=0.0,
+                      cache_modifier=".cg")
+    top = tl.max(all_max, axis=1)                                                            # [GROUP_P2]
+    if UNIFIED:
+        total = tl.sum(all_sum, axis=1)
+    else:
+        total = tl.sum(all_sum * tl.exp(all_max - top[:, None]), axis=1)   # masked slices: e^(FLOOR - m) = 0
+    combined = tl.zeros((GROUP_P2, BLOCK_D), dtype=tl.float32)
+    chunk = tl.arange(0, SPLIT_CHUNK)
+    for first in range(0, active, SPLIT_CHUNK):
+        in_chunk = group_ok[:, None] & ((first + chunk) < active)[None, :]                    # [GROUP_P2, SPLIT_CHUNK]
+        chunk_rows = rows[:, None] * splits + first + chunk[None, :]                           # [GROUP_P2, SPLIT_CHUNK]
+        chunk_out = tl.load(partial_out_ptr + chunk_rows[:, :, None] * HEAD_DIM + dims[None, None, :],
+                            mask=in_chunk[:, :, None] & dim_ok[None, None, :], other=0.0,
+                            cache_modifier=".cg")                                 # [GROUP_P2, SPLIT_CHUNK, BLOCK_D]
+        if not UNIFIED:
+            chunk_max = tl.load(partial_max_ptr + chunk_rows, mask=in_chunk, other=SOFTMAX_FLOOR,
+                                cache_modifier=".cg")
+            chunk_out = chunk_out * tl.exp(chunk_max - top[:, None])[:, :, None]
+        combined += tl.sum(chunk_out, axis=1)
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], combined / total[:, None],
+             mask=group_ok[:, None] & dim_ok[None, :])
+    return tl.sum((group_ok & ((top < safe_low) | (top > safe_high))).to(tl.int32), axis=0)
+
+
+@triton.jit
+def _exact_fallback(fallen, q, k_base, v_base, length, cache_stride_seq, scale, out_rows, row_ok, dim_ok,
+                    fallbacks_ptr, BLOCK_GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """Unified max, when `fallen` rows of this KV head left the safe range: recompute all its query rows with the
+    synchronized scheme over the whole length, overwrite out_rows [BLOCK_GROUP, BLOCK_D], count the rows."""
+    if fallen > 0:
+        exact_acc, _, exact_sum = _attend_slice(q, k_base, v_base, 0, length, cache_stride_seq, scale, 0.0,
+                                                BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, False)
+        tl.store(out_rows, exact_acc / exact_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
+        tl.atomic_add(fallbacks_ptr, fallen, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def attention_decode_kernel(
     q_ptr,                  # [B, Hq*D] queries (one token per sequence), unit stride along the last axis
     k_cache_ptr,            # [B_cap, Hkv, T_cap, D] key cache, unit stride along D
@@ -70,6 +126,10 @@ def attention_decode_kernel(
     partial_sum_ptr,        # [B, Hq, splits] float32 scratch: per slice, Σ e^(s - m or φ)
     arrivals_ptr,           # [B, Hkv] int32, zero before the launch and left zero after it
     fallbacks_ptr,          # [1] int32: incremented by the number of rows recomputed (unified only)
+    new_k_ptr,              # [B, Hkv*D] this step's keys (read only when WRITE_KV), unit stride along the last axis
+    new_v_ptr,              # [B, Hkv*D] this step's values (read only when WRITE_KV), likewise
+    new_k_stride_batch,     # elements between sequences of new_k (it may be a view into a fused QKV output)
+    new_v_stride_batch,     # elements between sequences of new_v
     n_heads,                # Hq
     n_kv_heads,             # Hkv
     splits,                 # slices per (sequence, KV head): grid axis 2
@@ -92,81 +152,68 @@ def attention_decode_kernel(
     GROUP_P2: tl.constexpr,      # power of two >= GROUP: the combine's query rows
     SPLIT_CHUNK: tl.constexpr,   # slices the combine reads per step (GROUP_P2 * SPLIT_CHUNK * BLOCK_D floats)
     UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
+    WRITE_KV: tl.constexpr,      # first store this step's key and value into the cache at the query's position
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     length = (tl.load(positions_ptr + batch * positions_stride) + 1).to(tl.int32)
     slice_len = tl.maximum(tl.cdiv(tl.cdiv(length, splits), BLOCK_N) * BLOCK_N, min_split_keys)
-    key_start = split * slice_len
-    key_end = tl.minimum(key_start + slice_len, length)
-
-    group_rows = tl.arange(0, BLOCK_GROUP)
-    heads = kv_head * GROUP + group_rows
-    row_ok = group_rows < GROUP
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = dims < HEAD_DIM
-    q = tl.load(q_ptr + batch * q_stride_batch + heads[:, None] * HEAD_DIM + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)                           # [BLOCK_GROUP, BLOCK_D]
-    cache_offset = batch * cache_stride_batch + kv_head.to(tl.int64) * cache_stride_head
-    k_base = k_cache_ptr + cache_offset
-    v_base = v_cache_ptr + cache_offset
-
-    acc, slice_max, slice_sum = _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale, phi,
-                                              BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, UNIFIED)
-    partial_rows = (batch * n_heads + heads) * splits + split                                  # [BLOCK_GROUP]
-    tl.store(partial_max_ptr + partial_rows, slice_max, mask=row_ok)
-    tl.store(partial_sum_ptr + partial_rows, slice_sum, mask=row_ok)
-    tl.store(partial_out_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc,
-             mask=row_ok[:, None] & dim_ok[None, :])
-
-    # Every thread's stores come before the ticket (barrier), and the ticket releases them to the program
-    # that arrives last, which acquires them; it reads the slices from L2 (.cg), never a stale L1 line.
-    tl.debug_barrier()
-    counter = arrivals_ptr + batch * n_kv_heads + kv_head
-    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-    if arrived == splits - 1:
-        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-        # All of this KV head's query rows at once: every partial load is issued before any store, so the
-        # combine costs a few L2 round trips however many heads share the KV head.
-        group = tl.arange(0, GROUP_P2)
-        group_ok = group < GROUP
-        rows = batch * n_heads + kv_head * GROUP + group                                       # [GROUP_P2]
-        slices = tl.arange(0, BLOCK_SPLITS)
-        both_ok = group_ok[:, None] & (slices < splits)[None, :]
-        all_max = tl.load(partial_max_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok,
-                            other=SOFTMAX_FLOOR, cache_modifier=".cg")                     # [GROUP_P2, BLOCK_SPLITS]
-        all_sum = tl.load(partial_sum_ptr + rows[:, None] * splits + slices[None, :], mask=both_ok, other=0.0,
-                            cache_modifier=".cg")
-        top = tl.max(all_max, axis=1)                                                        # [GROUP_P2]
-        if UNIFIED:
-            total = tl.sum(all_sum, axis=1)
+    active = tl.cdiv(length, slice_len)          # slices holding keys; programs past them have nothing to do
+    if split < active:
+        key_start = split * slice_len
+        key_end = tl.minimum(key_start + slice_len, length)
+        group_rows = tl.arange(0, BLOCK_GROUP)
+        heads = kv_head * GROUP + group_rows
+        row_ok = group_rows < GROUP
+        dims = tl.arange(0, BLOCK_D)
+        dim_ok = dims < HEAD_DIM
+        q = tl.load(q_ptr + batch * q_stride_batch + heads[:, None] * HEAD_DIM + dims[None, :],
+                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_GROUP, BLOCK_D]
+        cache_offset = batch * cache_stride_batch + kv_head.to(tl.int64) * cache_stride_head
+        k_base = k_cache_ptr + cache_offset
+        v_base = v_cache_ptr + cache_offset
+        out_rows = out_ptr + (batch * n_heads + heads)[:, None] * HEAD_DIM + dims[None, :]   # [BLOCK_GROUP, BLOCK_D]
+        if WRITE_KV:
+            if key_end == length:
+                # The slice holding the new position writes this step's key and value there (write_kv fused:
+                # one launch less per layer); the barrier makes the stores visible to the program's own loads.
+                # No other slice reads that slot, and the last-arriving program acquires it with the ticket.
+                new_slot = (length - 1).to(tl.int64) * cache_stride_seq + dims
+                within = kv_head * HEAD_DIM + dims
+                tl.store(k_base + new_slot, tl.load(new_k_ptr + batch * new_k_stride_batch + within, mask=dim_ok),
+                         mask=dim_ok)
+                tl.store(v_base + new_slot, tl.load(new_v_ptr + batch * new_v_stride_batch + within, mask=dim_ok),
+                         mask=dim_ok)
+                tl.debug_barrier()
+        acc, slice_max, slice_sum = _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale,
+                                                  phi, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, UNIFIED)
+        if active == 1:
+            # The whole sequence in one slice (short contexts): no partials, no ticket, no combine.
+            tl.store(out_rows, acc / slice_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
+            if UNIFIED:
+                fallen = tl.sum((row_ok & ((slice_max < safe_low) | (slice_max > safe_high))).to(tl.int32), axis=0)
+                _exact_fallback(fallen, q, k_base, v_base, length, cache_stride_seq, scale, out_rows, row_ok,
+                                dim_ok, fallbacks_ptr, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N)
         else:
-            total = tl.sum(all_sum * tl.exp(all_max - top[:, None]), axis=1)   # empty slices: e^(FLOOR - m) = 0
-        combined = tl.zeros((GROUP_P2, BLOCK_D), dtype=tl.float32)
-        chunk = tl.arange(0, SPLIT_CHUNK)
-        for first in range(0, splits, SPLIT_CHUNK):
-            in_chunk = group_ok[:, None] & ((first + chunk) < splits)[None, :]                # [GROUP_P2, SPLIT_CHUNK]
-            chunk_rows = rows[:, None] * splits + first + chunk[None, :]                       # [GROUP_P2, SPLIT_CHUNK]
-            chunk_out = tl.load(partial_out_ptr + chunk_rows[:, :, None] * HEAD_DIM + dims[None, None, :],
-                                mask=in_chunk[:, :, None] & dim_ok[None, None, :], other=0.0,
-                                cache_modifier=".cg")                             # [GROUP_P2, SPLIT_CHUNK, BLOCK_D]
-            if not UNIFIED:
-                chunk_max = tl.load(partial_max_ptr + chunk_rows, mask=in_chunk, other=SOFTMAX_FLOOR,
-                                    cache_modifier=".cg")
-                chunk_out = chunk_out * tl.exp(chunk_max - top[:, None])[:, :, None]
-            combined += tl.sum(chunk_out, axis=1)
-        tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], combined / total[:, None],
-                 mask=group_ok[:, None] & dim_ok[None, :])
-        if UNIFIED:
-            fallen = tl.sum((group_ok & ((top < safe_low) | (top > safe_high))).to(tl.int32), axis=0)
-            if fallen > 0:
-                # Exact fallback: the whole KV head's query rows again, synchronized, over the full length.
-                exact_acc, _, exact_sum = _attend_slice(q, k_base, v_base, 0, length, cache_stride_seq, scale, phi,
-                                                        BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, False)
-                tl.store(out_ptr + (batch * n_heads + heads)[:, None] * HEAD_DIM + dims[None, :],
-                         exact_acc / exact_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
-                tl.atomic_add(fallbacks_ptr, fallen, sem="relaxed", scope="gpu")
+            partial_rows = (batch * n_heads + heads) * splits + split                          # [BLOCK_GROUP]
+            tl.store(partial_max_ptr + partial_rows, slice_max, mask=row_ok)
+            tl.store(partial_sum_ptr + partial_rows, slice_sum, mask=row_ok)
+            tl.store(partial_out_ptr + partial_rows[:, None] * HEAD_DIM + dims[None, :], acc,
+                     mask=row_ok[:, None] & dim_ok[None, :])
+            # Every thread's stores come before the ticket (barrier), and the ticket releases them to the program
+            # that arrives last, which acquires them; it reads the slices from L2 (.cg), never a stale L1 line.
+            tl.debug_barrier()
+            counter = arrivals_ptr + batch * n_kv_heads + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == active - 1:
+                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+                fallen = _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_out_ptr,
+                                         partial_max_ptr, partial_sum_ptr, safe_low, safe_high, GROUP, HEAD_DIM,
+                                         BLOCK_D, BLOCK_SPLITS, GROUP_P2, SPLIT_CHUNK, UNIFIED)
+                if UNIFIED:
+                    _exact_fallback(fallen, q, k_base, v_base, length, cache_stride_seq, scale, out_rows, row_ok,
+                                    dim_ok, fallbacks_ptr, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N)
 
 
 def combine_chunk(group: int, splits: int, floats_per_row: int = 32) -> int:
@@ -188,10 +235,14 @@ def allocate_decode_workspace(batch: int, n_heads: int, n_kv_heads: int, head_di
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, *,
                      n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
                      unified: tuple[float, float, float] | None = None, fallbacks: torch.Tensor | None = None,
+                     new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                      num_splits: int = 4, min_split_keys: int = 64, block_n: int = 64, num_warps: int = 4,
                      num_stages: int = 2, workspace: tuple | None = None) -> torch.Tensor:
     """One query per sequence: q [B, 1, Hq*D] (or [B, Hq*D]) over the cache [B_cap, Hkv, T_cap, D] after
     kv_cache.write_kv; positions [B, 1] (or [B]). Returns q's shape and dtype.
+
+    new_kv: this step's (k, v), each [B, 1, Hkv*D] (or [B, Hkv*D]) with unit stride along the last axis; the
+    kernel then writes them into the caches at each sequence's position itself (what write_kv would do).
 
     unified: (φ, safe_low, safe_high) for the unified-max scheme, None for synchronized. fallbacks: int32 [1]
     counter the unified kernel adds its recomputed rows to. Config: num_splits, min_split_keys (a multiple of
@@ -219,16 +270,21 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             "workspace does not match this batch, head count and num_splits")
     if fallbacks is None:
         fallbacks = torch.zeros(1, dtype=torch.int32, device=q.device)
+    new_k, new_v = new_kv if new_kv is not None else (q, q)            # never read without WRITE_KV
+    new_k, new_v = new_k.reshape(batch, -1), new_v.reshape(batch, -1)
+    require(new_kv is None or (new_k.shape == new_v.shape == (batch, n_kv_heads * head_dim) and new_k.stride(-1) == 1
+                               and new_v.stride(-1) == 1 and new_k.dtype == new_v.dtype == k_cache.dtype),
+            "attention_decode", f"new_kv must be two [{batch}, 1, {n_kv_heads * head_dim}] tensors of the cache dtype")
     phi, safe_low, safe_high = unified if unified is not None else (0.0, 0.0, 0.0)
     out = torch.empty((batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
     if batch:
         group = n_heads // n_kv_heads
         attention_decode_kernel[(batch, n_kv_heads, num_splits)](
             queries, k_cache, v_cache, positions, out, partial_out, partial_max, partial_sum, arrivals, fallbacks,
-            n_heads, n_kv_heads, num_splits, min_split_keys, float(scale), float(phi), float(safe_low),
-            float(safe_high), queries.stride(0), positions.stride(0), k_cache.stride(0), k_cache.stride(1),
-            k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16), HEAD_DIM=head_dim,
-            BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
+            new_k, new_v, new_k.stride(0), new_v.stride(0), n_heads, n_kv_heads, num_splits, min_split_keys,
+            float(scale), float(phi), float(safe_low), float(safe_high), queries.stride(0), positions.stride(0),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16),
+            HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
             GROUP_P2=block_for(group), SPLIT_CHUNK=combine_chunk(group, num_splits), UNIFIED=unified is not None,
-            num_warps=num_warps, num_stages=num_stages)
+            WRITE_KV=new_kv is not None, num_warps=num_warps, num_stages=num_stages)
     return out.view(q.shape)
