@@ -148,6 +148,13 @@ class DictWeightStore:
         return DictWeightStore({**self._tensors, **extra})
 
 
+def _names_then_added(base: WeightStore, added: Iterable[str]) -> list[str]:
+    """The base store's names, then the added names it does not already have (a store layered on another)."""
+    names = base.names()
+    known = set(names)
+    return names + [n for n in added if n not in known]
+
+
 class OverlayWeightStore:
     """A WeightStore that adds tensors made by the compiler (position tables, lifted buffers) to a base."""
 
@@ -155,9 +162,7 @@ class OverlayWeightStore:
         self.base, self.extra = base, dict(extra)
 
     def names(self) -> list[str]:
-        base = self.base.names()
-        known = set(base)
-        return base + [n for n in self.extra if n not in known]
+        return _names_then_added(self.base, self.extra)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.extra[name].shape) if name in self.extra else self.base.shape(name)
@@ -174,9 +179,7 @@ class StackedWeightStore:
         self.base, self.stacks = base, dict(stacks)
 
     def names(self) -> list[str]:
-        base = self.base.names()
-        known = set(base)
-        return base + [n for n in self.stacks if n not in known]
+        return _names_then_added(self.base, self.stacks)
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.stacks:

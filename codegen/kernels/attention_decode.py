@@ -60,6 +60,13 @@ def _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale
 
 
 @triton.jit
+def _rows_outside(row_max, row_ok, safe_low, safe_high):
+    """How many rows (of those in row_ok) have a max score outside [safe_low, safe_high]: with the unified max,
+    the rows that must be recomputed exactly."""
+    return tl.sum((row_ok & ((row_max < safe_low) | (row_max > safe_high))).to(tl.int32), axis=0)
+
+
+@triton.jit
 def _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_out_ptr, partial_max_ptr,
                     partial_sum_ptr, safe_low, safe_high, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, GROUP_P2: tl.constexpr,
@@ -98,7 +105,7 @@ def _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_ou
         combined += tl.sum(chunk_out, axis=1)
     tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], combined / total[:, None],
              mask=group_ok[:, None] & dim_ok[None, :])
-    return tl.sum((group_ok & ((top < safe_low) | (top > safe_high))).to(tl.int32), axis=0)
+    return _rows_outside(top, group_ok, safe_low, safe_high)
 
 
 @triton.jit
@@ -192,7 +199,7 @@ def attention_decode_kernel(
             # The whole sequence in one slice (short contexts): no partials, no ticket, no combine.
             tl.store(out_rows, acc / slice_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])
             if UNIFIED:
-                fallen = tl.sum((row_ok & ((slice_max < safe_low) | (slice_max > safe_high))).to(tl.int32), axis=0)
+                fallen = _rows_outside(slice_max, row_ok, safe_low, safe_high)
                 _exact_fallback(fallen, q, k_base, v_base, length, cache_stride_seq, scale, out_rows, row_ok,
                                 dim_ok, fallbacks_ptr, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N)
         else:

@@ -1,5 +1,6 @@
 """Write this step's keys and values into the layer's KV cache at each token's position: the first half
-of the plan's ATTENTION op (the attention kernels then read only the cache)."""
+of the plan's ATTENTION op at prefill (the prefill kernel then reads only the cache). At decode the
+attention kernel stores the one new key and value itself (attention_decode's WRITE_KV)."""
 
 from __future__ import annotations
 
