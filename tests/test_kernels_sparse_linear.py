@@ -66,7 +66,9 @@ BITMAP_CASES = [
     ((8, 32), 3, 0.3, True, False, 3, F16), ((16, 64), 1, 0.3, False, True, 1, F16),
     ((16, 64), 17, 0.3, True, True, 2, F16), ((16, 64), 17, 1.0, False, True, 1, F32),
     ((16, 64), 3, 0.0, False, True, 2, F16), ((32, 128), 17, 0.3, True, True, 1, F32),
-    ((16, 64), 1, 1.0, True, True, 3, F32),
+    ((16, 64), 1, 1.0, True, True, 3, F32), ((16, 64), 3, 0.3, True, False, 2, BF16),
+    pytest.param((16, 64), 17, 0.3, False, True, 2, BF16, marks=pytest.mark.skipif(
+        DEVICE == "cpu", reason="the interpreter's tl.dot mishandles bfloat16 (the dense gemm's too)")),
 ]
 
 
