@@ -18,12 +18,13 @@ from fdpp.runtime.schema import KernelChoice
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, encoded_bytes
 
 # Fraction of bandwidth reached, and integer instructions per weight position to rebuild a tile, per kernel.
-# Fitted to the H200 run of scripts/bench_sparse.py (docs/perf/2026-11-22-h200-sparse.md): at M = 1 the bitmap
-# CUDA-core kernel rebuilds ~1.0 M positions/us and the Tiled-CSL one ~0.7 M/us whatever the sparsity
-# (50-90%), and the tensor-core kernels ~0.5-0.7 M/us per 16-row block: the decode, not the bytes, sets
-# their time, which is why on an H200 they lose to dense cuBLAS everywhere (0.21-0.68x).
+# Fitted to H200 runs of scripts/bench_sparse.py (docs/perf/2026-11-22-h200-sparse.md, and for the bitmap
+# kernels the pipelined PTX gather of docs/perf/2026-11-22-h200-bitmap-pipelined.md): at M = 1 the bitmap
+# CUDA-core kernel rebuilds ~1.1 M positions/us and the Tiled-CSL one ~0.7 M/us whatever the sparsity
+# (50-90%), and the tensor-core kernels ~0.7 M/us per 16-row block: the decode, not the bytes, sets
+# their time, which is why on an H200 they lose to dense cuBLAS everywhere (0.29-0.72x).
 SPARSE_EFFICIENCY = {
-    "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 17.0, "gemm": 32.0}},
+    "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 13.5, "gemm": 21.0}},
     "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
