@@ -1,7 +1,7 @@
-"""Sparse weight encodings (Flash-LLM, DESIGN.md §6): Tiled-CSL and a bitmap-tiled format, with exact
-encoders and decoders.
+"""Sparse weight encodings (Flash-LLM, DESIGN.md §6): Tiled-CSL, a bitmap-tiled format and chunked CSR, with
+exact encoders and decoders.
 
-Both encode a weight W [N, K] (nn.Linear layout, N output features) after padding it with zero rows and
+Tiled-CSL and bitmap encode a weight W [N, K] (nn.Linear layout, N output features) after padding it with zero rows and
 columns to a multiple of the tile; the padding is recorded as `padded_shape`. A position is "nonzero" when
 its bits are not all zero, so -0.0 survives the round trip.
 
@@ -19,6 +19,14 @@ Bitmap (SpInfer-like; tile shape chosen per weight, `tile` = (rows, cols), cols 
   a tile;
 - tile_offsets int32 [T + 1]: index into values of each tile's first nonzero, then nnz.
 Cost: 1 bit per position plus the values, against Tiled-CSL's 4 bytes per nonzero.
+
+Chunked CSR (for kernels that work per nonzero instead of rebuilding tiles; `tile` = (chunks per row, chunk)):
+- each row's nonzeros in column order, cut greedily into chunks of at most `chunk` (32) entries whose
+  columns lie in [base, base + 256); a short chunk is filled with padding entries (value bits all zero,
+  offset 0), and every row has the same number of chunks (short rows end in all-padding chunks);
+- values [N, chunks * chunk] in the weight's dtype; offsets [N, chunks * chunk] uint8 (column - base);
+  bases [N, chunks] int32 (each chunk's first column).
+Cost: 3 bytes per nonzero (16-bit values) plus the padding and 4 bytes per chunk; no shape padding.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from dataclasses import dataclass, field
 import torch
 
 TILED_CSL_TILE = (128, 64)
-FORMATS = ("tiled_csl", "bitmap")
+FORMATS = ("tiled_csl", "bitmap", "chunked_csr")
 # the bundle tensors of each format, named `<param>.<format>.<part>`
-PARTS = {"tiled_csl": ("entries", "tile_offsets"), "bitmap": ("bits", "values", "tile_offsets")}
+PARTS = {"tiled_csl": ("entries", "tile_offsets"), "bitmap": ("bits", "values", "tile_offsets"),
+         "chunked_csr": ("values", "offsets", "bases")}
 
 
 class SparseFormatError(ValueError):
@@ -218,6 +227,79 @@ def decode_bitmap(bits: torch.Tensor, values: torch.Tensor, tile_offsets: torch.
     return tiles.permute(0, 2, 1, 3).reshape(np_, kp)[: shape[0], : shape[1]].contiguous()
 
 
+# --- chunked CSR -------------------------------------------------------------------------------------
+
+CHUNKED_CSR_CHUNK = 32       # entries per chunk
+CHUNKED_CSR_SPAN = 256       # columns a chunk reaches from its base (8-bit offsets)
+
+
+def encode_chunked_csr(weight: torch.Tensor, chunk: int = CHUNKED_CSR_CHUNK) -> SparseWeight:
+    """W [N, K] (any float dtype) -> chunked-CSR values, offsets and bases (layout in the module docstring).
+
+    Chunks are cut greedily along each row: a chunk starts at the row's next nonzero (its base) and takes
+    up to `chunk` nonzeros whose columns are < base + 256; a short chunk is filled with padding entries."""
+    _check_2d(weight, "chunked CSR")
+    if chunk < 1:
+        raise SparseFormatError(f"chunked CSR: chunk must be positive, got {chunk}")
+    n, k = weight.shape
+    weight = weight.contiguous()
+    present = _nonzero_bits(weight)                                             # [N, K]
+    per_row = present.sum(1)                                                    # [N]
+    widest = int(per_row.max()) if n else 0
+    rows, columns = present.nonzero(as_tuple=True)                              # row-major: columns ascend
+    device = weight.device
+    starts = torch.zeros(n + 1, dtype=torch.int64, device=device)
+    starts[1:] = per_row.cumsum(0)
+    beyond = k + CHUNKED_CSR_SPAN                                               # past every chunk's reach
+    sorted_columns = torch.full((n, widest + 1), beyond, dtype=torch.int64, device=device)     # [N, Z + 1]
+    sorted_columns[rows, torch.arange(rows.numel(), device=device) - starts[rows]] = columns
+    position = torch.zeros(n, dtype=torch.int64, device=device)                              # next nonzero of each row
+    chunk_starts, chunk_ends, bases = [], [], []
+    while bool((position < per_row).any()) or not bases:
+        active = position < per_row
+        base = sorted_columns.gather(1, position[:, None])[:, 0]                # [N]
+        reach = torch.searchsorted(sorted_columns, (base + CHUNKED_CSR_SPAN)[:, None])[:, 0]
+        end = torch.minimum(torch.minimum(position + chunk, reach), per_row)
+        chunk_starts.append(position)
+        chunk_ends.append(torch.where(active, end, position))
+        bases.append(torch.where(active, base, 0))
+        position = chunk_ends[-1]
+    first = torch.stack(chunk_starts, 1)[..., None]                             # [N, T, 1]
+    index = first + torch.arange(chunk, device=device)                                         # [N, T, chunk]
+    real = index < torch.stack(chunk_ends, 1)[..., None]
+    base = torch.stack(bases, 1)                                                # [N, T]
+    column = sorted_columns.gather(1, index.clamp(max=widest).view(n, -1)).view(index.shape)
+    column = torch.where(real, column, base[..., None])                         # padding: at the base
+    values = weight.gather(1, column.clamp(max=max(k - 1, 0)).view(n, -1)).view(index.shape) if k else \
+        torch.zeros(index.shape, dtype=weight.dtype, device=device)
+    values = torch.where(real, values, torch.zeros((), dtype=weight.dtype, device=device))
+    chunks = base.shape[1]
+    return SparseWeight("chunked_csr", (n, k), (n, k), (chunks, chunk), int(per_row.sum()), _dtype_name(weight),
+                        {"values": values.reshape(n, chunks * chunk).contiguous(),
+                         "offsets": (column - base[..., None]).to(torch.uint8).reshape(n, chunks * chunk),
+                         "bases": base.to(torch.int32).contiguous()})
+
+
+def decode_chunked_csr(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor,
+                       shape: tuple[int, int], chunk: int) -> torch.Tensor:
+    """Rebuild W [N, K] (the values' dtype): entry e of row r sits at column bases[r, e // chunk] + offsets[r, e];
+    entries whose bits are all zero are padding."""
+    n, k = shape
+    if bases.dim() != 2 or bases.shape[0] != n or tuple(values.shape) != (n, bases.shape[1] * chunk) \
+            or offsets.shape != values.shape or offsets.dtype != torch.uint8:
+        raise SparseFormatError(f"chunked CSR values {tuple(values.shape)}, offsets {tuple(offsets.shape)} "
+                                f"{offsets.dtype}, bases {tuple(bases.shape)} do not fit shape {shape} and "
+                                f"chunk {chunk} (values/offsets [N, chunks * chunk], offsets uint8)")
+    column = (bases.to(torch.int64).repeat_interleave(chunk, dim=1) + offsets.to(torch.int64))   # [N, L]
+    real = _nonzero_bits(values)
+    if bool((real & ((column < 0) | (column >= k))).any()):
+        raise SparseFormatError(f"chunked CSR entry outside the weight's {k} columns")
+    dense = torch.zeros(shape, dtype=values.dtype)
+    row = torch.arange(n)[:, None].expand_as(column)
+    dense[row[real], column[real]] = values[real]
+    return dense
+
+
 # --- shared ------------------------------------------------------------------------------------------
 
 def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None) -> SparseWeight:
@@ -227,6 +309,8 @@ def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None) 
         if tile is None:
             raise SparseFormatError("the bitmap format needs a tile shape")
         return encode_bitmap(weight, tile)
+    if fmt == "chunked_csr":
+        return encode_chunked_csr(weight, tile[1] if tile else CHUNKED_CSR_CHUNK)
     raise SparseFormatError(f"unknown sparse format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
@@ -239,7 +323,16 @@ def decode(meta: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     if meta["format"] == "bitmap":
         return decode_bitmap(tensors["bits"], tensors["values"], tensors["tile_offsets"], shape, padded,
                              tuple(meta["tile"]))
+    if meta["format"] == "chunked_csr":
+        return decode_chunked_csr(tensors["values"], tensors["offsets"], tensors["bases"], shape, meta["tile"][1])
     raise SparseFormatError(f"unknown sparse format {meta['format']!r}")
+
+
+def chunked_csr_chunks(k: int, density: float, chunk: int = CHUNKED_CSR_CHUNK) -> int:
+    """Expected chunks per row of a chunked-CSR weight with K columns at a density: a chunk holds `chunk`
+    entries, or fewer where 256 columns hold fewer nonzeros; one more for rows above the mean."""
+    per_chunk = min(chunk, max(1.0, CHUNKED_CSR_SPAN * density))
+    return math.ceil(density * k / per_chunk) + 1
 
 
 def encoded_bytes(fmt: str, shape: tuple[int, int], density: float, tile: tuple[int, int],
@@ -252,4 +345,6 @@ def encoded_bytes(fmt: str, shape: tuple[int, int], density: float, tile: tuple[
         return 4 * (density * n * k + 1.5 * tiles) + 4 * (tiles + 2)
     if fmt == "bitmap":
         return np_ * kp / 8 + value_bytes * density * n * k + 4 * (tiles + 1)
+    if fmt == "chunked_csr":
+        return n * chunked_csr_chunks(k, density, tile[1]) * (tile[1] * (value_bytes + 1) + 4)
     raise SparseFormatError(f"unknown sparse format {fmt!r}")

@@ -1,14 +1,14 @@
-"""Tiled-CSL and bitmap encodings (runtime/sparse_formats.py): exact round trips on awkward shapes and
-densities 0-100%, and Tiled-CSL entries read back by the layout of DESIGN.md §6 alone (an independent,
-entry-by-entry decoder written from the spec)."""
+"""Tiled-CSL, bitmap and chunked-CSR encodings (runtime/sparse_formats.py): exact round trips on awkward shapes
+and densities 0-100%, and Tiled-CSL and chunked-CSR entries read back by their layouts alone (independent,
+entry-by-entry decoders written from the spec)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fdpp.runtime.sparse_formats import (SparseFormatError, decode, encode_bitmap, encode_tiled_csl,
-                                         encoded_bytes)
+from fdpp.runtime.sparse_formats import (CHUNKED_CSR_SPAN, SparseFormatError, decode, encode_bitmap,
+                                         encode_chunked_csr, encode_tiled_csl, encoded_bytes)
 
 SHAPES = [(1, 1), (7, 33), (130, 70), (128, 64), (256, 200), (576, 96)]
 DENSITIES = [0.0, 0.01, 0.3, 0.5, 0.9, 1.0]
@@ -136,8 +136,9 @@ def test_bitmap_layout_by_the_spec():
 def test_encoded_bytes_matches_the_encoders():
     w = _sparse((256, 512), 0.3)
     density = float((w != 0).float().mean())
+    csr = encode_chunked_csr(w)
     for enc, fmt, tile in ((encode_bitmap(w, (16, 256)), "bitmap", (16, 256)),
-                           (encode_tiled_csl(w), "tiled_csl", (128, 64))):
+                           (encode_tiled_csl(w), "tiled_csl", (128, 64)), (csr, "chunked_csr", csr.tile)):
         assert encoded_bytes(fmt, (256, 512), density, tile) == pytest.approx(enc.nbytes, rel=0.02)
 
 
@@ -149,3 +150,54 @@ def test_decoders_refuse_inconsistent_tensors():
     csl = encode_tiled_csl(_sparse((32, 64), 0.5))
     with pytest.raises(SparseFormatError, match="tile_offsets"):
         decode(csl.meta(), dict(csl.tensors, entries=csl.tensors["entries"][:-4]))
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(3, 1000)])
+@pytest.mark.parametrize("density", DENSITIES)
+def test_chunked_csr_round_trip_is_exact(shape, density):
+    w = _sparse(shape, density)
+    enc = encode_chunked_csr(w)
+    assert _same_bits(decode(enc.meta(), enc.tensors), w)
+    assert enc.nnz == int((w != 0).sum()) and enc.padded_shape == shape
+
+
+@pytest.mark.parametrize("shape,density,chunk", [((5, 1000), 0.3, 32), ((9, 3000), 0.02, 32), ((4, 70), 1.0, 8),
+                                                 ((2, 600), 0.0, 32)])
+def test_chunked_csr_layout_by_the_spec(shape, density, chunk):
+    """Entry e of row r is at column bases[r, e // chunk] + offsets[r, e]; padding entries have zero bits;
+    a chunk's columns ascend from its base within 256 columns; each row lists its nonzeros in column order."""
+    w = _sparse(shape, density, dtype=torch.bfloat16, seed=3)
+    enc = encode_chunked_csr(w, chunk)
+    values, offsets, bases = (enc.tensors[p] for p in ("values", "offsets", "bases"))
+    chunks = bases.shape[1]
+    assert enc.tile == (chunks, chunk) and values.shape == offsets.shape == (shape[0], chunks * chunk)
+    assert offsets.dtype == torch.uint8 and bases.dtype == torch.int32 and values.dtype == torch.bfloat16
+    for r in range(shape[0]):
+        seen = []
+        for e in range(chunks * chunk):
+            base, offset = int(bases[r, e // chunk]), int(offsets[r, e])
+            bits = int(values[r, e].view(torch.int16))
+            if bits:
+                assert offset < CHUNKED_CSR_SPAN and (not seen or base + offset > seen[-1][0])
+                seen.append((base + offset, bits))
+            else:
+                assert offset == 0
+        expected = [(c, int(w[r, c].view(torch.int16))) for c in range(shape[1]) if int(w[r, c].view(torch.int16))]
+        assert seen == expected
+
+
+def test_chunked_csr_keeps_negative_zero_and_float32():
+    w = _sparse((6, 300), 0.4, dtype=torch.float32)
+    w[2, 7] = -0.0
+    enc = encode_chunked_csr(w)
+    assert _same_bits(decode(enc.meta(), enc.tensors), w) and enc.nnz == int((w.view(torch.int32) != 0).sum())
+
+
+def test_chunked_csr_decoder_refuses_inconsistent_tensors():
+    enc = encode_chunked_csr(_sparse((8, 500), 0.5))
+    with pytest.raises(SparseFormatError, match="do not fit"):
+        decode(enc.meta(), dict(enc.tensors, offsets=enc.tensors["offsets"].to(torch.int32)))
+    far = enc.tensors["bases"].clone()
+    far[0, 0] = 10_000
+    with pytest.raises(SparseFormatError, match="outside"):
+        decode(enc.meta(), dict(enc.tensors, bases=far))
