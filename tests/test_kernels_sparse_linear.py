@@ -1,5 +1,5 @@
-"""Sparse linear kernels (bitmap, Tiled-CSL: runtime/sparse_formats.py) against reference_ops.linear on the
-decoded weight and a float64 product; their launch specs run as recorded; their cross-compilation."""
+"""Sparse linear kernels (bitmap, Tiled-CSL, chunked CSR: runtime/sparse_formats.py) against reference_ops.linear
+on the decoded weight and a float64 product; their launch specs run as recorded; their cross-compilation."""
 
 import os
 import subprocess
@@ -21,7 +21,8 @@ from fdpp.compiler.errors import CompileError
 from fdpp.runtime.dims import evaluate_dim, evaluate_shape
 from fdpp.runtime.reference_ops import linear as linear_reference
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
-from fdpp.runtime.sparse_formats import PARTS, SparseWeight, decode, encode_bitmap, encode_tiled_csl
+from fdpp.runtime.sparse_formats import (PARTS, SparseWeight, decode, encode_bitmap, encode_chunked_csr,
+                                         encode_tiled_csl)
 
 # without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
 _skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
@@ -41,6 +42,12 @@ def _on_device(weight: SparseWeight) -> SparseWeight:
     tensors = {part: t.to(DEVICE) for part, t in weight.tensors.items()}
     return SparseWeight(weight.format, weight.shape, weight.padded_shape, weight.tile, weight.nnz, weight.dtype,
                         tensors)
+
+
+def _encode(weight: torch.Tensor, fmt: str) -> SparseWeight:
+    encoders = {"bitmap": lambda w: encode_bitmap(w, (16, 64)), "tiled_csl": encode_tiled_csl,
+                "chunked_csr": encode_chunked_csr}
+    return _on_device(encoders[fmt](weight))
 
 
 def _check(out: torch.Tensor, x: torch.Tensor, encoded: SparseWeight, bias, what: str) -> None:
@@ -104,10 +111,29 @@ def test_tiled_csl_linear(m, density, with_bias, tensor_cores, split_k, entry_ch
     _check(out, x, encoded, bias, f"tiled_csl M={m} density={density}")
 
 
-@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+# (M, density, bias, split_k, block_n, chunks, dtype) for W [37, 600]: at density 0.02 chunks are cut by their
+# 256-column reach, not by their 32 entries; M 9 spans two programs of 8 rows; split_k 3 leaves a split idle
+CHUNKED_CSR_CASES = [
+    (1, 0.3, False, 1, 4, 8, F16), (1, 0.3, True, 2, 8, 4, F16), (3, 1.0, True, 1, 4, 4, F16),
+    (3, 0.0, False, 2, 4, 8, F16), (9, 0.3, True, 3, 16, 4, F16), (2, 0.02, True, 1, 4, 4, F16),
+    (3, 0.3, True, 2, 4, 4, BF16), (4, 0.5, True, 1, 8, 4, F32),
+]
+
+
+@pytest.mark.parametrize("m,density,with_bias,split_k,block_n,chunks,dtype", CHUNKED_CSR_CASES)
+def test_chunked_csr_linear(m, density, with_bias, split_k, block_n, chunks, dtype):
+    n, k = 37, 600
+    encoded = _encode(_weight(n, k, density, dtype, seed=35), "chunked_csr")
+    x, bias = _inputs(m, k, n, dtype, with_bias, seed=36)
+    with poisoned_allocations():
+        out = sparse_linear.sparse_linear(x, encoded, bias, split_k=split_k, block_n=block_n, chunks=chunks)
+    _check(out, x, encoded, bias, f"chunked_csr M={m} density={density}")
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "chunked_csr"])
 def test_sparse_linear_keeps_leading_dims_and_row_strides(fmt):
     weight = _weight(48, 64, 0.5, F16, seed=40)
-    encoded = _on_device(encode_bitmap(weight, (16, 64)) if fmt == "bitmap" else encode_tiled_csl(weight))
+    encoded = _encode(weight, fmt)
     torch.manual_seed(41)
     x = random_tensor((2, 3, 100), F16, DEVICE)[..., :64]                 # rows with a stride, no copy
     with poisoned_allocations():
@@ -189,12 +215,13 @@ def _run_launches(built, tensors: dict, out: torch.Tensor, rows: int) -> None:
 
 @pytest.mark.parametrize("kernel,rows,config", [
     ("bitmap_gemv", 3, {}), ("bitmap_gemm", 17, {"split_k": 1}), ("tiled_csl_gemv", 3, {"split_k": 2}),
-    ("tiled_csl_gemm", 17, {"block_m": 16, "entry_chunk": 128}),
+    ("tiled_csl_gemm", 17, {"block_m": 16, "entry_chunk": 128}), ("chunked_csr_gemv", 3, {"split_k": 2}),
+    ("chunked_csr_gemv", 17, {"split_k": 1}),
 ])
 def test_launch_specs_run_as_recorded(kernel, rows, config):
     fmt = kernel.rsplit("_", 1)[0]
     weight = _weight(130, 136, 0.4, F16, seed=70)
-    encoded = _on_device(encode_bitmap(weight, (16, 64)) if fmt == "bitmap" else encode_tiled_csl(weight))
+    encoded = _encode(weight, fmt)
     torch.manual_seed(71)
     step, choice, tensors, shape_of = _sparse_step(encoded, kernel, 32, config, with_bias=True)
     built = step_launches(step, choice, "float16", shape_of)
@@ -229,15 +256,15 @@ from fdpp.codegen.elf import read_elf_arch
 from fdpp.codegen.launch_specs import step_launches
 from fdpp.compiler.targets import get_target
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
-from fdpp.runtime.sparse_formats import PARTS, encode_bitmap, encode_tiled_csl
+from fdpp.runtime.sparse_formats import PARTS, encode_bitmap, encode_chunked_csr, encode_tiled_csl
 weight = torch.randn(256, 512).half()
 specs = {}
-for encoded in (encode_bitmap(weight, (16, 256)), encode_tiled_csl(weight)):
+for encoded in (encode_bitmap(weight, (16, 256)), encode_tiled_csl(weight), encode_chunked_csr(weight)):
     refs = [f"@w.{encoded.format}.{p}" for p in PARTS[encoded.format]]
     shapes = {"x": ("batch", "seq", 512), **{r: tuple(encoded.tensors[p].shape) for r, p in
                                              zip(refs, PARTS[encoded.format])}}
     step = Step(OpKind.LINEAR, ("x", *refs), "y", {"sparse": encoded.meta()}, out_shape=("batch", "seq", 256))
-    for kernel, rows in (("_gemv", 4), ("_gemm", 64)):
+    for kernel, rows in (("_gemv", 4),) + ((("_gemm", 64),) if encoded.format != "chunked_csr" else ()):
         choice = KernelChoice(rows, encoded.format + kernel, {"split_k": 2})
         specs.update(step_launches(step, choice, "float16", shapes.__getitem__).specs)
 cache = KernelCache(tempfile.mkdtemp())
@@ -256,4 +283,4 @@ def test_sparse_kernels_cross_compile_for_cuda_and_hip():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     child = subprocess.run([sys.executable, "-c", _CROSS_COMPILE], env=env, capture_output=True, text=True)
     assert child.returncode == 0, child.stderr[-3000:]
-    assert "5 specs" in child.stdout                # 2 formats x CUDA/tensor cores, and the split-K sum
+    assert "6 specs" in child.stdout      # 2 formats x CUDA/tensor cores, chunked CSR, and the split-K sum

@@ -523,4 +523,7 @@ def sparse_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
     if weight.format == "tiled_csl":
         return tiled_csl_linear(x, t["entries"], t["tile_offsets"], weight.shape, weight.padded_shape, bias,
                                 weight_dtype=getattr(torch, weight.dtype), **config)
+    if weight.format == "chunked_csr":
+        from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear   # it builds on this module
+        return chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], weight.shape, bias, **config)
     raise ValueError(f"sparse_linear: unknown sparse format {weight.format!r}")
