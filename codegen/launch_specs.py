@@ -21,6 +21,7 @@ from typing import Any, Callable
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
 from fdpp.codegen.kernels.attention_decode import attention_decode_kernel, combine_chunk
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
+from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear_kernel, default_chunked_csr_config
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
 from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
@@ -192,7 +193,8 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
 
 # Sparse linear kernel choices (passes/sparse_choice.py): their format and whether they use tensor cores.
 SPARSE_KERNELS = {"bitmap_gemv": ("bitmap", False), "bitmap_gemm": ("bitmap", True),
-                  "tiled_csl_gemv": ("tiled_csl", False), "tiled_csl_gemm": ("tiled_csl", True)}
+                  "tiled_csl_gemv": ("tiled_csl", False), "tiled_csl_gemm": ("tiled_csl", True),
+                  "chunked_csr_gemv": ("chunked_csr", False)}
 
 
 def _sparse_parts(c: StepContext, meta: dict) -> dict[str, str]:
@@ -221,6 +223,9 @@ def _sparse_linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         raise CompileError(f"step {c.step.output}: kernel {choice.kernel!r} cannot read a {meta['format']} weight "
                            f"(its kernels: {readers})")
     parts = _sparse_parts(c, meta)
+    if fmt == "chunked_csr":
+        _chunked_csr_linear(b, c, choice, meta, parts)
+        return
     (n, k), (np_, kp), tile = meta["shape"], meta["padded_shape"], tuple(meta["tile"])
     row_blocks, tiles_k = np_ // tile[0], kp // tile[1]
     bias_index = 1 + len(PARTS[fmt])
@@ -256,11 +261,45 @@ def _sparse_linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             {**constexprs, "ENTRY_CHUNK": cfg["entry_chunk"]}, num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"], workspace={**scratch, **partial})
     if partial:
-        block_n = min(_pow2(n), 1024)
-        b.launch(sum_splits_kernel, ("rows", f"cdiv({n}, {block_n})"), [
-            ("partial_ptr", "*fp32", "ws:partial"), *bias, ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"),
-            ("N", "i32", n), ("splits", "i32", split_k)], {"HAS_BIAS": has_bias, "BLOCK_N": block_n},
-            workspace=partial)
+        _sum_splits(b, partial, bias, dt, n, split_k, has_bias)
+
+
+def _sum_splits(b: _Builder, partial: dict, bias: list, dt: str, n: int, split_k: int, has_bias: bool) -> None:
+    """The launch that adds a split-K kernel's float32 partial sums (+ bias) into the output."""
+    block_n = min(_pow2(n), 1024)
+    b.launch(sum_splits_kernel, ("rows", f"cdiv({n}, {block_n})"), [
+        ("partial_ptr", "*fp32", "ws:partial"), *bias, ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"),
+        ("N", "i32", n), ("splits", "i32", split_k)], {"HAS_BIAS": has_bias, "BLOCK_N": block_n},
+        workspace=partial)
+
+
+def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta: dict, parts: dict[str, str]) -> None:
+    """A LINEAR over a chunked-CSR weight (CUDA cores at every M). Config keys as default_chunked_csr_config
+    returns; split_k > 1 adds a float32 [split_k, rows, N] workspace and a summing launch."""
+    (n, k), (chunks, chunk) = meta["shape"], meta["tile"]
+    for part, shape in {"values": (n, chunks * chunk), "offsets": (n, chunks * chunk), "bases": (n, chunks)}.items():
+        index = 1 + PARTS["chunked_csr"].index(part)
+        got = tuple(_static(d, f"{part} shape", c.step) for d in c.shape(index))
+        if got != shape:
+            raise CompileError(f"step {c.step.output}: chunked_csr part {part} ({c.ref(index)}) has shape {got}, "
+                               f"but {chunks} chunks of {chunk} over weight shape {tuple(meta['shape'])} need {shape}")
+    bias_index = 1 + len(PARTS["chunked_csr"])
+    has_bias = c.has_input(bias_index)
+    dt, wdt = c.dtype, TRITON_DTYPE[meta["dtype"]]
+    cfg = {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
+    split_k, block_m = cfg["split_k"], cfg["block_m"]
+    partial = {"partial": {"shape": [split_k, "rows", n], "dtype": "float32"}} if split_k > 1 else {}
+    out = [("out_ptr", "*fp32", "ws:partial") if partial else ("out_ptr", f"*{dt}", "out")]
+    bias = [("bias_ptr", f"*{dt}", c.ref(bias_index) if has_bias else c.ref(0))]   # never read without a bias
+    b.launch(chunked_csr_linear_kernel, (f"cdiv({n}, {cfg['block_n']})", split_k, f"cdiv(rows, {block_m})"), [
+        ("x_ptr", f"*{dt}", c.ref(0)), ("values_ptr", f"*{wdt}", parts["values"]),
+        ("offsets_ptr", "*u8", parts["offsets"]), ("bases_ptr", "*i32", parts["bases"]), *bias, *out,
+        ("M", "i32", "rows"), ("N", "i32", n), ("x_row_stride", "i32", k), ("chunks_per_row", "i32", chunks)],
+        {"HAS_BIAS": has_bias and split_k == 1, "BLOCK_M": block_m, "BLOCK_N": cfg["block_n"],
+         "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"]},
+        num_warps=cfg["num_warps"], num_stages=1, workspace=partial)
+    if partial:
+        _sum_splits(b, partial, bias, dt, n, split_k, has_bias)
 
 
 def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:

@@ -53,8 +53,9 @@ def cli():
               help="Pruning score, compared within each output row: magnitude |W|, or wanda |W| times the "
                    "input channel's activation norm on the calibration text.")
 @click.option("--sparse-format", type=click.Choice(SPARSE_FORMATS), default="auto", show_default=True,
-              help="Storage of pruned weights. auto: per layer the cheapest of dense, bitmap and tiled_csl for "
-                   "the target's decode batches; dense keeps the pruned weights dense.")
+              help="Storage of pruned weights. auto: per layer the cheapest of dense, bitmap, tiled_csl and "
+                   "chunked_csr over the bundle's decode batch buckets (chunked_csr wins at small batches: "
+                   "compile with --max-batch 1 for batch-1 serving); dense keeps the pruned weights dense.")
 @click.option("--prune-include", multiple=True, metavar="PATTERN",
               help="Prune only weights whose name matches this pattern (fnmatch, e.g. '*mlp*'); repeatable. "
                    "Default: all linear weights.")

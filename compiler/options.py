@@ -7,7 +7,7 @@ from dataclasses import dataclass
 DTYPES = ("float16", "bfloat16", "float32")
 SOFTMAX_MODES = ("auto", "unified", "synchronized")
 PRUNE_METHODS = ("magnitude", "wanda")
-SPARSE_FORMATS = ("auto", "bitmap", "tiled_csl", "dense")
+SPARSE_FORMATS = ("auto", "bitmap", "tiled_csl", "chunked_csr", "dense")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class CompileOptions:
     prune: str = "wanda"              # "magnitude" | "wanda"
     prune_include: tuple[str, ...] = ("*",)          # weight-name patterns (fnmatch) to prune
     prune_exclude: tuple[str, ...] = ("*lm_head*",)  # ... and to leave dense
-    sparse_format: str = "auto"       # "auto" (the dataflow picks per layer) | "bitmap" | "tiled_csl" | "dense"
+    sparse_format: str = "auto"       # "auto" (the dataflow picks per layer) | a format of SPARSE_FORMATS
     weights: str = "real"             # "real" | "random"
     seed: int = 0                     # for --weights random
     profile: dict | None = None       # `fdcc tune` measurements; replace the cost model where they cover a shape

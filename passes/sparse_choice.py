@@ -5,7 +5,9 @@ A sparse kernel streams the encoded bytes instead of the dense weight, and pays 
 per weight position a few integer operations (bitmap: a bit test and a prefix count; Tiled-CSL: a scatter
 into an L2-resident scratch tile, zeroing and re-reading it). The cost model is a roofline over three
 resources — memory bandwidth, integer throughput (tile decode, repeated for every block of rows), and the
-multiply (CUDA cores for a few rows, tensor cores above) — plus the launch. The layer takes the encoding
+multiply (CUDA cores for a few rows, tensor cores above) — plus the launch. Chunked CSR rebuilds nothing:
+its kernel pays per stored entry and row of x (a gather of x and a multiply-add), so its cost grows with the
+nonzeros and with M rather than with the positions. The layer takes the encoding
 whose total cost over the decode batch buckets is lowest, dense included: where sparse loses, the layer
 stays dense. One encoding per layer is stored; each row bucket then gets that encoding's cheaper kernel.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 
 from fdpp.runtime.schema import KernelChoice
-from fdpp.runtime.sparse_formats import TILED_CSL_TILE, encoded_bytes
+from fdpp.runtime.sparse_formats import CHUNKED_CSR_CHUNK, TILED_CSL_TILE, chunked_csr_chunks, encoded_bytes
 
 # Fraction of bandwidth reached, and integer instructions per weight position to rebuild a tile, per kernel.
 # Fitted to H200 runs of scripts/bench_sparse.py (docs/perf/2026-11-22-h200-sparse.md, and for the bitmap
@@ -27,6 +29,9 @@ SPARSE_EFFICIENCY = {
     "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 13.5, "gemm": 21.0}},
     "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
+# Chunked CSR (docs/perf/2026-11-22-h200-chunked-csr.md, H200, Llama-2-7B shapes, 50-90%): 66% of the
+# bandwidth at M = 1, and ~11.5 integer-issue slots per stored entry and row of x (1.45 M entry-rows/us).
+CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry_row": 11.5}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
@@ -50,10 +55,31 @@ def int_ops_per_us(target) -> float:
     return target.vector_tflops_fp32 * 1e6 / (4 if target.vendor == "cuda" else 8)
 
 
+def sparse_tile(fmt: str, k: int, density: float) -> tuple[int, int]:
+    """The tile a format is encoded with (chunked CSR: the expected chunks per row, and the chunk)."""
+    if fmt == "tiled_csl":
+        return TILED_CSL_TILE
+    if fmt == "chunked_csr":
+        return chunked_csr_chunks(k, density), CHUNKED_CSR_CHUNK
+    return bitmap_tile(k)
+
+
+def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
+    """Microseconds of the chunked-CSR kernel: streaming the entries, or gathering x for each entry and row."""
+    eff = CHUNKED_CSR_EFFICIENCY
+    chunks, chunk = sparse_tile("chunked_csr", k, density)
+    moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
+    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
+    gather_us = m * n * chunks * chunk * eff["ops_per_entry_row"] / int_ops_per_us(target)
+    return max(memory_us, gather_us) + LAUNCH_US
+
+
 def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float, target,
                    value_bytes: int = 2) -> float:
+    if fmt == "chunked_csr":
+        return chunked_csr_cost_us(m, n, k, density, target, value_bytes)
     eff = SPARSE_EFFICIENCY[fmt]
-    tile = TILED_CSL_TILE if fmt == "tiled_csl" else bitmap_tile(k)
+    tile = sparse_tile(fmt, k, density)
     moved = encoded_bytes(fmt, (n, k), density, tile, value_bytes) + value_bytes * (m * k + m * n)
     memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
     path = "gemv" if kernel.endswith("gemv") else "gemm"
@@ -70,23 +96,30 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
 
 
 def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, value_bytes: int) -> dict[str, float]:
+    if fmt == "chunked_csr":                     # one kernel, CUDA cores at every M
+        return {"chunked_csr_gemv": sparse_cost_us(fmt, "chunked_csr_gemv", m, n, k, density, target, value_bytes)}
     kernels = {f"{fmt}_gemm": sparse_cost_us(fmt, f"{fmt}_gemm", m, n, k, density, target, value_bytes)}
     if m <= GEMV_MAX_ROWS:
         kernels[f"{fmt}_gemv"] = sparse_cost_us(fmt, f"{fmt}_gemv", m, n, k, density, target, value_bytes)
     return kernels
 
 
+def rows_free(kernel: str) -> bool:
+    """Whether a kernel's launch is the same for every row count of a merged bucket range."""
+    return not kernel.startswith("chunked_csr")
+
+
 def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],
                          decode_buckets: tuple[int, ...], target, dense_cost) -> dict:
     """The encoding of one pruned weight [N, K] and its kernel per row bucket.
 
-    forced: "auto", or a format ("bitmap", "tiled_csl", "dense") to use whatever the costs.
+    forced: "auto", or a format ("bitmap", "tiled_csl", "chunked_csr", "dense") to use whatever the costs.
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
     "costs" (per format, summed over the decode buckets)}.
     """
     value_bytes = 4 if dtype == "float32" else 2
-    formats = ["bitmap"] + (["tiled_csl"] if value_bytes == 2 else [])
+    formats = ["bitmap", "chunked_csr"] + (["tiled_csl"] if value_bytes == 2 else [])
     total = {"dense": sum(dense_cost(m) for m in decode_buckets)}
     for fmt in formats:
         total[fmt] = sum(min(_sparse_kernels(fmt, m, n, k, density, target, value_bytes).values())
@@ -96,7 +129,7 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
               "tile": None, "expected_speedup": 1.0}
     if chosen == "dense":
         return result
-    result["tile"] = list(TILED_CSL_TILE if chosen == "tiled_csl" else bitmap_tile(k))
+    result["tile"] = list(sparse_tile(chosen, k, density))
     one = min(_sparse_kernels(chosen, 1, n, k, density, target, value_bytes).values())
     result["expected_speedup"] = round(dense_cost(1) / one, 2)
     choices: list[KernelChoice] = []
@@ -105,7 +138,8 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         best = min(costs, key=costs.get)
         reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
                   + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
-        if choices and choices[-1].kernel == best:
+        # buckets with one kernel share a choice, except chunked CSR's: its rows per program follow the bucket
+        if choices and choices[-1].kernel == best and rows_free(best):
             choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)
         else:
             choices.append(KernelChoice(m, best, {}, reason))

@@ -15,6 +15,7 @@ from fdpp.compiler.targets import get_target
 from fdpp.passes.pass_manager import PassContext, PassManager
 from fdpp.passes.pipeline import PIPELINE
 from fdpp.passes.prune_weights import PrunedWeightStore, row_thresholds, scores
+from fdpp.passes.select_kernels import dense_linear_cost_us
 from fdpp.passes.sparse_choice import choose_sparse_linear
 
 from helpers import compile_options, random_tokens, tiny_llama, trace_tiny
@@ -114,9 +115,28 @@ def test_dataflow_keeps_a_layer_dense_where_sparse_loses():
     assert low_sparsity["format"] == "dense" and low_sparsity["choices"] == ()
     high_sparsity = choose_sparse_linear(4096, 4096, 0.2, "float16", "auto", [1, 2, 4, 8], (1, 2, 4, 8), target,
                                          lambda m: 30.0)
-    assert high_sparsity["format"] in ("bitmap", "tiled_csl") and high_sparsity["expected_speedup"] > 1
+    assert high_sparsity["format"] in ("bitmap", "tiled_csl", "chunked_csr")
+    assert high_sparsity["expected_speedup"] > 1
     forced = choose_sparse_linear(4096, 4096, 0.95, "float16", "tiled_csl", [1, 16], (1,), target, lambda m: 9.0)
     assert forced["format"] == "tiled_csl" and {c.kernel for c in forced["choices"]} <= {"tiled_csl_gemv",
                                                                                           "tiled_csl_gemm"}
     float32 = choose_sparse_linear(4096, 4096, 0.2, "float32", "auto", [1], (1,), target, lambda m: 60.0)
-    assert float32["format"] in ("bitmap", "dense")          # Tiled-CSL holds 16-bit values only
+    assert float32["format"] in ("bitmap", "chunked_csr", "dense")    # Tiled-CSL holds 16-bit values only
+
+
+def test_dataflow_takes_chunked_csr_for_batch_one_decode_only():
+    """On the H200 cost model a 70% Llama-2-7B gate/up weight is stored as chunked CSR when the bundle decodes one
+    sequence, and stays dense when it decodes up to 8 (the format loses from M = 2); each row bucket gets its own
+    chunked-CSR choice, since its launch depends on the rows."""
+    target = get_target("h200")
+
+    def dense_cost(m: int) -> float:
+        return dense_linear_cost_us(m, 11008, 4096, target, None)
+
+    alone = choose_sparse_linear(11008, 4096, 0.3, "float16", "auto", [1, 2, 16], (1,), target, dense_cost)
+    assert alone["format"] == "chunked_csr" and alone["expected_speedup"] > 1.3
+    assert [(c.max_rows, c.kernel) for c in alone["choices"]] == [(1, "chunked_csr_gemv"), (2, "chunked_csr_gemv"),
+                                                                   (16, "chunked_csr_gemv")]
+    batched = choose_sparse_linear(11008, 4096, 0.3, "float16", "auto", [1, 2, 4, 8], (1, 2, 4, 8), target,
+                                   dense_cost)
+    assert batched["format"] == "dense"

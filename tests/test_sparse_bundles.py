@@ -1,5 +1,5 @@
-"""Whole sparse bundles: compiled with --sparsity, stored as Tiled-CSL or bitmap, they give exactly the outputs
-of a bundle that stores the same pruned weights dense (CPU reference executor; the encodings decode to the
+"""Whole sparse bundles: compiled with --sparsity, stored as Tiled-CSL, bitmap or chunked CSR, they give exactly
+the outputs of a bundle that stores the same pruned weights dense (CPU reference executor; the encodings decode to the
 same bits, and the same linear runs on them), and the manifest records each weight's encoding. The recorded
 sparse kernel launches are checked under the interpreter in test_sparse_kernel_launches.py."""
 
@@ -29,7 +29,8 @@ def llama_dir(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("sparse-llama"))[1]
 
 
-@pytest.mark.parametrize("dtype,fmt", [("float32", "bitmap"), ("float16", "bitmap"), ("float16", "tiled_csl")])
+@pytest.mark.parametrize("dtype,fmt", [("float32", "bitmap"), ("float16", "bitmap"), ("float16", "tiled_csl"),
+                                       ("float32", "chunked_csr"), ("float16", "chunked_csr")])
 def test_sparse_bundle_equals_the_pruned_dense_bundle(llama_dir, tmp_path, dtype, fmt):
     dense = fdpp.load(_compile(llama_dir, tmp_path, dtype, "dense"))
     sparse = fdpp.load(_compile(llama_dir, tmp_path, dtype, fmt))
