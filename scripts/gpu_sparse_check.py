@@ -66,7 +66,7 @@ def main() -> int:
     model = args.workdir / "mid-llama"
     build_model(model)
     rows = {}
-    for fmt in ("dense", "bitmap", "tiled_csl"):
+    for fmt in ("dense", "bitmap", "tiled_csl", "chunked_csr"):
         bundle = args.workdir / f"{fmt}.fdpp"
         compile_bundle(model, bundle, fmt)
         rows[fmt] = compare(bundle)
