@@ -10,9 +10,9 @@ per point and writes every row to ccsr.jsonl.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -26,14 +26,8 @@ ROOT = Path(__file__).resolve().parent
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 
 
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = load_module("bench_sparse", ROOT / "bench_sparse.py")     # timing, weights and error helpers
+sys.path.insert(0, str(ROOT))
+import bench_sparse as BENCH  # noqa: E402  (timing, weights and error helpers; scripts/ is no package)
 
 
 def configs(m: int) -> list[dict]:
