@@ -21,7 +21,8 @@ from typing import Any, Callable
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
 from fdpp.codegen.kernels.attention_decode import attention_decode_kernel, combine_chunk
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
-from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear_kernel, default_chunked_csr_config
+from fdpp.codegen.kernels.chunked_csr_linear import (INTERLEAVE_BLOCK_K, chunked_csr_linear_kernel,
+                                                     default_chunked_csr_config, interleave_rows_kernel)
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
 from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
@@ -36,6 +37,7 @@ from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import PARTS
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+DTYPE_NAME = {short: name for name, short in TRITON_DTYPE.items()}
 # Kernel choices the runtime runs through torch rather than a compiled kernel (vendor libraries, views).
 TORCH_KERNELS = frozenset({"tc_gemm", "elementwise", "view"})
 
@@ -213,7 +215,8 @@ def _sparse_parts(c: StepContext, meta: dict) -> dict[str, str]:
 
 
 def _sparse_linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
-    """A LINEAR reading an encoded weight (attrs["sparse"] = SparseWeight.meta()): inputs (x, part..., bias?).
+    """A LINEAR reading an encoded weight (attrs["sparse"] = SparseWeight.meta()): inputs (x, part...,
+    bias?, residual?); the gated and residual epilogues only in the chunked-CSR kernel.
     Config keys (defaults per kernel when absent): block_m, num_warps, num_stages, split_k, entry_chunk
     (Tiled-CSL). split_k > 1 adds a float32 [split_k, rows, N] workspace and a summing launch."""
     meta = c.step.attrs["sparse"]
@@ -226,6 +229,9 @@ def _sparse_linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     if fmt == "chunked_csr":
         _chunked_csr_linear(b, c, choice, meta, parts)
         return
+    if c.step.attrs.get("gated") or c.step.attrs.get("residual"):
+        raise CompileError(f"step {c.step.output}: the {fmt} kernels have no gated or residual epilogue "
+                           f"(only chunked_csr's has)")
     (n, k), (np_, kp), tile = meta["shape"], meta["padded_shape"], tuple(meta["tile"])
     row_blocks, tiles_k = np_ // tile[0], kp // tile[1]
     bias_index = 1 + len(PARTS[fmt])
@@ -274,8 +280,10 @@ def _sum_splits(b: _Builder, partial: dict, bias: list, dt: str, n: int, split_k
 
 
 def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta: dict, parts: dict[str, str]) -> None:
-    """A LINEAR over a chunked-CSR weight (CUDA cores at every M). Config keys as default_chunked_csr_config
-    returns; split_k > 1 adds a float32 [split_k, rows, N] workspace and a summing launch."""
+    """A LINEAR over a chunked-CSR weight (CUDA cores at every M): inputs (x, values, offsets, bases, bias?,
+    residual?), with the gated (weight (gate; up)) and residual epilogues fused as in the dense kernels.
+    Config keys as default_chunked_csr_config returns; rows > 1 first interleaves x's rows into a [cdiv(rows, R), K, R] workspace, split_k > 1 adds a
+    float32 [split_k, rows, N] workspace and a summing launch."""
     (n, k), (chunks, chunk) = meta["shape"], meta["tile"]
     for part, shape in {"values": (n, chunks * chunk), "offsets": (n, chunks * chunk), "bases": (n, chunks)}.items():
         index = 1 + PARTS["chunked_csr"].index(part)
@@ -283,23 +291,45 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         if got != shape:
             raise CompileError(f"step {c.step.output}: chunked_csr part {part} ({c.ref(index)}) has shape {got}, "
                                f"but {chunks} chunks of {chunk} over weight shape {tuple(meta['shape'])} need {shape}")
-    bias_index = 1 + len(PARTS["chunked_csr"])
-    has_bias = c.has_input(bias_index)
+    bias_ref, residual_ref = linear_operands(c.step.attrs, list(c.step.inputs[1 + len(PARTS["chunked_csr"]):]))
+    gated = c.step.attrs.get("gated")
+    out_n = n // 2 if gated else n
     dt, wdt = c.dtype, TRITON_DTYPE[meta["dtype"]]
     cfg = {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
-    split_k, block_m = cfg["split_k"], cfg["block_m"]
-    partial = {"partial": {"shape": [split_k, "rows", n], "dtype": "float32"}} if split_k > 1 else {}
+    split_k, together, block_n = cfg["split_k"], cfg["rows"], cfg["block_n"]
+    if together not in (1, 2, 4, 8):
+        raise CompileError(f"step {c.step.output}: chunked_csr rows must be 1, 2, 4 or 8, got {together}")
+    if split_k > 1 and (gated or residual_ref):
+        raise CompileError(f"step {c.step.output}: the gated and residual epilogues need split_k 1, got {split_k}")
+    if gated and block_n % 2:
+        raise CompileError(f"step {c.step.output}: a gated chunked_csr program needs an even block_n, got {block_n}")
+    block_f = block_n // 2 if gated else block_n
+    partial = {"partial": {"shape": [split_k, "rows", out_n], "dtype": "float32"}} if split_k > 1 else {}
     out = [("out_ptr", "*fp32", "ws:partial") if partial else ("out_ptr", f"*{dt}", "out")]
-    bias = [("bias_ptr", f"*{dt}", c.ref(bias_index) if has_bias else c.ref(0))]   # never read without a bias
-    b.launch(chunked_csr_linear_kernel, (f"cdiv({n}, {cfg['block_n']})", split_k, f"cdiv(rows, {block_m})"), [
-        ("x_ptr", f"*{dt}", c.ref(0)), ("values_ptr", f"*{wdt}", parts["values"]),
-        ("offsets_ptr", "*u8", parts["offsets"]), ("bases_ptr", "*i32", parts["bases"]), *bias, *out,
-        ("M", "i32", "rows"), ("N", "i32", n), ("x_row_stride", "i32", k), ("chunks_per_row", "i32", chunks)],
-        {"HAS_BIAS": has_bias and split_k == 1, "BLOCK_M": block_m, "BLOCK_N": cfg["block_n"],
-         "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"]},
-        num_warps=cfg["num_warps"], num_stages=1, workspace=partial)
+    bias = [("bias_ptr", f"*{dt}", bias_ref or c.ref(0))]                     # never read without a bias
+    residual = [("residual_ptr", f"*{dt}", residual_ref or c.ref(0))]         # nor without a residual
+    x, x_block_stride, interleaved = c.ref(0), c.row_stride(0), {}
+    if together > 1:   # x's rows side by side first, so that each entry gathers all of them at once
+        interleaved = {"x_interleaved": {"shape": [f"cdiv(rows, {together})", k, together],
+                                         "dtype": DTYPE_NAME[dt]}}
+        b.launch(interleave_rows_kernel, (f"cdiv(rows, {together})", f"cdiv({k}, {INTERLEAVE_BLOCK_K})"), [
+            ("x_ptr", f"*{dt}", x), ("out_ptr", f"*{dt}", "ws:x_interleaved"), ("M", "i32", "rows"),
+            ("K", "i32", k), ("x_row_stride", "i32", x_block_stride)],
+            {"ROWS": together, "BLOCK_K": INTERLEAVE_BLOCK_K}, workspace=interleaved)
+        x, x_block_stride = "ws:x_interleaved", k * together
+    b.launch(chunked_csr_linear_kernel, (f"cdiv({out_n}, {block_f})", split_k, f"cdiv(rows, {together})"), [
+        ("x_ptr", f"*{dt}", x), ("values_ptr", f"*{wdt}", parts["values"]),
+        ("offsets_ptr", "*u8", parts["offsets"]), ("bases_ptr", "*i32", parts["bases"]), *bias, *residual, *out,
+        ("M", "i32", "rows"), ("N", "i32", out_n), ("x_block_stride", "i32", x_block_stride),
+        ("chunks_per_row", "i32", chunks)],
+        {"HAS_BIAS": bias_ref is not None and split_k == 1, "HAS_RESIDUAL": residual_ref is not None,
+         "GATED": bool(gated), "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "ROWS": together,
+         "BLOCK_N": block_n, "BLOCK_F": block_f,
+         "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"],
+         "PREFETCH": cfg["prefetch"]},
+        num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
-        _sum_splits(b, partial, bias, dt, n, split_k, has_bias)
+        _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)
 
 
 def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:

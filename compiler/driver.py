@@ -207,15 +207,17 @@ def _pruned_linears(graph: Graph) -> list:
 def sparsity_report(graph: Graph, dtype: str) -> list[str]:
     """Per pruned linear: density, stored format and bytes against dense, and the dataflow's expected speedup."""
     itemsize = torch.tensor([], dtype=getattr(torch, dtype)).element_size()
-    lines = [f"  {'pruned linear':<40} {'density':>7} {'format':>9} {'dense MB':>9} {'stored MB':>9} {'saved':>6} "
+    linears = _pruned_linears(graph)
+    width = max([len("pruned linear"), *(len(n.attr("pruned")["weight"]) for n in linears)])
+    lines = [f"  {'pruned linear':<{width}} {'density':>7} {'format':>9} {'dense MB':>9} {'stored MB':>9} {'saved':>6} "
              f"{'expected (M=1)':>14}"]
     dense_total = stored_total = 0
-    for n in _pruned_linears(graph):
+    for n in linears:
         pruned, sparse, decision = n.attr("pruned"), n.attr("sparse"), n.attr("sparse_format", {})
         dense_bytes = math.prod(graph.weights.shape(pruned["weight"])) * itemsize
         stored = sparse["bytes"] if sparse else dense_bytes
         dense_total, stored_total = dense_total + dense_bytes, stored_total + stored
-        lines.append(f"  {pruned['weight'][-40:]:<40} {pruned['density']:>7.3f} {decision.get('format', 'dense'):>9} "
+        lines.append(f"  {pruned['weight']:<{width}} {pruned['density']:>7.3f} {decision.get('format', 'dense'):>9} "
                      f"{dense_bytes / 1e6:>9.2f} {stored / 1e6:>9.2f} {1 - stored / dense_bytes:>6.1%} "
                      f"{decision.get('expected_speedup', 1.0):>13.2f}x")
     lines.append(f"  pruned linears: {dense_total / 1e6:.1f} MB dense -> {stored_total / 1e6:.1f} MB stored "

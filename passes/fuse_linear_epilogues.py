@@ -13,7 +13,12 @@ input into one GEMM (FlashDecoding++ §5's flat GEMM with fused epilogues; DESIG
 Stacked weights are new PARAMs named `<prefix><gate>+<up><suffix>` (e.g. model.layers.0.mlp.gate_proj+up_proj.weight),
 read through a StackedWeightStore, so nothing is materialised before the bundle writer asks for it.
 
-Pruned linears are left alone: their weights are encoded for the sparse kernels, which have no epilogues.
+Pruned linears fuse too, all members of a fusion pruned alike or none: each output row is pruned on its own
+(prune_weights compares scores within a row), so stacking pruned weights is pruning the stack, and the fused
+LINEAR's `pruned` attr names the stacked weight with the members' density weighted by rows. Stacked q/k/v
+need no epilogue, so any sparse format reads them; the gated and residual epilogues exist only in the
+chunked-CSR sparse kernel, so pruned linears take them only when --sparse-format lets the dataflow choose
+between dense and chunked CSR (auto, chunked_csr, dense).
 Needs: fuse_gated_mlp (GATED_ACT nodes), prune_weights (the `pruned` attr). Guarantees: a LINEAR's inputs are
 (x, weight, bias?, residual?), the residual last when attrs["residual"]; a gated LINEAR's weight (and bias) are
 [2N, ...] with gate rows first.
@@ -38,10 +43,15 @@ def stacked_key(keys: list[str]) -> str:
     return ".".join(parts[0][:head] + ["+".join(middles)] + (parts[0][len(parts[0]) - tail:] if tail else []))
 
 
+# --sparse-format values under which a pruned linear may take an epilogue (only chunked CSR's kernel has one)
+EPILOGUE_SPARSE_FORMATS = ("auto", "chunked_csr", "dense")
+
+
 def _plain_linear(graph: Graph, name: str) -> Node | None:
-    """The LINEAR producing `name` if its epilogue is free to fuse into (dense, unpruned, PARAM weights)."""
+    """The LINEAR producing `name` if its epilogue is free to fuse into (not yet fused or encoded, PARAM
+    weights; pruned or not)."""
     node = graph.node(name)
-    if node.op is not Op.LINEAR or any(a in node.attrs for a in ("pruned", "sparse", "gated", "residual")):
+    if node.op is not Op.LINEAR or any(a in node.attrs for a in ("sparse", "gated", "residual")):
         return None
     if any(graph.node(i).op is not Op.PARAM for i in node.inputs[1:]):
         return None
@@ -53,9 +63,23 @@ STRIDED_READERS = {Op.ROTARY: (0,), Op.ATTENTION: (0, 1, 2)}
 VIEW_ALIGNMENT = 8           # elements: a view's first column stays 16-byte aligned in fp16 and fp32
 
 
+def merged_pruning(graph: Graph, members: list[Node], weight_key: str) -> dict | None:
+    """The `pruned` attr of the LINEAR that stacks `members`' weights as `weight_key`: None when none is
+    pruned; KeyError when they are pruned differently (or some not at all), which rules the fusion out."""
+    attrs = [m.attrs.get("pruned") for m in members]
+    if all(a is None for a in attrs):
+        return None
+    if any(a is None for a in attrs) or len({(a["method"], a["sparsity"]) for a in attrs}) != 1:
+        raise KeyError("members pruned differently")
+    rows = [graph.node(m.inputs[1]).type.shape[0] for m in members]
+    density = sum(a["density"] * r for a, r in zip(attrs, rows)) / sum(rows)
+    return {**attrs[0], "density": density, "weight": weight_key}
+
+
 class _Fuser:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, epilogues_on_pruned: bool):
         self.graph = graph
+        self.epilogues_on_pruned = epilogues_on_pruned
         self.edit = GraphEditor(graph)
         self.users = graph.users()
         self.stacks: dict[str, tuple[str, ...]] = {}
@@ -64,6 +88,9 @@ class _Fuser:
 
     def only_user(self, name: str, user: Node) -> bool:
         return [u.name for u in self.users[name]] == [user.name] and name not in self.graph.outputs
+
+    def stacked_weight_key(self, linears: list[Node]) -> str:
+        return stacked_key([self.graph.node(m.inputs[1]).attr("key") for m in linears])
 
     def stacked_param(self, params: list[str], before: str) -> str:
         keys = [self.graph.node(p).attr("key") for p in params]
@@ -83,9 +110,15 @@ class _Fuser:
             return
         if self.graph.node(gate.inputs[1]).type != self.graph.node(up.inputs[1]).type:
             return
+        try:
+            pruned = merged_pruning(self.graph, [gate, up], self.stacked_weight_key([gate, up]))
+        except KeyError:
+            return
+        if pruned and not self.epilogues_on_pruned:
+            return
         params = [self.stacked_param([g, u], before=node.name) for g, u in zip(gate.inputs[1:], up.inputs[1:])]
         fused = Node(node.name + "_linear", Op.LINEAR, (gate.inputs[0], *params), node.type,
-                     {"gated": node.attr("activation")}, gate.source)
+                     {"gated": node.attr("activation"), **({"pruned": pruned} if pruned else {})}, gate.source)
         self.edit.replace_uses(node.name, self.edit.add(fused, before=node.name))
         self.consumed |= {gate.name, up.name}
         self.counts["gated"] += 1
@@ -94,7 +127,7 @@ class _Fuser:
         for residual, product in (node.inputs, node.inputs[::-1]):
             linear = _plain_linear(self.graph, product)
             if linear is None or not self.only_user(product, node) or self.graph.node(residual).type != node.type \
-                    or linear.type != node.type:
+                    or linear.type != node.type or ("pruned" in linear.attrs and not self.epilogues_on_pruned):
                 continue
             fused = linear.with_(name=linear.name + "_residual", inputs=(*linear.inputs, residual),
                                  attrs={**linear.attrs, "residual": True})
@@ -119,13 +152,17 @@ class _Fuser:
         starts = [sum(widths[:i]) for i in range(len(widths))]
         if any(not isinstance(w, int) for w in widths) or any(s % VIEW_ALIGNMENT for s in starts):
             return
+        try:
+            pruned = merged_pruning(self.graph, members, self.stacked_weight_key(members))
+        except KeyError:
+            return
         first = members[0]
         params = [self.stacked_param([m.inputs[i] for m in members], before=first.name)
                   for i in range(1, len(first.inputs))]
         rank = len(first.type.shape)
         fused = self.edit.add(Node(first.name + "_fused", Op.LINEAR, (first.inputs[0], *params),
-                                   TensorType((*first.type.shape[:-1], sum(widths)), first.type.dtype), {},
-                                   first.source), before=first.name)
+                                   TensorType((*first.type.shape[:-1], sum(widths)), first.type.dtype),
+                                   {"pruned": pruned} if pruned else {}, first.source), before=first.name)
         for member, start, width in zip(members, starts, widths):
             view = Node(member.name + "_view", Op.SLICE, (fused,), member.type,
                         {"dim": rank - 1, "start": start, "end": start + width, "step": 1}, member.source)
@@ -134,7 +171,7 @@ class _Fuser:
 
 
 def fuse_linear_epilogues(graph: Graph, ctx: PassContext) -> PassResult:
-    fuser = _Fuser(graph)
+    fuser = _Fuser(graph, ctx.options.sparse_format in EPILOGUE_SPARSE_FORMATS)
     for node in graph.nodes:
         if node.op is Op.GATED_ACT:
             fuser.gated(node)

@@ -34,8 +34,9 @@ PIPELINE: list[tuple[str, PassFn]] = [
     # FlashDecoding++'s unified max: φ per layer from the softmax inputs seen on calibration text
     ("calibrate_softmax", calibrate_softmax),
     # the gated MLP's two projections become one GEMM with the activation in its epilogue, q/k/v one GEMM read
-    # through views, and residual adds move into the epilogue of the linear before them (dense weights only:
-    # sparse kernels have no epilogues, so this runs after pruning)
+    # through views, and residual adds move into the epilogue of the linear before them (after pruning, which
+    # prunes row by row, so stacked pruned weights are pruned stacks; of the sparse kernels only chunked
+    # CSR's has these epilogues)
     ("fuse_linear_epilogues", fuse_linear_epilogues),
     # the heuristic dataflow binds each op to a kernel per row bucket for the target
     ("select_kernels", select_kernels),

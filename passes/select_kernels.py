@@ -208,4 +208,5 @@ def _sparse_decision(node: Node, graph: Graph, ctx: PassContext, max_rows: int) 
     n, k = graph.node(node.inputs[1]).type.shape
     return choose_sparse_linear(n, k, node.attr("pruned")["density"], opts.dtype, opts.sparse_format,
                                 row_buckets(max_rows), opts.batch_buckets(), ctx.target,
-                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile))
+                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile),
+                                epilogue=bool(node.attrs.get("gated") or node.attrs.get("residual")))

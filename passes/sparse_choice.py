@@ -6,8 +6,9 @@ per weight position a few integer operations (bitmap: a bit test and a prefix co
 into an L2-resident scratch tile, zeroing and re-reading it). The cost model is a roofline over three
 resources — memory bandwidth, integer throughput (tile decode, repeated for every block of rows), and the
 multiply (CUDA cores for a few rows, tensor cores above) — plus the launch. Chunked CSR rebuilds nothing:
-its kernel pays per stored entry and row of x (a gather of x and a multiply-add), so its cost grows with the
-nonzeros and with M rather than with the positions. The layer takes the encoding
+its kernel pays per stored entry and group of up to 8 rows of x (one gather of the group's values at the
+entry's column, and a multiply-add per row), so its cost grows with the nonzeros and with M rather than with
+the positions. The layer takes the encoding
 whose total cost over the decode batch buckets is lowest, dense included: where sparse loses, the layer
 stays dense. One encoding per layer is stored; each row bucket then gets that encoding's cheaper kernel.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from fdpp.compiler.errors import CompileError
 from fdpp.runtime.schema import KernelChoice
 from fdpp.runtime.sparse_formats import CHUNKED_CSR_CHUNK, TILED_CSL_TILE, chunked_csr_chunks, encoded_bytes
 
@@ -29,12 +31,18 @@ SPARSE_EFFICIENCY = {
     "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 13.5, "gemm": 21.0}},
     "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
-# Chunked CSR (docs/perf/2026-11-22-h200-chunked-csr.md, H200, Llama-2-7B shapes, 50-90%): 66% of the
-# bandwidth at M = 1, and ~11.5 integer-issue slots per stored entry and row of x (1.45 M entry-rows/us).
-CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry_row": 11.5}
+# Chunked CSR (docs/perf/2026-11-22-h200-chunked-csr.md and -interleaved.md, H200, Llama-2-7B shapes,
+# 50-90%): 66% of the bandwidth at M = 1; issue slots per stored entry for a group of R rows of x gathered
+# together (R = 1: ~11.5, 1.45 M entries/us; the 2-, 4- and 8-row groups load every row of a column at once,
+# then convert and multiply each), and for R > 1 the launch that interleaves x's rows.
+CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 23.5, 4: 30.0, 8: 43.0},
+                          "interleave_us": 1.5}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
+# A layer is stored sparse only if that saves at least this fraction of its summed decode cost: the sum
+# leaves out prefill, where the CUDA-core sparse kernels are far slower than dense tensor cores.
+SPARSE_MIN_GAIN = 0.10
 GEMV_MAX_ROWS = 4                  # the CUDA-core sparse kernels are offered up to this many rows
 TENSOR_BLOCK_M = 16                # rows per program of the tensor-core sparse kernels
 LAUNCH_US = 3.0
@@ -65,13 +73,17 @@ def sparse_tile(fmt: str, k: int, density: float) -> tuple[int, int]:
 
 
 def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
-    """Microseconds of the chunked-CSR kernel: streaming the entries, or gathering x for each entry and row."""
+    """Microseconds of the chunked-CSR kernel: streaming the entries, or gathering x for each entry and group
+    of rows (as many as default_chunked_csr_config gathers together: up to 8)."""
     eff = CHUNKED_CSR_EFFICIENCY
     chunks, chunk = sparse_tile("chunked_csr", k, density)
     moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
     memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
-    gather_us = m * n * chunks * chunk * eff["ops_per_entry_row"] / int_ops_per_us(target)
-    return max(memory_us, gather_us) + LAUNCH_US
+    together = min(1 << (m - 1).bit_length(), 8)
+    groups = math.ceil(m / together)
+    gather_us = groups * n * chunks * chunk * eff["ops_per_entry"][together] / int_ops_per_us(target)
+    interleave_us = eff["interleave_us"] if together > 1 else 0.0
+    return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 
 def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float, target,
@@ -110,21 +122,28 @@ def rows_free(kernel: str) -> bool:
 
 
 def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],
-                         decode_buckets: tuple[int, ...], target, dense_cost) -> dict:
+                         decode_buckets: tuple[int, ...], target, dense_cost, epilogue: bool = False) -> dict:
     """The encoding of one pruned weight [N, K] and its kernel per row bucket.
 
     forced: "auto", or a format ("bitmap", "tiled_csl", "chunked_csr", "dense") to use whatever the costs.
+    epilogue: the linear has a gated or residual epilogue, which only dense and chunked CSR have.
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
     "costs" (per format, summed over the decode buckets)}.
     """
     value_bytes = 4 if dtype == "float32" else 2
-    formats = ["bitmap", "chunked_csr"] + (["tiled_csl"] if value_bytes == 2 else [])
+    formats = ["chunked_csr"] if epilogue else ["bitmap", "chunked_csr"] + (["tiled_csl"] if value_bytes == 2 else [])
+    if forced not in ("auto", "dense", *formats):
+        raise CompileError(f"--sparse-format {forced}: its kernels have no gated or residual epilogue, which this "
+                           f"linear has; use auto, chunked_csr or dense")
     total = {"dense": sum(dense_cost(m) for m in decode_buckets)}
     for fmt in formats:
         total[fmt] = sum(min(_sparse_kernels(fmt, m, n, k, density, target, value_bytes).values())
                          for m in decode_buckets)
-    chosen = min(total, key=total.get) if forced == "auto" else forced
+    best = min(total, key=total.get)
+    if best != "dense" and total[best] > (1 - SPARSE_MIN_GAIN) * total["dense"]:
+        best = "dense"
+    chosen = best if forced == "auto" else forced
     result = {"format": chosen, "costs": {f: round(us, 2) for f, us in total.items()}, "choices": (),
               "tile": None, "expected_speedup": 1.0}
     if chosen == "dense":

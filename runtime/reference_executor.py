@@ -35,8 +35,8 @@ def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: di
     sparse = step.attrs.get("sparse")
     if sparse is None:
         return ref.linear_step(args[0], args[1], step.attrs, args[2:])
-    _, bias = split_operands(sparse, args[1:])     # (x, part..., bias?): the weight was decoded at load
-    return ref.linear(args[0], env["decoded"][step.output], bias)
+    _, rest = split_operands(sparse, args[1:])     # (x, part..., bias?, residual?): decoded at load
+    return ref.linear_step(args[0], env["decoded"][step.output], step.attrs, rest)
 
 
 _RUN: dict[OpKind, Callable] = {

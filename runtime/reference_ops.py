@@ -82,11 +82,12 @@ def linear_step(x: torch.Tensor, weight: torch.Tensor, attrs: dict, operands: li
     return fused_linear(x, weight, bias, residual, attrs.get("gated"))
 
 
-def sparse_linear(x: torch.Tensor, operands: list[torch.Tensor], meta: dict) -> torch.Tensor:
-    """linear() with the weight given encoded: operands are (part..., bias?) in sparse_formats.PARTS order."""
-    parts, bias = split_operands(meta, operands)
+def sparse_linear(x: torch.Tensor, operands: list[torch.Tensor], meta: dict, attrs: dict | None = None) -> torch.Tensor:
+    """linear_step() with the weight given encoded: operands are (part..., bias?, residual?), the parts in
+    sparse_formats.PARTS order; attrs as a LINEAR step's (gated, residual)."""
+    parts, rest = split_operands(meta, operands)
     weight = decode_sparse(meta, parts)
-    return linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight, bias)
+    return linear_step(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight, attrs or {}, rest)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,10 @@ def tensor_name(param: str, fmt: str, part: str) -> str:
 
 
 def split_operands(meta: dict, operands: list):
-    """A sparse linear's operands after x — (part..., bias?) — as ({part name: operand}, bias or None)."""
+    """A sparse linear's operands after x — (part..., bias?, residual?) — as ({part name: operand}, [the
+    operands after the parts]) (reference_ops.linear_operands tells the bias and the residual apart)."""
     names = PARTS[meta["format"]]
-    return dict(zip(names, operands[:len(names)])), (operands[len(names)] if len(operands) > len(names) else None)
+    return dict(zip(names, operands[:len(names)])), list(operands[len(names):])
 
 
 def _dtype_name(weight: torch.Tensor) -> str:

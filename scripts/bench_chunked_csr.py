@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT))
 import bench_sparse as BENCH  # noqa: E402  (timing, weights and error helpers; scripts/ is no package)
 
 
-def configs(m: int) -> list[dict]:
-    block_ms = sorted({min(1 << (m - 1).bit_length(), 8), min(1 << (m - 1).bit_length(), 4)})
-    return [{"block_m": bm, "block_n": bn, "chunks": ch, "split_k": sk, "vector": 8, "num_warps": 4}
-            for bm, bn, ch, sk in itertools.product(block_ms, (4, 8, 16), (4, 8), (1, 2, 4))]
+def configs(m: int, sweep: dict) -> list[dict]:
+    together = sorted({min(1 << (m - 1).bit_length(), 8), min(1 << (m - 1).bit_length(), 4)})
+    return [{"rows": r, "block_n": bn, "chunks": ch, "split_k": sk, "vector": v, "num_warps": w, "prefetch": p}
+            for r, bn, ch, sk, v, w, p in itertools.product(
+                together, sweep["block_n"], sweep["chunks"], sweep["split_k"], sweep["vector"], sweep["num_warps"],
+                sweep["prefetch"])]
 
 
 def main() -> int:
@@ -41,13 +43,25 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ms", default="1,2,4,8")
     parser.add_argument("--sparsities", default="0.5,0.7,0.8,0.9")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    # values to sweep, comma-separated
+    parser.add_argument("--block-n", default="4,8,16", help="weight rows per program")
+    parser.add_argument("--chunks", default="4,8", help="chunks of each row per step")
+    parser.add_argument("--split-k", default="1,2,4", help="programs sharing a row block's chunks")
+    parser.add_argument("--vectors", default="4,8", help="entries a thread loads at once")
+    parser.add_argument("--num-warps", default="4")
+    parser.add_argument("--prefetch", default="1", help="0, 1 or 0,1: software pipelining off / on")
     args = parser.parse_args()
+    sweep = {name: [int(v) for v in getattr(args, name.replace("vector", "vectors")).split(",")]
+             for name in ("block_n", "chunks", "split_k", "vector", "num_warps")}
+    sweep["prefetch"] = [bool(int(p)) for p in args.prefetch.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     best = []
     with open(args.out / "ccsr.jsonl", "w") as log:
         sparsities = [float(s) for s in args.sparsities.split(",")]
-        for (shape, (n, k)), sparsity in itertools.product(SHAPES.items(), sparsities):
+        shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
+        for (shape, (n, k)), sparsity in itertools.product(shapes.items(), sparsities):
             weight = BENCH.pruned_weight(n, k, sparsity, seed=1)
             dense_sets = BENCH.copies({"w": weight}, weight.numel() * 2)
             csr = encode_chunked_csr(weight)
@@ -63,7 +77,7 @@ def main() -> int:
                 assert BENCH.relative_error(sparse_linear(x, bitmaps[0]), ref) < BENCH.MAX_ERROR
                 bitmap_us = BENCH.time_us([lambda w=w: sparse_linear(x, w) for w in bitmaps])
                 rows = []
-                for cfg in configs(m):
+                for cfg in configs(m, sweep):
                     t = csr_sets[0]
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
                                                                     **cfg), ref)
@@ -85,8 +99,8 @@ def main() -> int:
         c = r["cfg"]
         print(f"{r['shape']:8} {r['sparsity']:4.2f} {r['m']:2d} {r['cublas_us']:7.1f} "
               f"{r['bitmap_us']:7.1f} x{r['cublas_us'] / r['bitmap_us']:.2f} {r['us']:7.1f} x{r['x_cublas']:.2f} "
-              f"{r['csr_bytes'] / r['dense_bytes']:6.3f}  m{c['block_m']} n{c['block_n']} ch{c['chunks']} "
-              f"s{c['split_k']}")
+              f"{r['csr_bytes'] / r['dense_bytes']:6.3f}  r{c['rows']} n{c['block_n']} ch{c['chunks']} "
+              f"s{c['split_k']} v{c['vector']} w{c['num_warps']} p{int(c['prefetch'])}")
     return 0
 
 

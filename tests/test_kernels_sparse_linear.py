@@ -13,12 +13,13 @@ import triton
 import triton.language as tl
 
 from fdpp.codegen.aot import jit_launchers
-from fdpp.codegen.kernels import sparse_linear
+from fdpp.codegen.kernels import chunked_csr_linear, sparse_linear
 from fdpp.codegen.kernels.testing import (TOLERANCE, assert_close, interpreter_fallback, poisoned_allocations,
                                           random_tensor, relative_error)
 from fdpp.codegen.launch_specs import step_launches
 from fdpp.compiler.errors import CompileError
 from fdpp.runtime.dims import evaluate_dim, evaluate_shape
+from fdpp.runtime.reference_ops import fused_linear
 from fdpp.runtime.reference_ops import linear as linear_reference
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import (PARTS, SparseWeight, decode, encode_bitmap, encode_chunked_csr,
@@ -111,23 +112,69 @@ def test_tiled_csl_linear(m, density, with_bias, tensor_cores, split_k, entry_ch
     _check(out, x, encoded, bias, f"tiled_csl M={m} density={density}")
 
 
-# (M, density, bias, split_k, block_n, chunks, dtype) for W [37, 600]: at density 0.02 chunks are cut by their
-# 256-column reach, not by their 32 entries; M 9 spans two programs of 8 rows; split_k 3 leaves a split idle
+# (M, density, bias, split_k, block_n, chunks, rows, dtype) for W [37, 600]: at density 0.02 chunks are cut by
+# their 256-column reach, not by their 32 entries; M 9 in programs of 8 rows gathered together leaves 7 rows
+# of the second past M; rows 1 gathers each row alone; split_k 3 leaves a split idle
 CHUNKED_CSR_CASES = [
-    (1, 0.3, False, 1, 4, 8, F16), (1, 0.3, True, 2, 8, 4, F16), (3, 1.0, True, 1, 4, 4, F16),
-    (3, 0.0, False, 2, 4, 8, F16), (9, 0.3, True, 3, 16, 4, F16), (2, 0.02, True, 1, 4, 4, F16),
-    (3, 0.3, True, 2, 4, 4, BF16), (4, 0.5, True, 1, 8, 4, F32),
+    (1, 0.3, False, 1, 4, 8, 1, F16), (1, 0.3, True, 2, 8, 4, 1, F16), (3, 1.0, True, 1, 4, 4, 4, F16),
+    (3, 0.0, False, 2, 4, 8, 2, F16), (9, 0.3, True, 3, 16, 4, 8, F16), (2, 0.02, True, 1, 4, 4, 2, F16),
+    (3, 0.3, True, 2, 4, 4, 4, BF16), (5, 0.5, True, 1, 8, 4, 8, BF16), (4, 0.5, True, 1, 8, 4, 4, F32),
+    (9, 0.3, False, 1, 4, 4, 8, F32), (3, 0.3, True, 1, 4, 4, 1, F16),
 ]
 
 
-@pytest.mark.parametrize("m,density,with_bias,split_k,block_n,chunks,dtype", CHUNKED_CSR_CASES)
-def test_chunked_csr_linear(m, density, with_bias, split_k, block_n, chunks, dtype):
+@pytest.mark.parametrize("m,density,with_bias,split_k,block_n,chunks,rows,dtype", CHUNKED_CSR_CASES)
+def test_chunked_csr_linear(m, density, with_bias, split_k, block_n, chunks, rows, dtype):
     n, k = 37, 600
     encoded = _encode(_weight(n, k, density, dtype, seed=35), "chunked_csr")
     x, bias = _inputs(m, k, n, dtype, with_bias, seed=36)
     with poisoned_allocations():
-        out = sparse_linear.sparse_linear(x, encoded, bias, split_k=split_k, block_n=block_n, chunks=chunks)
-    _check(out, x, encoded, bias, f"chunked_csr M={m} density={density}")
+        out = sparse_linear.sparse_linear(x, encoded, bias, split_k=split_k, block_n=block_n, chunks=chunks,
+                                          rows=rows)
+    _check(out, x, encoded, bias, f"chunked_csr M={m} density={density} rows={rows}")
+
+
+# (M, rows, gated activation, residual, bias, dtype) for W [2 x 19, 600] or [19, 600]: an odd N, so the last
+# gated program has a gate row without a feature; rows None takes the defaults (at M = 1 a program of one
+# gate and one up row)
+CHUNKED_CSR_EPILOGUE_CASES = [
+    (1, 1, "silu", True, False, F16), (1, None, "silu", False, True, F32), (3, 4, "silu", False, True, F16), (9, 8, "gelu_tanh", True, True, F32),
+    (2, 2, None, True, True, BF16), (5, 8, None, True, False, F16),
+]
+
+
+@pytest.mark.parametrize("m,rows,gated,with_residual,with_bias,dtype", CHUNKED_CSR_EPILOGUE_CASES)
+def test_chunked_csr_epilogues_match_fused_linear(m, rows, gated, with_residual, with_bias, dtype):
+    n, k = 19, 600
+    rows_w = 2 * n if gated else n
+    weight = _weight(rows_w, k, 0.3, dtype, seed=38)
+    encoded = _encode(weight, "chunked_csr")
+    x, bias = _inputs(m, k, rows_w, dtype, with_bias, seed=39)
+    residual = random_tensor((m, n), dtype, DEVICE) if with_residual else None
+    config = {"rows": rows, "block_n": 4, "chunks": 4} if rows else {}      # None: the wrapper's defaults
+    with poisoned_allocations():
+        out = sparse_linear.sparse_linear(x, encoded, bias, residual=residual, gated=gated, **config)
+    what = f"chunked_csr M={m} rows={rows} gated={gated} residual={with_residual}"
+    w = weight.to(DEVICE)
+    assert_close(out, fused_linear(x, w, bias, residual, gated), what)
+    exact = fused_linear(x.double(), w.double(), None if bias is None else bias.double(),
+                         None if residual is None else residual.double(), gated)
+    assert relative_error(out, exact) <= TOLERANCE[x.dtype], f"{what}: against float64"
+
+
+def test_chunked_csr_epilogues_refuse_split_k():
+    encoded = _encode(_weight(8, 64, 0.5, F16, seed=41), "chunked_csr")
+    x, _ = _inputs(2, 64, 8, F16, False, seed=42)
+    with pytest.raises(ValueError, match="chunked_csr_linear: the gated and residual epilogues need split_k 1"):
+        sparse_linear.sparse_linear(x, encoded, gated="silu", split_k=2)
+
+
+def test_interleave_rows_puts_each_columns_rows_side_by_side():
+    x = random_tensor((5, 700), F16, DEVICE)[:, :600]                                         # row stride 700
+    out = chunked_csr_linear.interleave_rows(x, 4)                                             # [2, 600, 4]
+    expected = torch.zeros(8, 600, dtype=F16, device=DEVICE)
+    expected[:5] = x
+    torch.testing.assert_close(out, expected.view(2, 4, 600).transpose(1, 2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "chunked_csr"])
@@ -216,7 +263,7 @@ def _run_launches(built, tensors: dict, out: torch.Tensor, rows: int) -> None:
 @pytest.mark.parametrize("kernel,rows,config", [
     ("bitmap_gemv", 3, {}), ("bitmap_gemm", 17, {"split_k": 1}), ("tiled_csl_gemv", 3, {"split_k": 2}),
     ("tiled_csl_gemm", 17, {"block_m": 16, "entry_chunk": 128}), ("chunked_csr_gemv", 3, {"split_k": 2}),
-    ("chunked_csr_gemv", 17, {"split_k": 1}),
+    ("chunked_csr_gemv", 17, {"split_k": 1}), ("chunked_csr_gemv", 3, {"split_k": 2, "rows": 1}),
 ])
 def test_launch_specs_run_as_recorded(kernel, rows, config):
     fmt = kernel.rsplit("_", 1)[0]
@@ -225,10 +272,14 @@ def test_launch_specs_run_as_recorded(kernel, rows, config):
     torch.manual_seed(71)
     step, choice, tensors, shape_of = _sparse_step(encoded, kernel, 32, config, with_bias=True)
     built = step_launches(step, choice, "float16", shape_of)
-    split = built.launches[0]["grid"][1] > 1                    # config, or the default for 3 x 3 tiles
+    # chunked CSR over 32 rows interleaves 8 rows of x by default
+    interleaved = fmt == "chunked_csr" and config.get("rows", 8) > 1
+    main = built.launches[1 if interleaved else 0]
+    split = main["grid"][1] > 1                                 # config, or the default for 3 x 3 tiles
     assert split == (config.get("split_k", 2) > 1)
     assert [launch["kernel"].split("-")[0] for launch in built.launches] == \
-        [f"{fmt}_linear_kernel"] + (["sum_splits_kernel"] if split else [])
+        (["interleave_rows_kernel"] if interleaved else []) + [f"{fmt}_linear_kernel"] + \
+        (["sum_splits_kernel"] if split else [])
     x = random_tensor((rows, 136), F16, DEVICE)
     with poisoned_allocations():
         out = torch.empty((rows, 130), dtype=F16, device=DEVICE)
@@ -283,4 +334,5 @@ def test_sparse_kernels_cross_compile_for_cuda_and_hip():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     child = subprocess.run([sys.executable, "-c", _CROSS_COMPILE], env=env, capture_output=True, text=True)
     assert child.returncode == 0, child.stderr[-3000:]
-    assert "6 specs" in child.stdout      # 2 formats x CUDA/tensor cores, chunked CSR, and the split-K sum
+    # 2 formats x CUDA/tensor cores, chunked CSR and its interleaving of x's rows, and the split-K sum
+    assert "7 specs" in child.stdout

@@ -35,7 +35,12 @@ def test_sparse_bundle_equals_the_pruned_dense_bundle(llama_dir, tmp_path, dtype
     dense = fdpp.load(_compile(llama_dir, tmp_path, dtype, "dense"))
     sparse = fdpp.load(_compile(llama_dir, tmp_path, dtype, fmt))
     tokens = random_tokens(2, 9, seed=4).tolist()
-    assert torch.equal(sparse.logits(tokens), dense.logits(tokens))
+    if dtype == "float16" and fmt in ("bitmap", "tiled_csl"):
+        # these kernels have no epilogues, so gate and up (and o_proj before the residual add) round to float16
+        # on their own, where the dense bundle's fused epilogues round once: equal to float16 precision
+        torch.testing.assert_close(sparse.logits(tokens), dense.logits(tokens), rtol=2e-2, atol=2e-2)
+    else:
+        assert torch.equal(sparse.logits(tokens), dense.logits(tokens))
     assert sparse.generate(PROMPTS, max_new_tokens=5).token_ids == dense.generate(PROMPTS, max_new_tokens=5).token_ids
 
 
@@ -43,7 +48,10 @@ def test_sparse_manifest_records_every_encoding(llama_dir, tmp_path):
     bundle = read_bundle(_compile(llama_dir, tmp_path, "float16", "tiled_csl", method="wanda", sparsity=0.7))
     sparsity = bundle.manifest.sparsity
     assert sparsity["method"] == "wanda" and sparsity["sparsity"] == 0.7 and sparsity["calibration"]
-    assert len(sparsity["weights"]) == 14
+    # per layer: q/k/v stacked into one weight (no epilogue needed), o, gate, up and down apart (Tiled-CSL's
+    # kernels have no gated or residual epilogue)
+    assert len(sparsity["weights"]) == 10
+    assert "model.layers.0.self_attn.q_proj+k_proj+v_proj.weight" in sparsity["weights"]
     for name, entry in sparsity["weights"].items():
         assert entry["format"] == "tiled_csl" and entry["density"] <= 0.3
         enc = entry["encoding"]
@@ -58,7 +66,7 @@ def test_sparse_manifest_records_every_encoding(llama_dir, tmp_path):
 
 def test_dense_format_keeps_pruned_weights_dense(llama_dir, tmp_path):
     bundle = read_bundle(_compile(llama_dir, tmp_path, "float32", "dense", sparsity=0.7))
-    w = bundle.weights["model.layers.1.mlp.up_proj.weight"]
+    w = bundle.weights["model.layers.1.mlp.gate_proj+up_proj.weight"]       # stored dense, fused
     assert float((w == 0).float().mean()) >= 0.7
     assert all(e["format"] == "dense" for e in bundle.manifest.sparsity["weights"].values())
 
