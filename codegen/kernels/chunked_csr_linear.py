@@ -52,48 +52,32 @@ def _gather(base_ptrs, index):
     return value
 
 
-def _words_ptx(words: int, element_bytes: int) -> tl.constexpr:
-    """Inline PTX: $0..$(words-1) = the `words` 32-bit words at element $words of $(words+1) (elements of
-    element_bytes), in one read-only vector load."""
+def _words_ptx(words: int) -> tl.constexpr:
+    """Inline PTX: $0..$(words-1) = the `words` 32-bit words $words bytes past the address $(words+1), in one
+    read-only vector load."""
     out = ", ".join(f"${i}" for i in range(words))
     target = f".v{words}.b32 {{{out}}}" if words > 1 else ".b32 $0"
-    return tl.constexpr(f"{{ .reg .b64 a; mad.wide.s32 a, ${words}, {element_bytes}, ${words + 1}; "
-                        f"ld.global.nc{target}, [a]; }}")
+    return tl.constexpr(f"{{ .reg .b64 a; mad.wide.s32 a, ${words}, 1, ${words + 1}; ld.global.nc{target}, [a]; }}")
 
 
-WORDS_PTX = {(w, e): _words_ptx(w, e) for w in (1, 2, 4) for e in (2, 4)}
-WORDS1_E2, WORDS2_E2, WORDS4_E2 = WORDS_PTX[1, 2], WORDS_PTX[2, 2], WORDS_PTX[4, 2]
-WORDS1_E4, WORDS2_E4, WORDS4_E4 = WORDS_PTX[1, 4], WORDS_PTX[2, 4], WORDS_PTX[4, 4]
+WORDS1_PTX, WORDS2_PTX, WORDS4_PTX = _words_ptx(1), _words_ptx(2), _words_ptx(4)
 
 
 @triton.jit
-def _load_words(base_ptrs, index, WORDS: tl.constexpr):
-    """The WORDS (1, 2 or 4) 32-bit words from element `index` of base_ptrs on (16- or 32-bit elements,
-    the address aligned to the load), as int32 tensors in the index's layout; unused slots repeat word 0."""
-    if base_ptrs.dtype.element_ty.primitive_bitwidth == 16:
-        if WORDS == 1:
-            w0 = tl.inline_asm_elementwise(WORDS1_E2, "=r,r,l", [index, base_ptrs], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-            w1, w2, w3 = w0, w0, w0
-        elif WORDS == 2:
-            w0, w1 = tl.inline_asm_elementwise(WORDS2_E2, "=r,=r,r,l", [index, base_ptrs],
-                                               dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-            w2, w3 = w0, w0
-        else:
-            w0, w1, w2, w3 = tl.inline_asm_elementwise(WORDS4_E2, "=r,=r,=r,=r,r,l", [index, base_ptrs],
-                                                       dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+def _load_words(base_ptrs, byte_offset, WORDS: tl.constexpr):
+    """The WORDS (1, 2 or 4) 32-bit words byte_offset bytes past base_ptrs (the address aligned to the load),
+    as int32 tensors in the offset's layout; unused slots repeat word 0."""
+    if WORDS == 1:
+        w0 = tl.inline_asm_elementwise(WORDS1_PTX, "=r,r,l", [byte_offset, base_ptrs], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        w1, w2, w3 = w0, w0, w0
+    elif WORDS == 2:
+        w0, w1 = tl.inline_asm_elementwise(WORDS2_PTX, "=r,=r,r,l", [byte_offset, base_ptrs],
+                                           dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+        w2, w3 = w0, w0
     else:
-        if WORDS == 1:
-            w0 = tl.inline_asm_elementwise(WORDS1_E4, "=r,r,l", [index, base_ptrs], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-            w1, w2, w3 = w0, w0, w0
-        elif WORDS == 2:
-            w0, w1 = tl.inline_asm_elementwise(WORDS2_E4, "=r,=r,r,l", [index, base_ptrs],
-                                               dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-            w2, w3 = w0, w0
-        else:
-            w0, w1, w2, w3 = tl.inline_asm_elementwise(WORDS4_E4, "=r,=r,=r,=r,r,l", [index, base_ptrs],
-                                                       dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+        w0, w1, w2, w3 = tl.inline_asm_elementwise(WORDS4_PTX, "=r,=r,=r,=r,r,l", [byte_offset, base_ptrs],
+                                                   dtype=(tl.int32,) * 4, is_pure=True, pack=1)
     return w0, w1, w2, w3
 
 
@@ -121,7 +105,7 @@ def _gather_rows(x_block, index, ROWS: tl.constexpr):
     elif HARDWARE_POPCOUNT and hasattr(libdevice, "byte_perm"):     # NVIDIA (see _gather)
         if x_block.dtype.element_ty.primitive_bitwidth == 16:
             bf = x_block.dtype.element_ty == tl.bfloat16
-            w0, w1, w2, w3 = _load_words(x_block, index * ROWS, ROWS // 2)
+            w0, w1, w2, w3 = _load_words(x_block, index * (ROWS * 2), ROWS // 2)
             x0, x1 = _halves(w0, bf)
             x2, x3, x4, x5, x6, x7 = x0, x0, x0, x0, x0, x0
             if ROWS >= 4:
@@ -130,12 +114,12 @@ def _gather_rows(x_block, index, ROWS: tl.constexpr):
                 x4, x5 = _halves(w2, bf)
                 x6, x7 = _halves(w3, bf)
         else:
-            w0, w1, w2, w3 = _load_words(x_block, index * ROWS, 4 if ROWS >= 4 else ROWS)
+            w0, w1, w2, w3 = _load_words(x_block, index * (ROWS * 4), 4 if ROWS >= 4 else ROWS)
             x0, x1, x2, x3 = (w0.to(tl.float32, bitcast=True), w1.to(tl.float32, bitcast=True),
                               w2.to(tl.float32, bitcast=True), w3.to(tl.float32, bitcast=True))
             x4, x5, x6, x7 = x0, x0, x0, x0
             if ROWS == 8:
-                w4, w5, w6, w7 = _load_words(x_block, index * ROWS + 4, 4)
+                w4, w5, w6, w7 = _load_words(x_block, index * (ROWS * 4) + 16, 4)
                 x4, x5, x6, x7 = (w4.to(tl.float32, bitcast=True), w5.to(tl.float32, bitcast=True),
                                   w6.to(tl.float32, bitcast=True), w7.to(tl.float32, bitcast=True))
     else:
