@@ -54,8 +54,10 @@ def cli():
                    "input channel's activation norm on the calibration text.")
 @click.option("--sparse-format", type=click.Choice(SPARSE_FORMATS), default="auto", show_default=True,
               help="Storage of pruned weights. auto: per layer the cheapest of dense, bitmap, tiled_csl and "
-                   "chunked_csr over the bundle's decode batch buckets (chunked_csr wins at small batches: "
-                   "compile with --max-batch 1 for batch-1 serving); dense keeps the pruned weights dense.")
+                   "chunked_csr over the bundle's decode batch buckets, sparse only if it saves >= 10% "
+                   "(chunked_csr wins up to 2 rows: compile with --max-batch 1 or 2 for small-batch serving); "
+                   "dense keeps the pruned weights dense. Only dense and chunked_csr have the fused gate/up "
+                   "and residual epilogues.")
 @click.option("--prune-include", multiple=True, metavar="PATTERN",
               help="Prune only weights whose name matches this pattern (fnmatch, e.g. '*mlp*'); repeatable. "
                    "Default: all linear weights.")
