@@ -332,32 +332,47 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)
 
 
-def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
-    head_dim = c.step.attrs["head_dim"]
-    width = _static(c.shape(0)[-1], "rotary width", c.step)
+def _launch_rotary(b: _Builder, c: StepContext, index: int, out: str, head_dim: int, cos: str, sin: str,
+                   workspace: dict | None = None) -> None:
+    """Rotate input `index` of the step ([B, S, H*D], row stride from the plan) into `out` (contiguous rows)."""
+    width = _static(c.shape(index)[-1], "rotary width", c.step)
     heads = width // head_dim
     block_heads = min(_pow2(heads), 16)
     dt = c.dtype
     b.launch(rotary_kernel, ("rows", f"cdiv({heads}, {block_heads})"), [
-        ("x_ptr", f"*{dt}", c.ref(0)), ("out_ptr", f"*{dt}", "out"), ("cos_ptr", f"*{dt}", c.ref(1)),
-        ("sin_ptr", f"*{dt}", c.ref(2)), ("positions_ptr", "*i64", "positions"), ("seq_len", "i32", "seq"),
-        ("n_heads", "i32", heads), ("x_stride_batch", "i32", f"seq * {c.row_stride(0)}"),
-        ("x_stride_seq", "i32", c.row_stride(0)),
+        ("x_ptr", f"*{dt}", c.ref(index)), ("out_ptr", f"*{dt}", out), ("cos_ptr", f"*{dt}", cos),
+        ("sin_ptr", f"*{dt}", sin), ("positions_ptr", "*i64", "positions"), ("seq_len", "i32", "seq"),
+        ("n_heads", "i32", heads), ("x_stride_batch", "i32", f"seq * {c.row_stride(index)}"),
+        ("x_stride_seq", "i32", c.row_stride(index)),
         ("x_stride_head", "i32", head_dim), ("out_stride_batch", "i32", f"seq * {width}"),
         ("out_stride_seq", "i32", width), ("cos_stride_batch", "i32", f"seq * {head_dim}"),
         ("cos_stride_seq", "i32", head_dim), ("positions_stride_batch", "i32", 0)],
         {"HEAD_DIM": head_dim, "BLOCK_HALF": _pow2(head_dim // 2), "BLOCK_HEADS": block_heads,
-         "BY_POSITION": False})
+         "BY_POSITION": False}, workspace=workspace)
 
 
-def _write_kv(b: _Builder, c: StepContext, kv_heads: int, head_dim: int) -> None:
+def _rotary(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
+    _launch_rotary(b, c, 0, "out", c.step.attrs["head_dim"], c.ref(1), c.ref(2))
+
+
+def _rotary_into_workspace(b: _Builder, c: StepContext, index: int, name: str, width: int,
+                           head_dim: int) -> tuple[str, int]:
+    """An attention step's input `index` (q or k) rotated with its cos/sin (inputs 4, 5) into workspace `name`
+    [rows, width]; returns (its ref, its row stride)."""
+    _launch_rotary(b, c, index, f"ws:{name}", head_dim, c.ref(4), c.ref(5),
+                   workspace={name: {"shape": ["rows", width], "dtype": DTYPE_NAME[c.dtype]}})
+    return f"ws:{name}", width
+
+
+def _write_kv(b: _Builder, c: StepContext, kv_heads: int, head_dim: int, k: str, k_row_stride) -> None:
+    """The prompt's keys (`k`, rows k_row_stride apart) and values (input 2) into the cache at positions."""
     dt = c.dtype
     block_heads = min(_pow2(kv_heads), 16)
     b.launch(write_kv_kernel, ("rows", f"cdiv({kv_heads}, {block_heads})"), [
-        ("k_ptr", f"*{dt}", c.ref(1)), ("v_ptr", f"*{dt}", c.ref(2)), ("k_cache_ptr", f"*{dt}", "k_cache"),
+        ("k_ptr", f"*{dt}", k), ("v_ptr", f"*{dt}", c.ref(2)), ("k_cache_ptr", f"*{dt}", "k_cache"),
         ("v_cache_ptr", f"*{dt}", "v_cache"), ("positions_ptr", "*i64", c.ref(3)), ("seq_len", "i32", "seq"),
-        ("n_kv_heads", "i32", kv_heads), ("k_stride_batch", "i32", f"seq * {c.row_stride(1)}"),
-        ("k_stride_seq", "i32", c.row_stride(1)), ("v_stride_batch", "i32", f"seq * {c.row_stride(2)}"),
+        ("n_kv_heads", "i32", kv_heads), ("k_stride_batch", "i32", f"seq * {k_row_stride}"),
+        ("k_stride_seq", "i32", k_row_stride), ("v_stride_batch", "i32", f"seq * {c.row_stride(2)}"),
         ("v_stride_seq", "i32", c.row_stride(2)),
         ("cache_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
         ("cache_stride_head", "i32", f"{head_dim} * capacity"), ("cache_stride_seq", "i32", head_dim)],
@@ -387,6 +402,7 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     unified = choice.kernel in ("decode_attention_unified", "prefill_attention_unified")
     phi, safe_low, safe_high = _unified(c.step) if unified else (0.0, 0.0, 0.0)
     softmax_args = [("phi", "fp32", phi), ("safe_low", "fp32", safe_low), ("safe_high", "fp32", safe_high)]
+    rotary = bool(a.get("rotary"))            # inputs (q, k, v, positions, cos, sin): q and k arrive unrotated
     if choice.kernel in ("decode_attention_split_kv", "decode_attention_unified"):
         # the decode kernel writes the step's key and value into the cache itself (WRITE_KV)
         splits, min_keys, block_n = (choice.config["splits"], choice.config["min_split_keys"],
@@ -402,23 +418,29 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("partial_out_ptr", "*fp32", "ws:partial_out"), ("partial_max_ptr", "*fp32", "ws:partial_max"),
             ("partial_sum_ptr", "*fp32", "ws:partial_sum"), ("arrivals_ptr", "*i32", "ws:arrivals"),
             ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("new_k_ptr", f"*{dt}", c.ref(1)),
-            ("new_v_ptr", f"*{dt}", c.ref(2)), ("new_k_stride_batch", "i32", c.row_stride(1)),
-            ("new_v_stride_batch", "i32", c.row_stride(2)), ("n_heads", "i32", heads),
+            ("new_v_ptr", f"*{dt}", c.ref(2)), ("cos_ptr", f"*{dt}", c.ref(4) if rotary else c.ref(0)),
+            ("sin_ptr", f"*{dt}", c.ref(5) if rotary else c.ref(0)),          # read only when rotary
+            ("new_k_stride_batch", "i32", c.row_stride(1)), ("new_v_stride_batch", "i32", c.row_stride(2)),
+            ("rotary_stride_batch", "i32", head_dim), ("n_heads", "i32", heads),
             ("n_kv_heads", "i32", kv_heads), ("splits", "i32", splits), ("min_split_keys", "i32", min_keys),
             ("scale", "fp32", scale), *softmax_args, ("q_stride_batch", "i32", c.row_stride(0)),
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
              "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "GROUP_P2": _pow2(group),
-             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified, "WRITE_KV": True},
+             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified, "WRITE_KV": True, "ROTARY": rotary},
             num_stages=choice.config.get("num_stages", 2), workspace=workspace)
     elif choice.kernel in ("prefill_attention", "prefill_attention_unified"):
-        _write_kv(b, c, kv_heads, head_dim)
+        q, q_row_stride, k, k_row_stride = c.ref(0), c.row_stride(0), c.ref(1), c.row_stride(1)
+        if rotary:        # the prompt's q and k rotated first, into workspaces of this step
+            q, q_row_stride = _rotary_into_workspace(b, c, 0, "q_rotated", heads * head_dim, head_dim)
+            k, k_row_stride = _rotary_into_workspace(b, c, 1, "k_rotated", kv_heads * head_dim, head_dim)
+        _write_kv(b, c, kv_heads, head_dim, k, k_row_stride)
         b.launch(attention_prefill_kernel, ("cdiv(seq, 64)", f"batch * {heads}"), [
-            ("q_ptr", f"*{dt}", c.ref(0)), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),
+            ("q_ptr", f"*{dt}", q), ("k_ptr", f"*{dt}", "k_cache"), ("v_ptr", f"*{dt}", "v_cache"),
             ("positions_ptr", "*i64", c.ref(3)), ("out_ptr", f"*{dt}", "out"),
             ("fallbacks_ptr", "*i32", "ws:softmax_fallbacks"), ("seq_len", "i32", "seq"),
             ("n_heads", "i32", heads), ("scale", "fp32", scale), *softmax_args,
-            ("q_stride_batch", "i32", f"seq * {c.row_stride(0)}"), ("q_stride_seq", "i32", c.row_stride(0)),
+            ("q_stride_batch", "i32", f"seq * {q_row_stride}"), ("q_stride_seq", "i32", q_row_stride),
             ("kv_stride_batch", "i32", f"{kv_heads * head_dim} * capacity"),
             ("kv_stride_head", "i32", f"{head_dim} * capacity"), ("kv_stride_seq", "i32", head_dim)],
             {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16), "BLOCK_M": 64, "BLOCK_N": 64,

@@ -26,12 +26,13 @@ def _index(n: Node, x: torch.Tensor, *indices: torch.Tensor) -> torch.Tensor:
     return x[tuple(slice(None) if i is None else i for i in full)]
 
 
-def _attention(n: Node, q, k, v, positions=None):
+def _attention(n: Node, q, k, v, positions=None, *rotary_tables):
     b, s = q.shape[0], q.shape[1]
     if positions is None:
         positions = torch.arange(s)[None, :].expand(b, s)
     return ref.attention(q, k, v, positions, None, None, n_heads=n.attr("n_heads"),
-                         n_kv_heads=n.attr("n_kv_heads"), head_dim=n.attr("head_dim"), scale=n.attr("scale"))
+                         n_kv_heads=n.attr("n_kv_heads"), head_dim=n.attr("head_dim"), scale=n.attr("scale"),
+                         rotary_tables=tuple(rotary_tables) or None)
 
 
 def _linear(n: Node, x, *rest):

@@ -80,7 +80,8 @@ class Op(enum.Enum):
     # fused ops, produced by passes; their meaning is runtime.reference_ops
     RMS_NORM = "rms_norm"      # (x, weight) ; attrs: eps
     ROTARY = "rotary"          # (x, cos, sin) ; attrs: head_dim, layout ("heads" [B,H,S,D] | "flat" [B,S,H*D])
-    ATTENTION = "attention"    # (q, k, v [, positions]) flat layout; attrs: n_heads, n_kv_heads, head_dim, scale, layer
+    ATTENTION = "attention"    # (q, k, v [, positions [, cos, sin]]) flat layout; attrs: n_heads, n_kv_heads,
+    #                            head_dim, scale, layer, rotary (cos/sin given: q and k are rotated first)
     GATED_ACT = "gated_act"    # (gate, up) ; attrs: activation ("silu" | "gelu" | "gelu_tanh")
     POSITION_LOOKUP = "position_lookup"  # (table, positions) ; attrs: seq_axis
 

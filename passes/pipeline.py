@@ -11,6 +11,7 @@ from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
 from fdpp.passes.fuse_linear_epilogues import fuse_linear_epilogues
 from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
+from fdpp.passes.fuse_rotary_into_attention import fuse_rotary_into_attention
 from fdpp.passes.insert_kv_cache import insert_kv_cache
 from fdpp.passes.pass_manager import PassFn
 from fdpp.passes.prune_weights import prune_weights
@@ -38,6 +39,9 @@ PIPELINE: list[tuple[str, PassFn]] = [
     # prunes row by row, so stacked pruned weights are pruned stacks; of the sparse kernels only chunked
     # CSR's has these epilogues)
     ("fuse_linear_epilogues", fuse_linear_epilogues),
+    # q's and k's rotaries move into the attention op: its decode kernel rotates them as it loads q and
+    # writes the step's key (two launches less per layer; prefill keeps the rotary kernel)
+    ("fuse_rotary_into_attention", fuse_rotary_into_attention),
     # the heuristic dataflow binds each op to a kernel per row bucket for the target
     ("select_kernels", select_kernels),
     # pruned weights the dataflow stores sparse are re-encoded (Tiled-CSL or bitmap) and read as such

@@ -20,7 +20,7 @@ from fdpp.runtime.sparse_formats import split_operands
 
 
 def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:
-    q, k, v, positions = args
+    q, k, v, positions, *rotary_tables = args          # (cos, sin) when the rotary op is fused in
     layer = step.attrs["layer"]
     k_cache = cache.keys[layer] if cache is not None else None
     v_cache = cache.values[layer] if cache is not None else None
@@ -28,7 +28,8 @@ def _attention(step: Step, args: list[torch.Tensor], cache: KVCache | None, env:
     softmax = a.get("softmax", {})
     unified = ((softmax["phi"], *softmax["safe_range"]) if softmax.get("scheme") == "unified" else None)
     return ref.attention(q, k, v, positions, k_cache, v_cache, n_heads=a["n_heads"], n_kv_heads=a["n_kv_heads"],
-                         head_dim=a["head_dim"], scale=a["scale"], unified=unified, fallbacks=env["fallbacks"])
+                         head_dim=a["head_dim"], scale=a["scale"], unified=unified, fallbacks=env["fallbacks"],
+                         rotary_tables=tuple(rotary_tables) or None)
 
 
 def _linear(step: Step, args: list[torch.Tensor], cache: KVCache | None, env: dict) -> torch.Tensor:

@@ -168,7 +168,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
               k_cache: torch.Tensor | None, v_cache: torch.Tensor | None, *,
               n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
               unified: tuple[float, float, float] | None = None,
-              fallbacks: torch.Tensor | None = None) -> torch.Tensor:
+              fallbacks: torch.Tensor | None = None,
+              rotary_tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal attention by position, with an optional KV cache, grouped-query heads.
 
     q: [B, S, Hq*D]; k, v: [B, S, Hkv*D]; positions: [B, S] int64, each token's place in its sequence.
@@ -179,8 +180,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     unified: (φ, safe_low, safe_high) computes the softmax with the unified max φ (runtime/unified_max.py):
     e^(s - φ) / Σ e^(s - φ) for rows whose max score is in [safe_low, safe_high]; the other rows take the
     ordinary softmax and are counted into `fallbacks` (int tensor [1]), as the kernels do.
+    rotary_tables: (cos, sin) [B|1, S, D] to rotate q and k first (rotary, rotate-half, rounded to their dtype:
+    the rotary op fused into the attention op), or None when q and k arrive rotated.
     Returns [B, S, Hq*D] in q's dtype; scores and softmax in float32.
     """
+    if rotary_tables is not None:
+        q, k = (rotary(x, *rotary_tables, head_dim, "flat") for x in (q, k))
     b, s, _ = q.shape
     qh = q.view(b, s, n_heads, head_dim).transpose(1, 2).float()          # [B, Hq, S, D]
     kh = k.view(b, s, n_kv_heads, head_dim).transpose(1, 2)               # [B, Hkv, S, D]

@@ -135,6 +135,42 @@ def test_decode_attention_writes_the_new_key_and_value(starts, num_splits, min_s
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("starts,num_splits,min_split_keys,block_n", [DECODE_CASES[1], DECODE_CASES[4]])
+@pytest.mark.parametrize("unified", [None, (0.0, -9.0, 10.5)], ids=["synchronized", "unified"])
+def test_decode_attention_rotates_q_and_the_new_key(starts, num_splits, min_split_keys, block_n, heads, dtype,
+                                                    unified):
+    """rotary: q and the step's key arrive unrotated with each position's cos/sin rows; the kernel rotates
+    them (the plan's rotary ops fused in): the output is reference attention of the rotated q, k, and the cache
+    holds the key as the rotary kernel would have rotated it."""
+    from fdpp.codegen.kernels.rotary import rotary
+
+    q, k, v, positions, k_cache, v_cache = _step(len(starts), 1, heads, dtype, starts, seed=26)
+    n_heads, n_kv_heads, head_dim = heads
+    angles = random_tensor((len(starts), 1, head_dim), torch.float32, DEVICE) * 3.0
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref = attention_prefill.attention_reference(q, k, v, positions, k_ref, v_ref, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5,
+                                                unified=unified, rotary_tables=(cos, sin))
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    kv_cache.write_kv(rotary(k, cos, sin, head_dim), v, positions, expected_k, expected_v)
+    with poisoned_allocations():
+        out = attention_decode.attention_decode(q, k_cache, v_cache, positions, n_heads=n_heads,
+                                                n_kv_heads=n_kv_heads, head_dim=head_dim, scale=head_dim ** -0.5,
+                                                unified=unified, new_kv=(k, v), rotary=(cos, sin),
+                                                num_splits=num_splits, min_split_keys=min_split_keys,
+                                                block_n=block_n)
+    assert_close(out, ref, "attention_decode (rotary)")
+    assert_close(k_cache, expected_k, "attention_decode (rotated key in the cache)")
+    assert torch.equal(v_cache, expected_v)
+    unrotated = attention_prefill.attention_reference(q, k, v, positions, k_cache.clone(), v_cache.clone(),
+                                                      n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                                                      scale=head_dim ** -0.5)
+    assert not torch.allclose(out.float(), unrotated.float(), atol=1e-2)   # the rotation did take effect
+
+
 def test_decode_attention_reuses_a_workspace():
     heads = (9, 3, 64)
     q, k, v, positions, k_cache, v_cache = _step(3, 1, heads, torch.float32, [5, 70, 33], seed=24)

@@ -20,6 +20,7 @@ from fdpp.passes.fuse_gated_mlp import fuse_gated_mlp
 from fdpp.passes.fuse_linear_epilogues import fuse_linear_epilogues, stacked_key
 from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
+from fdpp.passes.fuse_rotary_into_attention import fuse_rotary_into_attention
 from fdpp.passes.insert_kv_cache import insert_kv_cache
 from fdpp.passes.pass_manager import PassContext, PassManager, PassResult
 from fdpp.passes.pipeline import PIPELINE
@@ -99,7 +100,8 @@ def test_pipeline_covers_every_pass_tested_here():
     assert [name for name, _ in PIPELINE] == ["canonicalize", "fuse_rms_norm", "fuse_rotary", "fuse_attention",
                                              "fuse_gated_mlp", "fold_position_tables", "insert_kv_cache",
                                              "prune_weights", "calibrate_softmax", "fuse_linear_epilogues",
-                                             "select_kernels", "encode_sparse_weights"]
+                                             "fuse_rotary_into_attention", "select_kernels",
+                                             "encode_sparse_weights"]
     # prune_weights and encode_sparse_weights are tested in test_prune.py and test_sparse_bundles.py
 
 
@@ -227,6 +229,20 @@ def test_insert_kv_cache(stages):
     assert [n.attr("layer") for n in attention] == list(range(LAYERS))
     assert all(len(n.inputs) == 4 and n.inputs[3] == "positions" for n in attention)
     assert after.config["kv_layers"] == LAYERS and after.config["head_dim"] == 16
+    assert_same_numbers(before, after)
+
+
+def test_fuse_rotary_into_attention(stages):
+    before, result = stages["fuse_rotary_into_attention"]
+    after = result.graph
+    if stages["model"] == "opt":   # learned positions: no rotary to move
+        assert not result.modified and after.count(Op.ROTARY) == 0
+        return
+    assert result.changes == {"rotary_into_attention": LAYERS}
+    assert before.count(Op.ROTARY) == 2 * LAYERS and after.count(Op.ROTARY) == 0
+    for n in (n for n in after.nodes if n.op is Op.ATTENTION):
+        assert n.attr("rotary") is True and len(n.inputs) == 6
+        assert [after.node(i).op for i in n.inputs[4:]] == [Op.POSITION_LOOKUP] * 2
     assert_same_numbers(before, after)
 
 
@@ -425,6 +441,35 @@ def test_fuse_rotary_hand_made():
         "strided-slices", "slices-of-another-tensor"])
 def test_fuse_rotary_near_misses(kwargs):
     assert_left_alone(fuse_rotary, rotary_graph(**kwargs), Op.ROTARY)
+
+
+# --- fuse_rotary_into_attention: positive and near-misses -------------------------------------
+
+
+def rotated_attention_graph(*, k_tables="same", layout="flat", head_dim=4, q_also_output=False) -> Graph:
+    """ATTENTION(ROTARY(q), ROTARY(k), v, positions) over 2 heads of 4, cos/sin [1, seq, 4] per position."""
+    b = GraphBuilder()
+    q, k, v = (b.input(name, (B, S, 8)) for name in "qkv")
+    positions = b.input("positions", (B, S), "int64")
+    cos, sin = b.input("cos", (1, S, 4)), b.input("sin", (1, S, 4))
+    other_cos = b.input("cos2", (1, S, 4)) if k_tables == "other" else cos
+    q_rot = b.op(Op.ROTARY, [q, cos, sin], (B, S, 8), head_dim=head_dim, layout=layout)
+    k_rot = b.op(Op.ROTARY, [k, other_cos, sin], (B, S, 8), head_dim=head_dim, layout=layout)
+    out = b.op(Op.ATTENTION, [q_rot, k_rot, v, positions], (B, S, 8), n_heads=2, n_kv_heads=2, head_dim=4,
+               scale=0.5, layer=0)
+    return b.build(out, *([q_rot] if q_also_output else []))
+
+
+def test_fuse_rotary_into_attention_hand_made():
+    after = assert_fused(fuse_rotary_into_attention, rotated_attention_graph(), Op.ATTENTION)
+    (attention,) = [n for n in after.nodes if n.op is Op.ATTENTION]
+    assert after.count(Op.ROTARY) == 0 and attention.inputs == ("q", "k", "v", "positions", "cos", "sin")
+
+
+@pytest.mark.parametrize("kwargs", [dict(k_tables="other"), dict(head_dim=2), dict(q_also_output=True)],
+                         ids=["k-rotated-by-other-tables", "rotary-head-dim-differs", "rotated-q-read-elsewhere"])
+def test_fuse_rotary_into_attention_near_misses(kwargs):
+    assert_left_alone(fuse_rotary_into_attention, rotated_attention_graph(**kwargs), None)
 
 
 # --- fuse_attention: positive and near-misses ------------------------------------------------

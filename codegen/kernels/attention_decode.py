@@ -16,6 +16,8 @@ counter to zero, so the counters are zero between launches (allocate them zeroed
 fixed at launch (a CUDA graph replays it); each sequence divides its own length by it, but never into
 slices shorter than `min_split_keys`, so short contexts use fewer slices ("active") and the other programs
 return at once, touching nothing. A sequence in one slice skips the combine: its program writes the output.
+With WRITE_KV the program whose slice holds the new position stores the step's key and value first; with ROTARY
+q and that key arrive unrotated and are rotated on load (the plan's rotary ops fused in).
 Sequence b attends to cache slots 0..positions[b] (its length is that + 1).
 """
 
@@ -57,6 +59,23 @@ def _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_N, BLOCK_D]
         acc = dot_exact(probabilities.to(v.dtype), v, acc)
     return acc, running_max, running_sum
+
+
+@triton.jit
+def _load_head_rows(row_ptrs, dims, mask, cos_row_ptr, sin_row_ptr, HEAD_DIM: tl.constexpr, ROTARY: tl.constexpr):
+    """Head vectors at row_ptrs + dims (dims < HEAD_DIM), and when ROTARY rotated by the cos/sin row at
+    cos_row_ptr/sin_row_ptr (rotate-half, in float32, rounded back to their dtype as the rotary kernel does)."""
+    x = tl.load(row_ptrs + dims, mask=mask, other=0.0)
+    if ROTARY:
+        HALF: tl.constexpr = HEAD_DIM // 2
+        low = dims < HALF
+        partner = tl.load(row_ptrs + tl.where(low, dims + HALF, dims - HALF), mask=mask, other=0.0)
+        cos = tl.load(cos_row_ptr + dims, mask=dims < HEAD_DIM, other=0.0).to(tl.float32)
+        sin = tl.load(sin_row_ptr + dims, mask=dims < HEAD_DIM, other=0.0).to(tl.float32)
+        # x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x_high, x_low)
+        partner = partner.to(tl.float32)
+        x = (x.to(tl.float32) * cos + tl.where(low, -partner, partner) * sin).to(x.dtype)
+    return x
 
 
 @triton.jit
@@ -135,8 +154,11 @@ def attention_decode_kernel(
     fallbacks_ptr,          # [1] int32: incremented by the number of rows recomputed (unified only)
     new_k_ptr,              # [B, Hkv*D] this step's keys (read only when WRITE_KV), unit stride along the last axis
     new_v_ptr,              # [B, Hkv*D] this step's values (read only when WRITE_KV), likewise
+    cos_ptr,                # [B, D] rotary cos row of each query's position (read only when ROTARY)
+    sin_ptr,                # [B, D] rotary sin rows, laid out as cos
     new_k_stride_batch,     # elements between sequences of new_k (it may be a view into a fused QKV output)
     new_v_stride_batch,     # elements between sequences of new_v
+    rotary_stride_batch,    # elements between sequences of cos and sin
     n_heads,                # Hq
     n_kv_heads,             # Hkv
     splits,                 # slices per (sequence, KV head): grid axis 2
@@ -160,6 +182,7 @@ def attention_decode_kernel(
     SPLIT_CHUNK: tl.constexpr,   # slices the combine reads per step (GROUP_P2 * SPLIT_CHUNK * BLOCK_D floats)
     UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
     WRITE_KV: tl.constexpr,      # first store this step's key and value into the cache at the query's position
+    ROTARY: tl.constexpr,        # q and the new key arrive unrotated: rotate them (rotate-half) on load (needs WRITE_KV)
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -175,8 +198,11 @@ def attention_decode_kernel(
         row_ok = group_rows < GROUP
         dims = tl.arange(0, BLOCK_D)
         dim_ok = dims < HEAD_DIM
-        q = tl.load(q_ptr + batch * q_stride_batch + heads[:, None] * HEAD_DIM + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)                       # [BLOCK_GROUP, BLOCK_D]
+        cos_row = cos_ptr + batch * rotary_stride_batch
+        sin_row = sin_ptr + batch * rotary_stride_batch
+        q = _load_head_rows(q_ptr + batch * q_stride_batch + heads[:, None] * HEAD_DIM, dims[None, :],
+                            row_ok[:, None] & dim_ok[None, :], cos_row, sin_row, HEAD_DIM,
+                            ROTARY)                                                          # [BLOCK_GROUP, BLOCK_D]
         cache_offset = batch * cache_stride_batch + kv_head.to(tl.int64) * cache_stride_head
         k_base = k_cache_ptr + cache_offset
         v_base = v_cache_ptr + cache_offset
@@ -188,8 +214,9 @@ def attention_decode_kernel(
                 # No other slice reads that slot, and the last-arriving program acquires it with the ticket.
                 new_slot = (length - 1).to(tl.int64) * cache_stride_seq + dims
                 within = kv_head * HEAD_DIM + dims
-                tl.store(k_base + new_slot, tl.load(new_k_ptr + batch * new_k_stride_batch + within, mask=dim_ok),
-                         mask=dim_ok)
+                new_key = _load_head_rows(new_k_ptr + batch * new_k_stride_batch + kv_head * HEAD_DIM, dims, dim_ok,
+                                          cos_row, sin_row, HEAD_DIM, ROTARY)                # [BLOCK_D]
+                tl.store(k_base + new_slot, new_key, mask=dim_ok)
                 tl.store(v_base + new_slot, tl.load(new_v_ptr + batch * new_v_stride_batch + within, mask=dim_ok),
                          mask=dim_ok)
                 tl.debug_barrier()
@@ -243,6 +270,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
                      unified: tuple[float, float, float] | None = None, fallbacks: torch.Tensor | None = None,
                      new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                      num_splits: int = 4, min_split_keys: int = 64, block_n: int = 64, num_warps: int = 4,
                      num_stages: int = 2, workspace: tuple | None = None) -> torch.Tensor:
     """One query per sequence: q [B, 1, Hq*D] (or [B, Hq*D]) over the cache [B_cap, Hkv, T_cap, D] after
@@ -250,6 +278,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
     new_kv: this step's (k, v), each [B, 1, Hkv*D] (or [B, Hkv*D]) with unit stride along the last axis; the
     kernel then writes them into the caches at each sequence's position itself (what write_kv would do).
+    rotary: (cos, sin), each [B, 1, D] (or [B, D]) for each query's position: q and new_kv's key arrive unrotated
+    and the kernel rotates them (rotate-half) as it loads them; needs new_kv.
 
     unified: (φ, safe_low, safe_high) for the unified-max scheme, None for synchronized. fallbacks: int32 [1]
     counter the unified kernel adds its recomputed rows to. Config: num_splits, min_split_keys (a multiple of
@@ -282,16 +312,22 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     require(new_kv is None or (new_k.shape == new_v.shape == (batch, n_kv_heads * head_dim) and new_k.stride(-1) == 1
                                and new_v.stride(-1) == 1 and new_k.dtype == new_v.dtype == k_cache.dtype),
             "attention_decode", f"new_kv must be two [{batch}, 1, {n_kv_heads * head_dim}] tensors of the cache dtype")
+    cos, sin = rotary if rotary is not None else (q, q)                # never read without ROTARY
+    cos, sin = cos.reshape(batch, -1), sin.reshape(batch, -1)
+    require(rotary is None or (new_kv is not None and cos.shape == sin.shape == (batch, head_dim)
+                               and cos.stride() == sin.stride() and cos.stride(-1) == 1),
+            "attention_decode", f"rotary needs new_kv and (cos, sin) as two [{batch}, 1, {head_dim}] tensors "
+                                f"of equal strides")
     phi, safe_low, safe_high = unified if unified is not None else (0.0, 0.0, 0.0)
     out = torch.empty((batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
     if batch:
         group = n_heads // n_kv_heads
         attention_decode_kernel[(batch, n_kv_heads, num_splits)](
             queries, k_cache, v_cache, positions, out, partial_out, partial_max, partial_sum, arrivals, fallbacks,
-            new_k, new_v, new_k.stride(0), new_v.stride(0), n_heads, n_kv_heads, num_splits, min_split_keys,
+            new_k, new_v, cos, sin, new_k.stride(0), new_v.stride(0), cos.stride(0), n_heads, n_kv_heads, num_splits, min_split_keys,
             float(scale), float(phi), float(safe_low), float(safe_high), queries.stride(0), positions.stride(0),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16),
             HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
             GROUP_P2=block_for(group), SPLIT_CHUNK=combine_chunk(group, num_splits), UNIFIED=unified is not None,
-            WRITE_KV=new_kv is not None, num_warps=num_warps, num_stages=num_stages)
+            WRITE_KV=new_kv is not None, ROTARY=rotary is not None, num_warps=num_warps, num_stages=num_stages)
     return out.view(q.shape)
