@@ -32,6 +32,7 @@ from fdpp.codegen.kernels.rotary import rotary_kernel
 from fdpp.codegen.kernels.sparse_linear import (bitmap_linear_kernel, default_num_warps, default_split_k,
                                                 sum_splits_kernel, tiled_csl_linear_kernel)
 from fdpp.compiler.errors import CompileError
+from fdpp.runtime.dims import always_multiple_of
 from fdpp.runtime.reference_ops import linear_operands
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import PARTS
@@ -80,9 +81,11 @@ class _Builder:
                workspace: dict | None = None) -> None:
         # Like Triton's JIT, tell the compiler which ints are multiples of 16 (strides, N, K): without it,
         # loads along a row cannot be vectorised and a memory-bound kernel runs at half speed (seen on an
-        # H200). Only static values qualify; the launcher checks the assumption at every launch.
+        # H200). Static values qualify, and size expressions that are multiples of 16 whatever the sizes
+        # (e.g. a cache stride "4096 * capacity"); the launcher checks the assumption at every launch.
         divisible = tuple(name for name, ty, value in args
-                          if ty.startswith("*") or (isinstance(value, int) and value and value % 16 == 0))
+                          if ty.startswith("*") or (isinstance(value, (int, str)) and value != 0
+                                                    and always_multiple_of(value, 16)))
         spec = KernelSpec(fn, tuple((name, ty) for name, ty, _ in args), tuple(sorted(constexprs.items())),
                           num_warps, num_stages, divisible)
         self.out.specs[spec.key] = spec

@@ -44,6 +44,22 @@ def _eval(node: ast.expr, env: Mapping[str, int]) -> int:
     return _FUNCTIONS[node.func.id](*(_eval(a, env) for a in node.args))
 
 
+def always_multiple_of(expr: int | str, factor: int) -> bool:
+    """Whether `expr` is a multiple of `factor` for every value of its sizes: a constant that is one, a product
+    with such a factor, a sum or difference of such terms. False where that cannot be shown (it may still be)."""
+    def provable(node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value % factor == 0
+        if isinstance(node, ast.UnaryOp):
+            return provable(node.operand)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            return provable(node.left) or provable(node.right)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            return provable(node.left) and provable(node.right)
+        return False                                   # a size, a quotient, cdiv/min/max
+    return expr % factor == 0 if isinstance(expr, int) else provable(_parse(expr))
+
+
 def evaluate_dim(expr: int | str, env: Mapping[str, int]) -> int:
     """An int stays itself; a string expression is evaluated over `env`."""
     if isinstance(expr, int):

@@ -18,6 +18,7 @@ from fdpp.codegen.elf import EM_AMDGPU, EM_CUDA, function_symbols, read_elf_arch
 from fdpp.codegen.kernels import _probe
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.targets import TARGETS, get_target
+from fdpp.runtime.dims import always_multiple_of
 from fdpp.runtime.errors import BundleError
 from fdpp.runtime.kernel_binary import CompiledKernel, LaunchError, PackedArguments, load_kernel, save_kernel
 
@@ -140,3 +141,24 @@ def test_arguments_pack_into_the_slots_the_driver_reads(cache):
 def test_elf_reader_rejects_what_is_not_a_gpu_code_object():
     with pytest.raises(ValueError, match="not an ELF"):
         read_elf_arch(b"PK\x03\x04" + bytes(100))
+
+
+@pytest.mark.parametrize("expr,expected", [
+    (48, True), (8, False), ("4096 * capacity", True), ("seq * 12288", True), ("seq * 12", False), ("rows", False),
+    ("cdiv(rows, 16)", False), ("16 * a + 32", True), ("16 * a + 3", False), ("capacity * 64 - 16 * seq", True)])
+def test_size_expressions_provably_multiples_of_16(expr, expected):
+    assert always_multiple_of(expr, 16) is expected
+
+
+def test_launch_hints_strides_that_are_multiples_of_16_whatever_the_sizes():
+    """A cache stride such as "4096 * capacity" is hinted divisible like a static 4096 (as Triton's JIT would
+    see it at run time), so loads through it vectorise; "rows" and odd products are not."""
+    from fdpp.codegen.kernels.rotary import rotary_kernel
+    from fdpp.codegen.launch_specs import _Builder
+
+    builder = _Builder()
+    builder.launch(rotary_kernel, ("rows",), [("x_ptr", "*fp16", "x"), ("a", "i32", "4096 * capacity"),
+                                              ("b", "i32", "seq * 12"), ("c", "i32", "rows"), ("d", "i32", 64),
+                                              ("e", "i32", 0)], {})
+    (spec,) = builder.out.specs.values()
+    assert spec.divisible_by_16 == ("x_ptr", "a", "d")
