@@ -134,8 +134,18 @@ def step_bytes(model, step, batch: int, context: int, shapes: dict[str, tuple]) 
     return total
 
 
+def _linear_shape(model, step) -> str:
+    """'N x K' of a LINEAR's weight as the graph sees it (sparse: the encoded matrix's logical shape), so the
+    per-op table shows each projection's share of the step."""
+    if "sparse" in step.attrs:
+        n, k = step.attrs["sparse"]["shape"]
+    else:
+        n, k = model.bundle.weights[step.inputs[1][1:]].shape
+    return f"{n}x{k}"
+
+
 def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict]:
-    """Per op kind and kernel, the GPU time of one decode step at this batch and context, the bytes it must
+    """Per op kind, kernel and (for linears) weight shape, the GPU time of one decode step at this batch and context, the bytes it must
     move, and the bandwidth that gives against the measured copy bandwidth.
 
     Every step's inputs come from one decode step whose buffers are all kept; then, per kind, all steps of
@@ -147,21 +157,22 @@ def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict
     positions = torch.full((batch, 1), context, device=model.device)
     env = executor.launch_env(batch, 1, cache)
     buffers = {"tokens": tokens, "positions": positions}
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str, str], list] = {}
     for step in model.plan.steps:
         buffers[step.output] = executor.run_step(step, buffers, cache, env, "decode")
         choice = step.kernel_for(batch, "decode")
         if step.op.value not in ("reshape", "slice"):
-            groups.setdefault((step.op.value, choice.kernel if choice else "torch"), []).append(step)
+            shape = _linear_shape(model, step) if step.op.value == "linear" else ""
+            groups.setdefault((step.op.value, choice.kernel if choice else "torch", shape), []).append(step)
     shapes = {"tokens": ("batch", "seq"), "positions": ("batch", "seq"),
               **{s.output: tuple(s.out_shape) for s in model.plan.steps}}
     rows = []
-    for (op, kernel), steps in groups.items():
+    for (op, kernel, shape), steps in groups.items():
         ms = graph_replay_ms([lambda step=step: executor.run_step(step, buffers, cache, env, "decode")
                               for step in steps], replays=10, warm_replays=3)
         moved = sum(step_bytes(model, step, batch, context, shapes) for step in steps)
         gbs = moved / (ms * 1e6) if ms > 0 else 0.0
-        rows.append({"op": op, "kernel": kernel, "steps": len(steps), "ms": ms, "bytes": moved, "gbs": gbs,
+        rows.append({"op": op, "kernel": kernel, "shape": shape, "steps": len(steps), "ms": ms, "bytes": moved, "gbs": gbs,
                      "fraction_of_copy": gbs / copy_gbs if copy_gbs else None})
     return sorted(rows, key=lambda r: -r["ms"])
 
@@ -230,9 +241,9 @@ def format_table(result: dict) -> str:
     lines.append(f"one decode step by op kind (each kind's steps replayed in a CUDA graph), batch {b['batch']}, "
                  f"context {b['context']}: {total:.3f} ms summed, {moved / 1e6:.1f} MB moved, "
                  f"{moved / (total * 1e6):.0f} GB/s; copy bandwidth {result.get('copy_gbs', float('nan')):.0f} GB/s")
-    lines.append(f"  {'op':<16} {'kernel':<28} {'steps':>5} {'ms':>8} {'share':>6} {'MB':>9} {'GB/s':>7} {'%copy':>6}")
-    for o in b["ops"][:14]:
-        lines.append(f"  {o['op']:<16} {o['kernel']:<28} {o.get('steps', 0):>5} {o['ms']:8.3f} {100 * o['ms'] / total:5.1f}% "
+    lines.append(f"  {'op':<16} {'kernel':<28} {'shape':<11} {'steps':>5} {'ms':>8} {'share':>6} {'MB':>9} {'GB/s':>7} {'%copy':>6}")
+    for o in b["ops"][:16]:
+        lines.append(f"  {o['op']:<16} {o['kernel']:<28} {o.get('shape', ''):<11} {o.get('steps', 0):>5} {o['ms']:8.3f} {100 * o['ms'] / total:5.1f}% "
                      f"{o.get('bytes', 0) / 1e6:9.2f} {o.get('gbs', 0):7.0f} {100 * (o.get('fraction_of_copy') or 0):5.1f}%")
     return "\n".join(lines)
 
