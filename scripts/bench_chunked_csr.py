@@ -4,7 +4,7 @@ sparsity 50-90%. Each config is checked against a float64 product (relative erro
 scripts/bench_sparse.py times (rotating weight copies, GPU sleep, events, median). Prints the best config
 per point and writes every row to ccsr.jsonl.
 
-    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr
+    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear
+from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config
 from fdpp.codegen.kernels.sparse_linear import sparse_linear
 from fdpp.runtime.sparse_formats import SparseWeight, encode_bitmap, encode_chunked_csr
 
@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--vectors", default="4,8", help="entries a thread loads at once")
     parser.add_argument("--num-warps", default="4")
     parser.add_argument("--prefetch", default="1", help="0, 1 or 0,1: software pipelining off / on")
+    parser.add_argument("--default-only", action="store_true",
+                        help="time only the config the wrapper and the dataflow use (no sweep)")
     args = parser.parse_args()
     sweep = {name: [int(v) for v in getattr(args, name.replace("vector", "vectors")).split(",")]
              for name in ("block_n", "chunks", "split_k", "vector", "num_warps")}
@@ -77,7 +79,8 @@ def main() -> int:
                 assert BENCH.relative_error(sparse_linear(x, bitmaps[0]), ref) < BENCH.MAX_ERROR
                 bitmap_us = BENCH.time_us([lambda w=w: sparse_linear(x, w) for w in bitmaps])
                 rows = []
-                for cfg in configs(m, sweep):
+                chunks = csr.tensors["bases"].shape[1]
+                for cfg in [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep):
                     t = csr_sets[0]
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
                                                                     **cfg), ref)

@@ -11,9 +11,10 @@ one row, interleave_rows first lays x out with each column's ROWS values side by
 per entry gathers every row (rather than a gather per entry and row); the loads of a step's entries are
 issued during the step before.
 
-Measured on an H200 (docs/perf/2026-11-22-h200-chunked-csr-interleaved.md, Llama-2-7B shapes, 70%
-sparsity): 1.56-1.66x cuBLAS on the dense weight at M = 1, 1.19-1.39x at M = 2, 1.00-1.17x at M = 4 and
-0.68-0.79x at M = 8, where the scattered 16-byte gathers keep L1 ~80% busy (ncu).
+The entries are loaded evict-first, since each is read once. Measured on an H200
+(docs/perf/2026-11-23-h200-evict-first.md, Llama-2-7B shapes, 70% sparsity): 1.61-1.75x cuBLAS on the
+dense weight at M = 1, 1.27-1.47x at M = 2, 1.05-1.21x at M = 4 and 0.71-0.81x at M = 8, where the scattered
+16-byte gathers keep L1 ~80% busy (ncu).
 """
 
 from __future__ import annotations
@@ -153,8 +154,9 @@ def _load_step(c, last_chunk, feature_ok, row_entries, entry_in_step, row_bases,
     entry = tl.max_contiguous(tl.multiple_of(row_entries + c * CHUNK + entry_in_step, (1, 1, VECTOR)),
                               (1, 1, VECTOR))
     entry_ok = chunk_ok[:, :, None]
-    value = tl.load(values_ptr + entry, mask=entry_ok, other=0.0)
-    offset = tl.load(offsets_ptr + entry, mask=entry_ok, other=0)
+    # entries are read once: evict them first, so x's lines stay in the caches for the gathers
+    value = tl.load(values_ptr + entry, mask=entry_ok, other=0.0, eviction_policy="evict_first")
+    offset = tl.load(offsets_ptr + entry, mask=entry_ok, other=0, eviction_policy="evict_first")
     return value, offset, base
 
 
@@ -301,10 +303,16 @@ def default_chunked_csr_config(n: int, chunks_per_row: int, m: int) -> dict:
     """rows (gathered together), block_n, chunks (per step), split_k, vector, num_warps, prefetch for a weight
     of n rows and m rows of x: the best of H200 sweeps (scripts/bench_chunked_csr.py, Llama-2-7B's shapes
     at 70%; docs/perf/2026-11-22-h200-chunked-csr-interleaved.md). Weights of <= 8192 rows take 2 rows per
-    program at M = 1, so the grid fills the GPU. Pipelining gains 0-8% up to 4 rows and nothing at 8, where
-    the L1 gathers bound the kernel."""
+    program at M = 1, so the grid fills the GPU, and the stacked gate/up weight (> 16384 rows) 8, which
+    was 3% faster there (docs/perf/2026-11-23-h200-evict-first.md). Pipelining gains 0-8% up to 4 rows and
+    nothing at 8, where the L1 gathers bound the kernel."""
     rows = min(block_for(m), 8)
-    block_n, chunks = (8, 4) if rows == 8 else (2, 8) if rows == 1 and n <= 8192 else (4, 8)
+    if rows == 8:
+        block_n, chunks = 8, 4
+    elif rows == 1:
+        block_n, chunks = (2 if n <= 8192 else 8 if n > 16384 else 4), 8
+    else:
+        block_n, chunks = 4, 8
     return {"rows": rows, "block_n": block_n, "chunks": chunks, "split_k": 1, "vector": 8, "num_warps": 4,
             "prefetch": rows < 8}
 
