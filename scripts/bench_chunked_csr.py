@@ -68,6 +68,7 @@ def main() -> int:
             dense_sets = BENCH.copies({"w": weight}, weight.numel() * 2)
             csr = encode_chunked_csr(weight)
             csr_sets = BENCH.copies(csr.tensors, csr.nbytes)
+            chunks = csr.tensors["bases"].shape[1]                         # chunks per weight row
             bitmap = encode_bitmap(weight.cpu(), (16, 256))
             on_device = {part: t.cuda() for part, t in bitmap.tensors.items()}
             bitmaps = [SparseWeight(bitmap.format, bitmap.shape, bitmap.padded_shape, bitmap.tile, bitmap.nnz,
@@ -79,7 +80,6 @@ def main() -> int:
                 assert BENCH.relative_error(sparse_linear(x, bitmaps[0]), ref) < BENCH.MAX_ERROR
                 bitmap_us = BENCH.time_us([lambda w=w: sparse_linear(x, w) for w in bitmaps])
                 rows = []
-                chunks = csr.tensors["bases"].shape[1]
                 for cfg in [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep):
                     t = csr_sets[0]
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
