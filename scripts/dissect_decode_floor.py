@@ -2,8 +2,9 @@
 
 Timed as CUDA-graph replays over rotating inputs, like scripts/bench_attention.py (whose helpers it uses):
 - a plain streaming read (a Triton kernel summing every fp16 element, one float out per program) of 4-67 MB
-  over several grid sizes, and torch's copy of the same bytes: the best one launch of that size does in this
-  harness, as % of the large-copy bandwidth the benches divide by;
+  over several grid sizes, and torch's copy of the same bytes: what one launch of that size does in this
+  harness, as % of the large-copy bandwidth the benches divide by (a grid too large for the bytes reads
+  nothing and is timed as an "empty launch");
 - the shipped decode attention kernel (unified max) and variants made from its source text with one part taken
   out: the combine ("no_combine": no arrival ticket, so no program combines), the load of the sequence length
   ("known_length": the length comes as a launch argument), and both. The variants are diagnostics: they skip
@@ -84,16 +85,15 @@ def stream_rows(copy_gbs: float) -> list[dict]:
                      "bw": 2 * nbytes / (us * 1e-6) / 1e9 / copy_gbs})
         del copies
         for grid in (66, 132, 264, 528, 1056):
-            per_program = nbytes // 2 // grid // block * block
-            if per_program == 0:                          # fewer than `block` elements a program: no such row
-                continue
+            per_program = nbytes // 2 // grid // block * block   # 0 when a program gets less than a block:
+            kind = "stream read" if per_program else "empty launch"   # the launch alone (one store a program)
             out = torch.empty(grid, device="cuda", dtype=torch.float32)
             for stages in (3, 5):
                 calls = [lambda s=s: stream_read_kernel[(grid,)](s, out, per_program, BLOCK=block, num_warps=8,
                                                                    num_stages=stages) for s in sets]
                 us = attention_bench.graph_time_us(calls, nbytes)
                 moved = grid * per_program * 2
-                rows.append({"kind": f"stream read st={stages}", "mb": moved / 1e6, "grid": grid, "us": us,
+                rows.append({"kind": f"{kind} st={stages}", "mb": moved / 1e6, "grid": grid, "us": us,
                              "bw": moved / (us * 1e-6) / 1e9 / copy_gbs})
         sets.clear()
         torch.cuda.empty_cache()
