@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -49,15 +50,15 @@ def cli():
 @click.option("--sparsity", type=float, default=0.0, show_default=True,
               help="Unstructured sparsity in [0, 1) for every linear weight except embeddings and lm_head "
                    "(Flash-LLM); the weights are pruned, then stored dense or re-encoded per layer.")
-@click.option("--prune", type=click.Choice(PRUNE_METHODS), default="wanda", show_default=True,
+@click.option("--prune", type=click.Choice(PRUNE_METHODS), default=None,
               help="Pruning score, compared within each output row: magnitude |W|, or wanda |W| times the "
-                   "input channel's activation norm on the calibration text.")
-@click.option("--sparse-format", type=click.Choice(SPARSE_FORMATS), default="auto", show_default=True,
+                   "input channel's activation norm on the calibration text.  [default: wanda; needs --sparsity]")
+@click.option("--sparse-format", type=click.Choice(SPARSE_FORMATS), default=None,
               help="Storage of pruned weights. auto: per layer the cheapest of dense, bitmap, tiled_csl and "
                    "chunked_csr over the bundle's decode batch buckets, sparse only if it saves >= 10% "
                    "(chunked_csr wins up to 2 rows: compile with --max-batch 1 or 2 for small-batch serving); "
                    "dense keeps the pruned weights dense. Only dense and chunked_csr have the fused gate/up "
-                   "and residual epilogues.")
+                   "and residual epilogues.  [default: auto; needs --sparsity]")
 @click.option("--prune-include", multiple=True, metavar="PATTERN",
               help="Prune only weights whose name matches this pattern (fnmatch, e.g. '*mlp*'); repeatable. "
                    "Default: all linear weights.")
@@ -90,6 +91,13 @@ def compile(source, target, output, dtype, max_batch, max_seq_len, prefill_chunk
     """
     from fdpp.compiler.driver import compile_for_targets
 
+    pruning_options = [name for name, given in (("--prune", prune), ("--sparse-format", sparse_format),
+                                                ("--prune-include", prune_include), ("--prune-exclude", prune_exclude))
+                       if given]
+    if pruning_options and not sparsity:
+        raise CompileError(f"{', '.join(pruning_options)} only act on pruned weights; add --sparsity S (e.g. "
+                           f"--sparsity 0.5) or drop them")
+    prune, sparse_format = prune or CompileOptions.prune, sparse_format or CompileOptions.sparse_format
     if len(target) > 1 and "{target}" not in output:
         raise CompileError("several --target values need {target} in -o, e.g. -o model-{target}.fdpp")
     outputs = [Path(output.replace("{target}", t)) for t in target]
@@ -123,10 +131,12 @@ def targets():
 @cli.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--prompt", "-p", multiple=True, required=True, help="Prompt text; repeat for a batch.")
-@click.option("--max-new-tokens", "-n", type=int, default=32, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-k", type=int, default=0, show_default=True)
-@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sample from the k most likely tokens (0: all).")
+@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Sample from the smallest set of tokens whose probability reaches p.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default="auto", show_default=True,
               help="auto (the local GPU when the runtime can drive it, else the CPU), cpu, or cuda.")
@@ -138,12 +148,19 @@ def run(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, device,
 
     device = default_device() if device == "auto" else device
     model = fdpp.load(bundle, device=device)
+    if model.tokenizer is None:
+        raise FdppError(f"{bundle} has no tokenizer (built with --weights random, or from a source without one), so "
+                        f"`fdcc run` cannot take text; call generate() from Python with token ids instead")
     kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if stream and len(prompt) == 1:
         from fdpp.runtime.model import GenerationOutput
         out = GenerationOutput([], [], [])
+        events = model.stream(list(prompt), max_new_tokens, _result=out, **kwargs)
+        first = next(events, None)          # a prompt the bundle refuses fails here, before anything is printed
         click.echo(prompt[0], nl=False)
-        for event in model.stream(list(prompt), max_new_tokens, _result=out, **kwargs):
+        for event in ([first] if first is not None else []):
+            click.echo(event.text, nl=False)
+        for event in events:
             click.echo(event.text, nl=False)
         click.echo()
     else:
@@ -174,9 +191,11 @@ def inspect(bundle, as_json):
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Plain text file to score.")
-@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Score the first N tokens.")
-@click.option("--window", type=int, default=1024, show_default=True, help="Tokens per scored window.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=2), default=4096, show_default=True,
+              help="Score the first N tokens.")
+@click.option("--window", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Tokens per scored window (at most the bundle's max sequence length).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--decode", is_flag=True,
               help="Score through decode steps (one token at a time: the decode attention kernels) instead of "
                    "prefill.")
@@ -188,7 +207,13 @@ def eval_(bundle, text_file, max_tokens, window, device, decode):
     model = fdpp.load(bundle, device=device)
     if model.tokenizer is None:
         raise FdppError("this bundle has no tokenizer, so it cannot score text")
-    ids = model.tokenizer.encode(Path(text_file).read_text())[:max_tokens]
+    try:
+        text = Path(text_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FdppError(f"{text_file} is not UTF-8 text; give a plain text file to score") from None
+    ids = model.tokenizer.encode(text)[:max_tokens]
+    if len(ids) < 2:
+        raise FdppError(f"{text_file} holds {len(ids)} token(s); perplexity needs at least 2")
     window = min(window, model.envelope.max_seq_len)
     t0 = time.perf_counter()
     score = (lambda rows: model.decode_logits(rows[0])) if decode else model.logits
@@ -258,7 +283,13 @@ def tune(target, model, shapes, rows, dtype, output):
     _say(f"wrote {output}: {len(profile['entries'])} measurements on {profile['gpu']}")
 
 
+def _interrupt_on_sigterm(signum, frame) -> None:
+    """SIGTERM (a job scheduler, `kill`) stops fdcc the way Ctrl-C does, so partial outputs are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

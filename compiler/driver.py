@@ -42,6 +42,9 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+MAX_SEQ_LEN = 1 << 20   # position tables and KV caches are sized by --max-seq-len; past this they are not sane
+
+
 def validate_options(options: CompileOptions) -> None:
     if options.dtype not in DTYPES:
         raise CompileError(f"unknown dtype '{options.dtype}'; valid: {', '.join(DTYPES)}")
@@ -56,6 +59,12 @@ def validate_options(options: CompileOptions) -> None:
     if options.max_batch < 1 or options.max_seq_len < 16:
         raise CompileError(f"--max-batch must be >= 1 and --max-seq-len >= 16 (got {options.max_batch}, "
                            f"{options.max_seq_len})")
+    if options.max_seq_len > MAX_SEQ_LEN:
+        raise CompileError(f"--max-seq-len {options.max_seq_len} is over the {MAX_SEQ_LEN} positions fdcc builds "
+                           f"tables and KV caches for; give a smaller --max-seq-len")
+    if options.prefill_chunk < 1:
+        raise CompileError(f"--prefill-chunk must be >= 1 (prompt tokens per prefill launch), got "
+                           f"{options.prefill_chunk}")
     if options.weights not in ("real", "random"):
         raise CompileError(f"--weights must be real or random, got {options.weights}")
     if options.softmax not in SOFTMAX_MODES:

@@ -146,9 +146,32 @@ def load_profile(path: str | Path, target_name: str) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CompileError(f"cannot read profile {path}: {e}") from None
     if not isinstance(profile, dict) or profile.get("profile_version") != PROFILE_VERSION \
-            or not isinstance(profile.get("entries"), list):
+            or not isinstance(profile.get("entries"), list) or not isinstance(profile.get("gpu"), str):
         raise CompileError(f"{path} is not an fdcc tune profile (version {PROFILE_VERSION}); rerun fdcc tune")
     if profile.get("target") != target_name:
         raise CompileError(f"profile {path} was measured for {profile.get('target')}, not {target_name}; "
-                           f"tune on a {target_name} or drop --profile")
+                           f"run `fdcc tune -t {target_name}` on that GPU or drop --profile")
+    for index, entry in enumerate(profile["entries"]):
+        problem = _entry_problem(entry)
+        if problem:
+            raise CompileError(f"profile {path}: entry {index} {problem}; rerun fdcc tune or fix the entry")
     return profile
+
+
+_ENTRY_FIELDS = {"n": int, "k": int, "m": int, "kernel": str, "config": dict, "us": (int, float),
+                 "vendor_us": (int, float)}
+_PROFILE_KERNELS = ("tc_gemm", "flat_gemm", "gemv")
+
+
+def _entry_problem(entry) -> str | None:
+    """Why a profile entry cannot drive the dataflow, or None: the fields `select_kernels` reads, typed."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    for field, kind in _ENTRY_FIELDS.items():
+        if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
+            return f"needs '{field}' ({kind.__name__ if isinstance(kind, type) else 'number'})"
+    if entry["kernel"] not in _PROFILE_KERNELS:
+        return f"names kernel '{entry['kernel']}'; known: {', '.join(_PROFILE_KERNELS)}"
+    if min(entry["n"], entry["k"], entry["m"]) < 1 or not isinstance(entry.get("gated", False), bool):
+        return "needs n, k, m >= 1 and a boolean 'gated'"
+    return None

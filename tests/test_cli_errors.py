@@ -87,6 +87,9 @@ def paths(tmp_path_factory) -> types.SimpleNamespace:
     p.truncated = root / "truncated.fdpp"
     p.truncated.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
     p.wrong_version = _bundle_with_version(bundle, root / "v99.fdpp", 99)
+    (root / "empty.txt").write_text("")
+    (root / "binary.txt").write_bytes(bytes(range(128, 256)) * 8)
+    (root / "prose.txt").write_text("The capital of France is Paris, and the capital of Italy is Rome. " * 4)
     return p
 
 
@@ -128,6 +131,28 @@ def _error_cases(p) -> dict[str, tuple[tuple[list[str], Path | None], list[str],
         "run-wrong-version": (_command(["run", str(p.wrong_version), "-p", "hi"]), ["99", "not supported"], True),
         "run-prompt-too-long": (_command(["run", str(p.bundle), "-p", "x" * 200, "-n", "4"]),
                                 ["prompt of 200 tokens", "max sequence length 128"], True),
+        "prefill-chunk-zero": (_compile(p.model, out / "k.fdpp", "--prefill-chunk", "0"),
+                               ["--prefill-chunk must be >= 1"], True),
+        "max-seq-len-huge": (_compile(p.model, out / "l.fdpp", "--max-seq-len", "1000000000"),
+                             ["--max-seq-len 1000000000", "1048576"], True),
+        "prune-without-sparsity": (_compile(p.model, out / "m.fdpp", "--prune", "magnitude", "--sparse-format",
+                                            "bitmap"), ["--prune, --sparse-format", "add --sparsity"], True),
+        "eval-empty-text": (_command(["eval", str(p.bundle), "--text", str(p.root / "empty.txt")]),
+                            ["0 token", "at least 2"], True),
+        "eval-binary-text": (_command(["eval", str(p.bundle), "--text", str(p.root / "binary.txt")]),
+                             ["not UTF-8 text"], True),
+    }
+
+
+# name -> (command, the option click must name): out-of-range values click rejects before fdcc runs
+def _usage_cases(p) -> dict[str, tuple[tuple[list[str], Path | None], str]]:
+    prose = str(p.root / "prose.txt")
+    return {
+        "eval-window-1": (_command(["eval", str(p.bundle), "--text", prose, "--window", "1"]), "--window"),
+        "eval-max-tokens-negative": (_command(["eval", str(p.bundle), "--text", prose, "--max-tokens", "-1"]),
+                                     "--max-tokens"),
+        "run-zero-tokens": (_command(["run", str(p.bundle), "-p", "hi", "-n", "0"]), "--max-new-tokens"),
+        "run-top-p-zero": (_command(["run", str(p.bundle), "-p", "hi", "--top-p", "0"]), "--top-p"),
     }
 
 
@@ -144,6 +169,7 @@ def _ok_cases(p) -> dict[str, tuple[list[str], Path | None]]:
 @pytest.fixture(scope="module")
 def runs(paths) -> dict[str, Run]:
     commands = {name: case[0] for name, case in _error_cases(paths).items()}
+    commands.update({name: case[0] for name, case in _usage_cases(paths).items()})
     commands.update(_ok_cases(paths))
     # the slowest first, so that they overlap with the many short ones
     slow = ("output-in-proc", "unsupported-op")
@@ -153,9 +179,10 @@ def runs(paths) -> dict[str, Run]:
         return {name: f.result() for name, f in futures.items()}
 
 
-ERROR_CASES = list(_error_cases(types.SimpleNamespace(root=Path("r"), model=Path("m"), bundle=Path("b"),
-                                                      out=Path("o"), gpt2=Path("g"), truncated=Path("t"),
-                                                      wrong_version=Path("v"))))
+_NAMES_ONLY = types.SimpleNamespace(root=Path("r"), model=Path("m"), bundle=Path("b"), out=Path("o"), gpt2=Path("g"),
+                                    truncated=Path("t"), wrong_version=Path("v"))
+ERROR_CASES = list(_error_cases(_NAMES_ONLY))
+USAGE_CASES = list(_usage_cases(_NAMES_ONLY))
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -176,6 +203,16 @@ def test_bad_input_gives_one_error_line(case, runs, paths):
         assert not run.output.exists(), where
         if run.output.parent.is_dir() and run.output.parent != Path("/proc"):
             assert not [f for f in os.listdir(run.output.parent) if f.startswith(f".{run.output.name}")], where
+
+
+@pytest.mark.parametrize("case", USAGE_CASES)
+def test_out_of_range_option_is_refused_by_name(case, runs, paths):
+    run = runs[case]
+    option = _usage_cases(paths)[case][1]
+    where = f"\n$ {' '.join(run.args)}\n--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}"
+    assert run.returncode == 2 and "Traceback" not in run.stderr, where
+    assert option in run.stderr and "Invalid value" in run.stderr, where
+    assert run.stdout == "", f"nothing may be printed before the refusal{where}"
 
 
 def test_help_lists_the_commands(runs):

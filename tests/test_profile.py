@@ -69,6 +69,15 @@ def test_bad_profiles_are_refused(tmp_path):
     path.write_text(json.dumps(_profile([], target="a100")))
     with pytest.raises(CompileError, match="measured for a100, not h200"):
         load_profile(path, "h200")
+    good = _entry(64, 32, 1, "gemv", 3.0)
+    for bad, words in (({"n": 1}, "entry 1 needs 'k'"), ({**good, "m": "1"}, "entry 1 needs 'm'"),
+                       ({**good, "kernel": "magic"}, "entry 1 names kernel 'magic'"),
+                       ({**good, "m": 0}, "entry 1 needs n, k, m >= 1"), (["n", 1], "entry 1 is not an object")):
+        path.write_text(json.dumps(_profile([good, bad])))
+        with pytest.raises(CompileError, match=words.replace("(", r"\(")):
+            load_profile(path, "h200")
+    path.write_text(json.dumps(_profile([good])))
+    assert load_profile(path, "h200")["entries"] == [good]
 
 
 def test_model_shapes_and_tune_without_gpu(tmp_path):
