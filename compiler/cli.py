@@ -158,8 +158,8 @@ def run(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, device,
         events = model.stream(list(prompt), max_new_tokens, _result=out, **kwargs)
         first = next(events, None)          # a prompt the bundle refuses fails here, before anything is printed
         click.echo(prompt[0], nl=False)
-        for event in ([first] if first is not None else []):
-            click.echo(event.text, nl=False)
+        if first is not None:
+            click.echo(first.text, nl=False)
         for event in events:
             click.echo(event.text, nl=False)
         click.echo()

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from fdpp.compiler.errors import CompileError
+from fdpp.passes.select_kernels import LINEAR_KERNELS
 
 PROFILE_VERSION = 1
 FLAT_GEMM_GRID = {"block_n": (16, 32, 64), "block_k": (128, 256), "num_stages": (3, 4, 5)}
@@ -160,7 +161,6 @@ def load_profile(path: str | Path, target_name: str) -> dict:
 
 _ENTRY_FIELDS = {"n": int, "k": int, "m": int, "kernel": str, "config": dict, "us": (int, float),
                  "vendor_us": (int, float)}
-_PROFILE_KERNELS = ("tc_gemm", "flat_gemm", "gemv")
 
 
 def _entry_problem(entry) -> str | None:
@@ -170,8 +170,8 @@ def _entry_problem(entry) -> str | None:
     for field, kind in _ENTRY_FIELDS.items():
         if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
             return f"needs '{field}' ({kind.__name__ if isinstance(kind, type) else 'number'})"
-    if entry["kernel"] not in _PROFILE_KERNELS:
-        return f"names kernel '{entry['kernel']}'; known: {', '.join(_PROFILE_KERNELS)}"
+    if entry["kernel"] not in LINEAR_KERNELS:
+        return f"names kernel '{entry['kernel']}'; known: {', '.join(LINEAR_KERNELS)}"
     if min(entry["n"], entry["k"], entry["m"]) < 1 or not isinstance(entry.get("gated", False), bool):
         return "needs n, k, m >= 1 and a boolean 'gated'"
     return None

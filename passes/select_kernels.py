@@ -33,6 +33,7 @@ _EFFICIENCY = {
     "flat_gemm": {"bandwidth": 0.75, "compute": 0.50, "pad": 16, "max_rows": 64},
     "tc_gemm": {"bandwidth": 0.70, "compute": 0.75, "pad": 128, "max_rows": 1 << 30},
 }
+LINEAR_KERNELS = tuple(_EFFICIENCY)      # the dense linear kernels a choice (or a tune profile entry) may name
 
 
 def flat_gemm_config(n: int, k: int) -> dict[str, int]:
