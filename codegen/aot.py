@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fdpp.codegen.build import compile_kernel
+from fdpp.codegen.build import compile_kernel, takes_grid_dependency
 from fdpp.codegen.launch_specs import KernelSpec, step_launches
 from fdpp.compiler.targets import Target
 from fdpp.runtime.bundle import KERNELS_DIR
@@ -85,7 +85,8 @@ def build_plan_kernels(plan: Plan, dtype: str, target: Target, weight_shapes: di
             progress(f"  kernel {index}/{len(specs)}: {key} for {target.name} ({target.arch})")
         kernels.append(compile_kernel(spec.fn, target, dict(spec.signature), dict(spec.constexprs), name=key,
                                       num_warps=spec.num_warps, num_stages=spec.num_stages,
-                                      divisible_by_16=spec.divisible_by_16))
+                                      divisible_by_16=spec.divisible_by_16,
+                                      dependent_launch=target.dependent_launch and takes_grid_dependency(spec.fn)))
     members: dict[str, bytes] = {}
     for kernel in kernels:
         members[KERNELS_DIR + kernel.code_object_member] = kernel.binary

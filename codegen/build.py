@@ -88,6 +88,7 @@ def compile_kernel(
     num_stages: int = 3,
     divisible_by_16: Iterable[str] | None = None,
     nvidia_ptxas: NvidiaPtxas = "cuda12",
+    dependent_launch: bool = False,
     cache: KernelCache | None = None,
 ) -> CompiledKernel:
     """Compile `fn` (a `@triton.jit` function) for `target`.
@@ -95,10 +96,18 @@ def compile_kernel(
     `signature` gives the runtime arguments' triton types, `constexprs` the compile-time values; together they
     must name every argument of `fn` once. `divisible_by_16` names the arguments compiled assuming 16-byte
     alignment (None: every pointer). `name` (default: the function's name) names the bundle members.
+    `dependent_launch` (sm_90 and later) compiles a kernel that takes GRID_DEPENDENCY with it set and marks
+    the code object for a programmatic dependent launch; a kernel that takes GRID_DEPENDENCY gets False
+    otherwise.
     Returns a cached kernel when one with the same key exists; raises CompileError naming the kernel.
     """
     constexprs = dict(constexprs or {})
     name = name or fn.__name__
+    if takes_grid_dependency(fn):
+        constexprs.setdefault("GRID_DEPENDENCY", dependent_launch)
+    if dependent_launch and not (constexprs.get("GRID_DEPENDENCY") is True and target.dependent_launch):
+        raise CompileError(f"kernel '{name}' cannot be launched as a programmatic dependent on {target.name}: "
+                           f"it needs GRID_DEPENDENCY set (wait_for_producers) and an sm_90 or later target")
     full_signature = _triton_signature(fn, signature, constexprs)
     aligned = _aligned_params(fn, full_signature, divisible_by_16)
     attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in aligned}
@@ -122,9 +131,15 @@ def compile_kernel(
             raise CompileError(f"triton failed to compile kernel '{name}' for {target.name} "
                                f"({target.arch}): {summary}") from error
 
-    kernel = _to_compiled_kernel(compiled, name, target, full_signature, aligned, constexprs, toolchain)
+    kernel = _to_compiled_kernel(compiled, name, target, full_signature, aligned, constexprs, toolchain,
+                                 dependent_launch)
     cache.store(key, kernel)
     return kernel
+
+
+def takes_grid_dependency(fn: Any) -> bool:
+    """Whether the kernel starts with wait_for_producers(GRID_DEPENDENCY), so it may be launched dependent."""
+    return "GRID_DEPENDENCY" in fn.arg_names
 
 
 def _triton_signature(fn: Any, signature: Mapping[str, str], constexprs: Mapping[str, Any]) -> dict[str, str]:
@@ -197,7 +212,8 @@ def _cache_key(fn: Any, name: str, full_signature: Mapping[str, str], constexprs
 
 
 def _to_compiled_kernel(compiled: Any, name: str, target: Target, full_signature: Mapping[str, str],
-                        aligned: list[str], constexprs: Mapping[str, Any], toolchain: str) -> CompiledKernel:
+                        aligned: list[str], constexprs: Mapping[str, Any], toolchain: str,
+                        dependent_launch: bool) -> CompiledKernel:
     """Read triton's metadata into fdpp's launch ABI, refusing features the fdpp launchers do not implement."""
     metadata = compiled.metadata
     where = f"kernel '{name}' for {target.name}"
@@ -221,7 +237,7 @@ def _to_compiled_kernel(compiled: Any, name: str, target: Target, full_signature
                                     getattr(metadata, f"{scratch}_align", 1)) for scratch in SCRATCH_NAMES),
         num_ctas=getattr(metadata, "num_ctas", 1),
         cooperative=bool(getattr(metadata, "launch_cooperative_grid", False)),
-        programmatic_dependent_launch=bool(getattr(metadata, "launch_pdl", False)),
+        programmatic_dependent_launch=dependent_launch,
         constexprs={k: v if isinstance(v, (bool, int, float, str)) else repr(v) for k, v in constexprs.items()},
         toolchain=toolchain,
     )

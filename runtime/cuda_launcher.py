@@ -7,11 +7,18 @@ Uses cuda-python (`cuda.bindings.driver`, or the older `from cuda import cuda`),
 is loaded, so this module imports on machines without it. Launching allocates nothing and never synchronises,
 so launches can be captured into a CUDA graph; the only device memory a launch may need, triton's scratch
 buffers, is reserved with `reserve_scratch(grid)` before capture (most kernels need none).
+
+Kernels built with `programmatic_dependent_launch` (sm_90 and later; each starts with wait_for_producers)
+are launched with cuLaunchKernelEx and the programmatic-stream-serialization attribute: the GPU may schedule
+their programs while the kernel before them on the stream still runs, and a CUDA graph captured from such
+launches keeps the programmatic edges. FDPP_DEPENDENT_LAUNCH=0 launches them as ordinary kernels instead
+(their wait then does nothing), to measure what dependent launch gains.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Any, Sequence
 
 from fdpp.runtime.kernel_binary import CompiledKernel, LaunchError, PackedArguments
@@ -35,6 +42,11 @@ def cuda_driver() -> Any:
         _check(driver, driver.cuInit(0), "cuInit", "<driver>")
         _driver_module = driver
     return _driver_module
+
+
+def dependent_launch_enabled() -> bool:
+    """False when FDPP_DEPENDENT_LAUNCH=0: kernels built for dependent launch are then launched as ordinary ones."""
+    return os.environ.get("FDPP_DEPENDENT_LAUNCH", "1") != "0"
 
 
 def grid3(grid: Sequence[int] | int) -> tuple[int, int, int]:
@@ -127,8 +139,8 @@ class CudaKernel(DriverKernel):
         import torch
         if kernel.vendor != "cuda":
             raise LaunchError(f"kernel '{kernel.name}' was built for {kernel.vendor} ({kernel.arch}), not NVIDIA")
-        if kernel.num_ctas != 1 or kernel.cooperative or kernel.programmatic_dependent_launch:
-            raise LaunchError(f"kernel '{kernel.name}' needs a cluster, cooperative or PDL launch, "
+        if kernel.num_ctas != 1 or kernel.cooperative:
+            raise LaunchError(f"kernel '{kernel.name}' needs a cluster or cooperative launch, "
                               f"which this launcher does not do; rebuild it with num_ctas=1")
         self.kernel = kernel
         self.driver = driver = cuda_driver()
@@ -144,11 +156,34 @@ class CudaKernel(DriverKernel):
             self._allow_large_shared_memory(cu_device)
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
+        self.dependent_launch = kernel.programmatic_dependent_launch and dependent_launch_enabled()
+        self._config = self._dependent_launch_config() if self.dependent_launch else None
 
     def _launch(self, x: int, y: int, z: int, stream: int) -> None:
-        self._check(self.driver.cuLaunchKernel(
-            self.function, x, y, z, self.kernel.block_threads, 1, 1, self.kernel.shared_memory_bytes,
-            self.driver.CUstream(stream), self._arguments.address, 0), f"cuLaunchKernel(grid=({x}, {y}, {z}))")
+        if self._config is None:
+            self._check(self.driver.cuLaunchKernel(
+                self.function, x, y, z, self.kernel.block_threads, 1, 1, self.kernel.shared_memory_bytes,
+                self.driver.CUstream(stream), self._arguments.address, 0), f"cuLaunchKernel(grid=({x}, {y}, {z}))")
+            return
+        config = self._config
+        config.gridDimX, config.gridDimY, config.gridDimZ = x, y, z
+        config.hStream = self.driver.CUstream(stream)
+        self._check(self.driver.cuLaunchKernelEx(config, self.function, self._arguments.address, 0),
+                    f"cuLaunchKernelEx(grid=({x}, {y}, {z}), programmatic dependent)")
+
+    def _dependent_launch_config(self) -> Any:
+        """A launch configuration with the programmatic-stream-serialization attribute; grid and stream are
+        filled in per launch."""
+        driver = self.driver
+        attribute = driver.CUlaunchAttribute()
+        attribute.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attribute.value.programmaticStreamSerializationAllowed = 1
+        config = driver.CUlaunchConfig()
+        config.blockDimX, config.blockDimY, config.blockDimZ = self.kernel.block_threads, 1, 1
+        config.sharedMemBytes = self.kernel.shared_memory_bytes
+        config.attrs = [attribute]
+        config.numAttrs = 1
+        return config
 
     def _load_module(self) -> tuple[Any, str]:
         """The cubin when the driver accepts it for this GPU, else the PTX through the driver's JIT."""

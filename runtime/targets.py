@@ -33,6 +33,11 @@ class Target:
         return int(self.arch.removeprefix("sm_"))
 
     @property
+    def dependent_launch(self) -> bool:
+        """Whether kernels can be launched as programmatic dependents (griddepcontrol): NVIDIA sm_90 and later."""
+        return self.vendor == "cuda" and self.compute_capability >= 90
+
+    @property
     def triton_arch(self) -> int | str:
         """The `arch` field of triton's GPUTarget: an int capability for CUDA, the gfx name for HIP."""
         return self.compute_capability if self.vendor == "cuda" else self.arch

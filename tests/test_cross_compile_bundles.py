@@ -48,3 +48,19 @@ def test_weights_are_shared_bytes_and_bundles_agree(bundles):
     first = next(iter(digests.values()))
     assert first and all(d == first for d in digests.values())
     assert all(t == next(iter(tokens.values())) for t in tokens.values())
+
+
+def test_sm90_kernels_wait_for_the_kernel_before_and_are_marked_for_dependent_launch(bundles):
+    """Every kernel of a Hopper bundle starts with the grid-dependency wait and is launched dependent; no other
+    target's kernel carries either (griddepcontrol does not exist before sm_90)."""
+    for name, path in bundles.items():
+        bundle = read_bundle(path)
+        dependent = TARGETS[name].dependent_launch
+        assert dependent == (name in ("h100", "h200"))
+        for meta in bundle.manifest.kernels:
+            assert meta["programmatic_dependent_launch"] == dependent, f"{name}: {meta['name']}"
+            assert meta["constexprs"]["GRID_DEPENDENCY"] == dependent, f"{name}: {meta['name']}"
+            if meta["ptx"] is not None:
+                ptx = bundle.member_bytes("kernels/" + meta["ptx"]).decode()
+                assert ("griddepcontrol.wait" in ptx) == dependent, f"{name}: {meta['name']}"
+                assert ("griddepcontrol.launch_dependents" in ptx) == dependent, f"{name}: {meta['name']}"

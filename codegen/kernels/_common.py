@@ -1,4 +1,4 @@
-"""Helpers that more than one kernel file needs: input checks for the wrappers and two tiny device functions.
+"""Helpers that more than one kernel file needs: input checks for the wrappers and small device functions.
 
 Wrappers check on the host only what costs no device synchronisation (shapes, dtypes, strides); values
 such as token ids or positions are trusted, because reading them back would stall the stream.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -40,6 +41,57 @@ def as_rows(x: torch.Tensor, width: int) -> torch.Tensor:
 def block_for(size: int, minimum: int = 1) -> int:
     """The power-of-two block that covers `size` in one tile."""
     return max(minimum, triton.next_power_of_2(size))
+
+
+@triton.jit
+def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constexpr = True):
+    """The first statement of every kernel the runtime launches. With GRID_DEPENDENCY (NVIDIA sm_90 and
+    later; the bundle builder sets it) the kernel is launched as a programmatic dependent of the kernel
+    before it on the stream: its programs may be scheduled while that kernel still runs, so here they wait
+    until the kernel before has finished and its writes are visible. Nothing is read or written before the
+    wait (except weights, which no kernel writes), so every ordering of the stream holds.
+    LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start); kernels that
+    stream a weight pass False and call let_next_start after their main loop instead, because programs
+    scheduled early are placed on whichever SMs are free then, and a weight-streaming kernel wants its
+    programs spread over all SMs. The instructions do nothing when the launch was an ordinary one;
+    GRID_DEPENDENCY False (other targets, the interpreter, the JIT wrappers) emits nothing."""
+    if GRID_DEPENDENCY:
+        if LET_NEXT_START:
+            gdc_launch_dependents()
+        gdc_wait()
+
+
+@triton.jit
+def let_next_start(GRID_DEPENDENCY: tl.constexpr):
+    """With GRID_DEPENDENCY: the next kernel on the stream may be scheduled once every program of this one
+    has been here (or exited); it still waits for this kernel to finish before touching memory."""
+    if GRID_DEPENDENCY:
+        gdc_launch_dependents()
+
+
+# One thread of the program asks L2 for bytes [$1 rounded down to 16, + $2 rounded down to 16) with a bulk
+# prefetch (sm_90): a hint that holds no registers, the program goes on at once.
+_BULK_PREFETCH_PTX = tl.constexpr(
+    "{ .reg .pred p; .reg .b32 t; .reg .b64 a; .reg .b32 n; mov.u32 t, %tid.x; and.b64 a, $1, -16; "
+    "and.b32 n, $2, -16; setp.eq.u32 p, t, 0; setp.ne.and.u32 p, n, 0, p; "
+    "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }")
+
+
+@triton.jit
+def prefetch_weight_rows(weight_ptr, first_row, rows, row_stride, K, PREFETCH_BYTES: tl.constexpr,
+                         GRID_DEPENDENCY: tl.constexpr):
+    """Call before wait_for_producers, with memory no kernel writes (weights): when GRID_DEPENDENCY, start
+    reading this program's `rows` weight rows from `first_row` (row_stride elements apart, K used) into L2,
+    as far as the first PREFETCH_BYTES of the weight reach, so the reads overlap the kernel before this one.
+    Programs are scheduled roughly in order, so the first ones, which run first, prefetch. Stays inside the
+    rows (the range is cut to their last element); does nothing when GRID_DEPENDENCY is False."""
+    if GRID_DEPENDENCY:
+        size: tl.constexpr = weight_ptr.dtype.element_ty.primitive_bitwidth // 8
+        start = first_row.to(tl.int64) * row_stride
+        end = tl.minimum(start + (rows - 1).to(tl.int64) * row_stride + K, PREFETCH_BYTES // size)
+        byte_count = (tl.maximum(end - start, 0) * size).to(tl.int32)
+        tl.inline_asm_elementwise(_BULK_PREFETCH_PTX, "=r,l,r", [weight_ptr + start, byte_count],
+                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import as_rows, block_for, require, require_float, tanh_via_exp
+from fdpp.codegen.kernels._common import as_rows, block_for, require, require_float, tanh_via_exp, wait_for_producers
 from fdpp.runtime.reference_ops import activation as activation_reference
 from fdpp.runtime.reference_ops import gated_act as gated_act_reference
 
@@ -42,7 +42,9 @@ def activation_kernel(
     KIND: tl.constexpr,      # activation code, see ACTIVATION_CODES
     GATED: tl.constexpr,     # out = act(x) * up instead of act(x)
     BLOCK: tl.constexpr,     # columns per program; grid axis 1 covers C
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     row = tl.program_id(0).to(tl.int64)
     columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_row = columns < n_columns

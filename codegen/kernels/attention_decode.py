@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require,
-                                          require_float, require_index, softmax_tile)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require, require_float, require_index,
+                                          softmax_tile, wait_for_producers)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference", "combine_chunk"]
@@ -183,7 +183,9 @@ def attention_decode_kernel(
     UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
     WRITE_KV: tl.constexpr,      # first store this step's key and value into the cache at the query's position
     ROTARY: tl.constexpr,        # q and the new key arrive unrotated: rotate them (rotate-half) on load (needs WRITE_KV)
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)

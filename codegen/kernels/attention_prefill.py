@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require,
-                                          require_float, require_index, softmax_tile)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require, require_float, require_index,
+                                          softmax_tile, wait_for_producers)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_prefill", "attention_reference"]
@@ -77,7 +77,9 @@ def attention_prefill_kernel(
     BLOCK_N: tl.constexpr,       # keys per inner step (>= 16)
     KEYS_IN_CACHE: tl.constexpr,  # keys are cache slots 0..max query position; else the step's S keys
     UNIFIED: tl.constexpr,       # unified max with exact fallback, or synchronized
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     batch_head = tl.program_id(1)
     batch = (batch_head // n_heads).to(tl.int64)
     head = batch_head % n_heads

@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from fdpp.codegen.kernels._common import as_rows, block_for, require, require_float
+from fdpp.codegen.kernels._common import (as_rows, block_for, let_next_start, require, require_float,
+                                          wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -206,7 +207,9 @@ def chunked_csr_linear_kernel(
     SPLIT_K: tl.constexpr,       # programs sharing one row block's chunks (grid axis 1)
     VECTOR: tl.constexpr,        # entries one thread loads at once (values and offsets alike)
     PREFETCH: tl.constexpr,      # load each step's entries during the step before
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     row_block, split, row_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # the program's weight rows: BLOCK_F features, and when GATED the same features' up rows N further on
     slot = tl.arange(0, BLOCK_N)                                                             # [BLOCK_N]
@@ -254,6 +257,7 @@ def chunked_csr_linear_kernel(
             value, offset, base = _load_step(
                 c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
                 chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
+    let_next_start(GRID_DEPENDENCY)
     first_row = row_group * ROWS
     _finish_row(acc0, first_row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS, HAS_RESIDUAL,
                 GATED, ACTIVATION, SPLIT_K, BLOCK_F)
@@ -284,9 +288,11 @@ def interleave_rows_kernel(
     x_row_stride,       # elements between rows of x
     ROWS: tl.constexpr,          # rows side by side
     BLOCK_K: tl.constexpr,       # columns per program (grid axis 1)
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
     """x's rows in blocks of ROWS with each column's ROWS values side by side, so that chunked_csr_linear
     gathers every row of a column in one load. Grid (cdiv(M, ROWS), cdiv(K, BLOCK_K))."""
+    wait_for_producers(GRID_DEPENDENCY)
     block, column_block = tl.program_id(0), tl.program_id(1)
     rows = block * ROWS + tl.arange(0, ROWS)                                                 # [ROWS]
     columns = column_block * BLOCK_K + tl.arange(0, BLOCK_K)                                 # [BLOCK_K]

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import as_rows, block_for, require, require_index
+from fdpp.codegen.kernels._common import as_rows, block_for, require, require_index, wait_for_producers
 from fdpp.runtime.reference_ops import embedding as embedding_reference
 from fdpp.runtime.reference_ops import position_lookup as position_lookup_reference
 
@@ -24,7 +24,9 @@ def gather_rows_kernel(
     width,              # W: elements per row
     table_row_stride,   # elements between consecutive table rows
     BLOCK_W: tl.constexpr,  # columns per program; grid axis 1 covers W in BLOCK_W tiles
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     token = tl.program_id(0)
     columns = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     in_row = columns < width

@@ -10,7 +10,7 @@ import triton.language as tl
 
 from fdpp.runtime.reference_ops import write_kv as reference_write_kv
 
-from fdpp.codegen.kernels._common import block_for, require, require_float, require_index
+from fdpp.codegen.kernels._common import block_for, require, require_float, require_index, wait_for_producers
 
 __all__ = ["write_kv", "write_kv_reference"]
 
@@ -34,7 +34,9 @@ def write_kv_kernel(
     HEAD_DIM: tl.constexpr,      # D
     BLOCK_D: tl.constexpr,       # power of two >= D
     BLOCK_HEADS: tl.constexpr,   # heads per program; grid axis 1 covers Hkv
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     token = tl.program_id(0)
     batch = (token // seq_len).to(tl.int64)
     seq = (token % seq_len).to(tl.int64)

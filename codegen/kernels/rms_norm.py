@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fdpp.codegen.kernels._common import wait_for_producers
 from fdpp.codegen.kernels._rows import launch_row_norm, load_row_with_residual
 from fdpp.runtime.reference_ops import rms_norm as rms_norm_reference
 
@@ -28,7 +29,9 @@ def rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,  # fuse the residual add
     HAS_BIAS: tl.constexpr,      # unused (RMSNorm has no bias)
     BLOCK_H: tl.constexpr,       # power of two >= H: the whole row is one tile
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     row = tl.program_id(0).to(tl.int64)
     columns = tl.arange(0, BLOCK_H)
     in_row = columns < hidden

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import block_for, require, require_float, require_index
+from fdpp.codegen.kernels._common import block_for, require, require_float, require_index, wait_for_producers
 from fdpp.runtime.reference_ops import position_lookup, rotary as rotary_reference
 
 __all__ = ["rotary", "rotary_by_position", "rotary_reference", "rotary_by_position_reference"]
@@ -37,7 +37,9 @@ def rotary_kernel(
     BLOCK_HALF: tl.constexpr,    # power of two >= D / 2
     BLOCK_HEADS: tl.constexpr,   # heads per program; grid axis 1 covers H
     BY_POSITION: tl.constexpr,   # cos/sin are tables indexed by positions[b, s]
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     token = tl.program_id(0)
     batch = (token // seq_len).to(tl.int64)
     seq = (token % seq_len).to(tl.int64)

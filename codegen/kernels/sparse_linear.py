@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from fdpp.codegen.kernels._common import as_rows, block_for, dot_exact, require, require_float
+from fdpp.codegen.kernels._common import as_rows, block_for, dot_exact, require, require_float, wait_for_producers
 from fdpp.runtime.reference_ops import linear as linear_reference
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, SparseWeight
 
@@ -218,7 +218,9 @@ def bitmap_linear_kernel(
     BLOCK_M: tl.constexpr,       # rows of x per program (grid axis 2); >= 16 with TENSOR_CORES
     SPLIT_K: tl.constexpr,       # programs sharing one row block's K tiles (grid axis 1)
     TENSOR_CORES: tl.constexpr,  # tl.dot; else a multiply-sum on CUDA cores
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     # Software pipelined by hand, because the values' addresses come from the bits: while tile j is
     # multiplied, tile j + 1's values are in flight (their addresses from bits loaded one step earlier)
     # and tile j + 2's bits are loading. Bits past the program's last tile load as zero, so the gathers
@@ -291,7 +293,9 @@ def tiled_csl_linear_kernel(
     SPLIT_K: tl.constexpr,       # programs sharing one row block's K tiles (grid axis 1)
     ENTRY_CHUNK: tl.constexpr,   # entries scattered per step
     TENSOR_CORES: tl.constexpr,  # tl.dot; else a multiply-sum on CUDA cores
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     TILE_N: tl.constexpr = 128
     TILE_K: tl.constexpr = 64
     tile_row, split, m_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -348,7 +352,9 @@ def sum_splits_kernel(
     splits,             # partial sums per output
     HAS_BIAS: tl.constexpr,  # add the bias
     BLOCK_N: tl.constexpr,   # outputs per program (grid (M, cdiv(N, BLOCK_N)))
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY)
     row = tl.program_id(0)
     features = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     feature_ok = features < N
