@@ -41,10 +41,6 @@ TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 DTYPE_NAME = {short: name for name, short in TRITON_DTYPE.items()}
 # Kernel choices the runtime runs through torch rather than a compiled kernel (vendor libraries, views).
 TORCH_KERNELS = frozenset({"tc_gemm", "elementwise", "view"})
-# Dense linears launched as programmatic dependents (sm_90) first ask L2 for their weight's first bytes, which
-# overlaps that much of the weight stream with the kernel before (a norm, the attention, the last wave of
-# the previous linear). Only takes effect where GRID_DEPENDENCY is set.
-WEIGHT_PREFETCH_BYTES = 8 << 20
 
 
 def _pow2(n: int, minimum: int = 1) -> int:
@@ -186,16 +182,15 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         cfg = {"block_n": 4, "block_k": 512, "num_warps": 4, **choice.config}
         block_n, block_k = cfg["block_n"], cfg["block_k"]
         b.launch(gemv_kernel, (f"cdiv({n}, {block_n})", f"cdiv(rows, {block_m})"), args,
-                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                  "PREFETCH_BYTES": WEIGHT_PREFETCH_BYTES}, num_warps=cfg["num_warps"], num_stages=2)
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
+                 num_warps=cfg["num_warps"], num_stages=2)
     elif choice.kernel == "flat_gemm":
         # block_m 16: the flat GEMM (M padded to 16); larger for many rows, where it is a plain tensor-core GEMM
         # that keeps the fused epilogues
         cfg = {"block_m": 16, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
         block_m, block_n, block_k = cfg["block_m"], cfg["block_n"], cfg["block_k"]
         b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * cdiv({n}, {block_n})",), args,
-                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
-                  "PREFETCH_BYTES": WEIGHT_PREFETCH_BYTES},
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     elif choice.kernel != "tc_gemm":
         raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")

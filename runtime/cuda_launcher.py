@@ -156,7 +156,11 @@ class CudaKernel(DriverKernel):
             self._allow_large_shared_memory(cu_device)
         self._arguments = PackedArguments(kernel)
         self._scratch = ScratchPool(kernel, torch.device("cuda", self.device))
-        self.dependent_launch = kernel.programmatic_dependent_launch and dependent_launch_enabled()
+        self._choose_launch()
+
+    def _choose_launch(self) -> None:
+        """Dependent launches (cuLaunchKernelEx) for kernels built for them, unless FDPP_DEPENDENT_LAUNCH=0."""
+        self.dependent_launch = self.kernel.programmatic_dependent_launch and dependent_launch_enabled()
         self._config = self._dependent_launch_config() if self.dependent_launch else None
 
     def _launch(self, x: int, y: int, z: int, stream: int) -> None:
@@ -169,7 +173,8 @@ class CudaKernel(DriverKernel):
         config.gridDimX, config.gridDimY, config.gridDimZ = x, y, z
         config.hStream = self.driver.CUstream(stream)
         self._check(self.driver.cuLaunchKernelEx(config, self.function, self._arguments.address, 0),
-                    f"cuLaunchKernelEx(grid=({x}, {y}, {z}), programmatic dependent)")
+                    f"cuLaunchKernelEx(grid=({x}, {y}, {z}), programmatic dependent; FDPP_DEPENDENT_LAUNCH=0 "
+                    f"launches ordinarily)")
 
     def _dependent_launch_config(self) -> Any:
         """A launch configuration with the programmatic-stream-serialization attribute; grid and stream are

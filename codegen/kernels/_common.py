@@ -49,12 +49,13 @@ def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constex
     later; the bundle builder sets it) the kernel is launched as a programmatic dependent of the kernel
     before it on the stream: its programs may be scheduled while that kernel still runs, so here they wait
     until the kernel before has finished and its writes are visible. Nothing is read or written before the
-    wait (except weights, which no kernel writes), so every ordering of the stream holds.
-    LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start); kernels that
-    stream a weight pass False and call let_next_start after their main loop instead, because programs
-    scheduled early are placed on whichever SMs are free then, and a weight-streaming kernel wants its
-    programs spread over all SMs. The instructions do nothing when the launch was an ordinary one;
-    GRID_DEPENDENCY False (other targets, the interpreter, the JIT wrappers) emits nothing."""
+    wait, so every ordering of the stream holds.
+    LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start). Kernels that
+    stream a weight pass False and call let_next_start after their main loop instead: on an H100, with the
+    early signal in the linears llama2-7b decoded slower than with ordinary launches, with it after the loop
+    2.6% faster (docs/perf/2026-12-06-h100-dependent-launch.md; why early is slower was not measured).
+    The instructions do nothing when the launch was an ordinary one; GRID_DEPENDENCY False (other
+    targets, the interpreter, the JIT wrappers) emits nothing."""
     if GRID_DEPENDENCY:
         if LET_NEXT_START:
             gdc_launch_dependents()
@@ -67,31 +68,6 @@ def let_next_start(GRID_DEPENDENCY: tl.constexpr):
     has been here (or exited); it still waits for this kernel to finish before touching memory."""
     if GRID_DEPENDENCY:
         gdc_launch_dependents()
-
-
-# One thread of the program asks L2 for bytes [$1 rounded down to 16, + $2 rounded down to 16) with a bulk
-# prefetch (sm_90): a hint that holds no registers, the program goes on at once.
-_BULK_PREFETCH_PTX = tl.constexpr(
-    "{ .reg .pred p; .reg .b32 t; .reg .b64 a; .reg .b32 n; mov.u32 t, %tid.x; and.b64 a, $1, -16; "
-    "and.b32 n, $2, -16; setp.eq.u32 p, t, 0; setp.ne.and.u32 p, n, 0, p; "
-    "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }")
-
-
-@triton.jit
-def prefetch_weight_rows(weight_ptr, first_row, rows, row_stride, K, PREFETCH_BYTES: tl.constexpr,
-                         GRID_DEPENDENCY: tl.constexpr):
-    """Call before wait_for_producers, with memory no kernel writes (weights): when GRID_DEPENDENCY, start
-    reading this program's `rows` weight rows from `first_row` (row_stride elements apart, K used) into L2,
-    as far as the first PREFETCH_BYTES of the weight reach, so the reads overlap the kernel before this one.
-    Programs are scheduled roughly in order, so the first ones, which run first, prefetch. Stays inside the
-    rows (the range is cut to their last element); does nothing when GRID_DEPENDENCY is False."""
-    if GRID_DEPENDENCY:
-        size: tl.constexpr = weight_ptr.dtype.element_ty.primitive_bitwidth // 8
-        start = first_row.to(tl.int64) * row_stride
-        end = tl.minimum(start + (rows - 1).to(tl.int64) * row_stride + K, PREFETCH_BYTES // size)
-        byte_count = (tl.maximum(end - start, 0) * size).to(tl.int32)
-        tl.inline_asm_elementwise(_BULK_PREFETCH_PTX, "=r,l,r", [weight_ptr + start, byte_count],
-                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

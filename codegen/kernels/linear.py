@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, prefetch_weight_rows, require,
-                                          require_float, wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, require, require_float,
+                                          wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, apply_activation
 from fdpp.runtime.reference_ops import fused_linear as fused_linear_reference
 from fdpp.runtime.reference_ops import linear as linear_reference
@@ -49,23 +49,6 @@ def linear_epilogue(acc, up, rows, features, bias_ptr, residual_ptr, out_ptr, M,
 
 
 @triton.jit
-def _prefetch_program_weights(weight_ptr, first_feature, N, K, weight_row_stride, BLOCK_N: tl.constexpr,
-                              GATED: tl.constexpr, PREFETCH_BYTES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr):
-    """Before the grid-dependency wait: L2 prefetch of the program's weight rows (and its up rows when GATED,
-    each half of the weight with half the budget), within the first PREFETCH_BYTES of the weight."""
-    if PREFETCH_BYTES > 0:
-        rows = tl.minimum(N - first_feature, BLOCK_N)
-        if GATED:
-            prefetch_weight_rows(weight_ptr, first_feature, rows, weight_row_stride, K, PREFETCH_BYTES // 2,
-                                 GRID_DEPENDENCY)
-            prefetch_weight_rows(weight_ptr + N.to(tl.int64) * weight_row_stride, first_feature, rows,
-                                 weight_row_stride, K, PREFETCH_BYTES // 2, GRID_DEPENDENCY)
-        else:
-            prefetch_weight_rows(weight_ptr, first_feature, rows, weight_row_stride, K, PREFETCH_BYTES,
-                                 GRID_DEPENDENCY)
-
-
-@triton.jit
 def gemv_kernel(
     x_ptr,              # [M, K] activations, unit stride along K
     weight_ptr,         # [N, K] weight (nn.Linear layout), unit stride along K; [2N, K] (gate; up) when GATED
@@ -82,17 +65,13 @@ def gemv_kernel(
     BLOCK_M: tl.constexpr,       # rows of x per program (grid axis 1 covers M)
     BLOCK_N: tl.constexpr,       # output features per program (grid axis 0 covers N)
     BLOCK_K: tl.constexpr,       # reduction chunk of the K loop
-    PREFETCH_BYTES: tl.constexpr = 0,       # with GRID_DEPENDENCY: L2 prefetch of the weight's first bytes
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
-    first_feature = tl.program_id(0) * BLOCK_N
-    _prefetch_program_weights(weight_ptr, first_feature, N, K, weight_row_stride, BLOCK_N, GATED,
-                              PREFETCH_BYTES, GRID_DEPENDENCY)
     wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # products accumulate elementwise in [BLOCK_M, BLOCK_N, BLOCK_K] registers and are reduced over K once
     # after the loop, so the loop body is loads and FMAs only
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    features = first_feature + tl.arange(0, BLOCK_N)
+    features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     feature_ok = features < N
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_row_stride                    # [BLOCK_M, 1]
@@ -124,9 +103,9 @@ def gemm_kernel(
     BLOCK_N: tl.constexpr,   # tile columns (>= 16)
     BLOCK_K: tl.constexpr,   # reduction chunk (>= 16)
     GROUP_M: tl.constexpr,   # M tiles per group of the launch order, so neighbours share weight tiles in L2
-    PREFETCH_BYTES: tl.constexpr = 0,       # with GRID_DEPENDENCY: L2 prefetch of the weight's first bytes
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # grouped ordering: walk GROUP_M tiles down M before moving along N
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -136,9 +115,6 @@ def gemm_kernel(
     group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
     tile_m = first_m + (pid % tiles_per_group) % group_rows
     tile_n = (pid % tiles_per_group) // group_rows
-    _prefetch_program_weights(weight_ptr, tile_n * BLOCK_N, N, K, weight_row_stride, BLOCK_N, GATED,
-                              PREFETCH_BYTES, GRID_DEPENDENCY)
-    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
 
     rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     features = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from fdpp.codegen.kernels._common import as_rows, block_for, dot_exact, require, require_float, wait_for_producers
+from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, require, require_float,
+                                          wait_for_producers)
 from fdpp.runtime.reference_ops import linear as linear_reference
 from fdpp.runtime.sparse_formats import TILED_CSL_TILE, SparseWeight
 
@@ -220,7 +221,7 @@ def bitmap_linear_kernel(
     TENSOR_CORES: tl.constexpr,  # tl.dot; else a multiply-sum on CUDA cores
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
-    wait_for_producers(GRID_DEPENDENCY)
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # Software pipelined by hand, because the values' addresses come from the bits: while tile j is
     # multiplied, tile j + 1's values are in flight (their addresses from bits loaded one step earlier)
     # and tile j + 2's bits are loading. Bits past the program's last tile load as zero, so the gathers
@@ -266,6 +267,7 @@ def bitmap_linear_kernel(
             acc = _dot_tile(acc, x_now, w)                                                  # [BLOCK_M, TILE_N]
         else:
             acc += _products(x_now, w)                                                      # [BLOCK_M, TILE_N, TILE_K]
+    let_next_start(GRID_DEPENDENCY)
     if not TENSOR_CORES:
         acc = tl.sum(acc, axis=2)
     _store_rows(acc, out_ptr, bias_ptr, first_row, features, M, N, split, HAS_BIAS, BLOCK_M)
@@ -295,7 +297,7 @@ def tiled_csl_linear_kernel(
     TENSOR_CORES: tl.constexpr,  # tl.dot; else a multiply-sum on CUDA cores
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
-    wait_for_producers(GRID_DEPENDENCY)
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     TILE_N: tl.constexpr = 128
     TILE_K: tl.constexpr = 64
     tile_row, split, m_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -339,6 +341,7 @@ def tiled_csl_linear_kernel(
         else:
             acc = _multiply_row_by_row(acc, w, x_ptr, first_row, M, x_row_stride, k, K, BLOCK_M)
         tl.debug_barrier()                                      # every thread has read it before re-zeroing
+    let_next_start(GRID_DEPENDENCY)
     features = tile_row * TILE_N + tl.arange(0, TILE_N)
     _store_rows(acc, out_ptr, bias_ptr, first_row, features, M, N, split, HAS_BIAS, BLOCK_M)
 
