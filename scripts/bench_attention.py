@@ -5,7 +5,8 @@ kernels against an upcast reference on fresh random inputs, then times every can
 input sets inside CUDA graphs (median of replays), in one run, against the measured copy bandwidth. A
 small sweep (split count, key tile, warps) shows how far the compiled default is from the best config.
 Then full-size exactness on adversarial inputs (huge / tiny scores, a dominant key, equal scores, mixed
-rows), with the fallback count checked against the float64 row maxima.
+rows), with the fallback count checked against the float64 row maxima. --dependent-launch (sm_90+) adds the
+default unified kernel launched as a programmatic dependent of the call before, as bundles launch it.
 
     python scripts/bench_attention.py --out $OUT/attention      # prints a table; writes JSON, PNG, markdown
 """
@@ -33,6 +34,7 @@ LOW, HIGH = (PHI + o for o in safe_offsets("float16"))
 SMS = 132
 ROTATE_BYTES = 512 << 20          # input sets rotate through at least this much memory (L2 is 50-60 MB)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"   # cpu: a dry run under TRITON_INTERPRET=1, tiny sizes
+DEPENDENT = False                 # --dependent-launch: also time the default unified kernel launched dependent
 
 
 def graph_time_us(calls: list, moved: int, repeats: int = 15) -> float:
@@ -62,7 +64,8 @@ def reference(s, heads, kv_heads, head_dim, rows: int = 2) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, 1, heads * head_dim)
 
 
-def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallbacks, stages=DECODE_NUM_STAGES):
+def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallbacks, stages=DECODE_NUM_STAGES,
+         dependent=False):
     b = s["q"].shape[0]
     key = ("ws", splits)
     if key not in s:
@@ -72,7 +75,8 @@ def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallback
                                     head_dim=head_dim, scale=head_dim ** -0.5,
                                     unified=(PHI, LOW, HIGH) if unified else None, fallbacks=fallbacks,
                                     num_splits=splits, min_split_keys=min_keys, block_n=block_n,
-                                    num_warps=warps, num_stages=stages, workspace=s[key])
+                                    num_warps=warps, num_stages=stages, workspace=s[key],
+                                    dependent_launch=dependent)
 
 
 def sdpa(s, heads, kv_heads, head_dim):
@@ -103,6 +107,10 @@ def bench_shape(name, batch, length, copy_gbs, sms, log, sweep: bool) -> dict:
         out = ours(sets[0], heads, kv_heads, head_dim, scheme == "unified", splits, DECODE_BLOCK_N, 4, fallbacks)()
         row[f"{scheme}_err"] = rel_error(out, ref)
         assert torch.isfinite(out).all() and row[f"{scheme}_err"] < 2e-3, (name, batch, length, scheme, row)
+    if DEPENDENT:
+        out = ours(sets[0], heads, kv_heads, head_dim, True, splits, DECODE_BLOCK_N, 4, fallbacks, dependent=True)()
+        row["unified_dependent_err"] = rel_error(out, ref)
+        assert torch.isfinite(out).all() and row["unified_dependent_err"] < 2e-3, (name, batch, length, row)
     sdpa_out = sdpa(sets[0], heads, kv_heads, head_dim)().transpose(1, 2)
     row["sdpa_err"] = rel_error(sdpa_out.reshape(sdpa_out.shape[0], 1, -1), ref)
 
@@ -125,8 +133,13 @@ def bench_shape(name, batch, length, copy_gbs, sms, log, sweep: bool) -> dict:
             if us < best[0]:
                 best = (us, f"S={s_try} N={block_n} w={warps} st={stages}")
         row[f"{scheme}_best_us"], row[f"{scheme}_best_cfg"] = best
+    if DEPENDENT:   # each call a programmatic dependent of the one before, as in a sm_90 bundle's graph
+        row["unified_dependent_us"] = timed(lambda s: ours(s, heads, kv_heads, head_dim, True, splits, DECODE_BLOCK_N,
+                                                           4, fallbacks, dependent=True))
     row["fallbacks"] = int(fallbacks)
-    for key in ("sdpa", "unified", "synchronized", "unified_best", "synchronized_best"):
+    for key in ("sdpa", "unified", "synchronized", "unified_best", "synchronized_best", "unified_dependent"):
+        if f"{key}_us" not in row:
+            continue
         row[f"{key}_bw"] = moved / (row[f"{key}_us"] * 1e-6) / 1e9 / copy_gbs
     row["unified_vs_sync"] = row["synchronized_us"] / row["unified_us"]
     row["unified_vs_sync_best"] = row["synchronized_best_us"] / row["unified_best_us"]
@@ -210,8 +223,13 @@ def main() -> int:
                         help="head shapes instead of the two defaults (dry runs)")
     parser.add_argument("--adversarial", type=str, default="8x1,8x97,8x4097,2x32768",
                         help="BATCHxLENGTH cases of the adversarial checks")
+    parser.add_argument("--dependent-launch", action="store_true",
+                        help="also time the default unified kernel launched as a programmatic dependent (sm_90+)")
     args = parser.parse_args()
-    global SMS
+    global SMS, DEPENDENT
+    DEPENDENT = args.dependent_launch
+    if DEPENDENT and (DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9):
+        parser.error("--dependent-launch needs an NVIDIA GPU of sm_90 or later")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.heads:
         SHAPES.clear()
@@ -242,6 +260,9 @@ def main() -> int:
              "| shape | B | KV | MB | SDPA us (%BW) | sync us | unified us (%BW) | unif/sync | best unified (%BW, cfg) "
              "| best sync | best unif/sync | unified/SDPA | fallbacks |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if DEPENDENT:
+        lines[1] += " unified dependent us (%BW) |"
+        lines[2] += "---|"
     for r in rows:
         lines.append(f"| {r['shape']} | {r['batch']} | {r['kv_len']} | {r['bytes'] / 1e6:.1f} | "
                      f"{r['sdpa_us']:.1f} ({100 * r['sdpa_bw']:.0f}%) | {r['synchronized_us']:.1f} | "
@@ -249,6 +270,8 @@ def main() -> int:
                      f"{r['unified_best_us']:.1f} ({100 * r['unified_best_bw']:.0f}%, {r['unified_best_cfg']}) | "
                      f"{r['synchronized_best_us']:.1f} | {r['unified_vs_sync_best']:.3f} | "
                      f"{r['unified_vs_sdpa']:.2f} | {r['fallbacks']} |")
+        if DEPENDENT:
+            lines[-1] += f" {r['unified_dependent_us']:.1f} ({100 * r['unified_dependent_bw']:.0f}%) |"
     lines += ["", "| adversarial | B | KV | rel err | finite | fallbacks | expected | edge margin |",
               "|---|---|---|---|---|---|---|---|"]
     for c in checks:

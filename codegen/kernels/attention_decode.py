@@ -274,7 +274,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                      rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                      num_splits: int = 4, min_split_keys: int = 64, block_n: int = 64, num_warps: int = 4,
-                     num_stages: int = 2, workspace: tuple | None = None) -> torch.Tensor:
+                     num_stages: int = 2, workspace: tuple | None = None,
+                     dependent_launch: bool = False) -> torch.Tensor:
     """One query per sequence: q [B, 1, Hq*D] (or [B, Hq*D]) over the cache [B_cap, Hkv, T_cap, D] after
     kv_cache.write_kv; positions [B, 1] (or [B]). Returns q's shape and dtype.
 
@@ -286,6 +287,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     unified: (φ, safe_low, safe_high) for the unified-max scheme, None for synchronized. fallbacks: int32 [1]
     counter the unified kernel adds its recomputed rows to. Config: num_splits, min_split_keys (a multiple of
     block_n), block_n, num_warps, num_stages. workspace: from allocate_decode_workspace, or allocated here.
+    dependent_launch (NVIDIA sm_90 and later, not the interpreter): launch as a programmatic dependent of the
+    kernel before on the stream, as bundles for those targets do (wait_for_producers).
     """
     require_float("attention_decode", q=q, k_cache=k_cache, v_cache=v_cache)
     require_index("attention_decode", positions=positions)
@@ -331,5 +334,6 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16),
             HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
             GROUP_P2=block_for(group), SPLIT_CHUNK=combine_chunk(group, num_splits), UNIFIED=unified is not None,
-            WRITE_KV=new_kv is not None, ROTARY=rotary is not None, num_warps=num_warps, num_stages=num_stages)
+            WRITE_KV=new_kv is not None, ROTARY=rotary is not None, num_warps=num_warps, num_stages=num_stages,
+            **({"GRID_DEPENDENCY": True, "launch_pdl": True} if dependent_launch else {}))
     return out.view(q.shape)
