@@ -3,7 +3,9 @@
 For each step and each of its kernel choices, launch_specs says which kernels to compile and how to launch
 them; this module compiles each distinct specialisation once (codegen/build.py caches them on disk, so a
 second target of the same model recompiles only kernels, and the same target nothing), records the
-launches in the plan, and returns the code objects as bundle members.
+launches in the plan, and returns the code objects as bundle members. On sm_90 and later targets every kernel
+is built for programmatic dependent launch (codegen/kernels/_common.wait_for_producers), so every kernel a
+launch spec names must take GRID_DEPENDENCY.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fdpp.codegen.build import compile_kernel, takes_grid_dependency
+from fdpp.codegen.build import compile_kernel
 from fdpp.codegen.launch_specs import KernelSpec, step_launches
 from fdpp.compiler.targets import Target
 from fdpp.runtime.bundle import KERNELS_DIR
@@ -86,7 +88,7 @@ def build_plan_kernels(plan: Plan, dtype: str, target: Target, weight_shapes: di
         kernels.append(compile_kernel(spec.fn, target, dict(spec.signature), dict(spec.constexprs), name=key,
                                       num_warps=spec.num_warps, num_stages=spec.num_stages,
                                       divisible_by_16=spec.divisible_by_16,
-                                      dependent_launch=target.dependent_launch and takes_grid_dependency(spec.fn)))
+                                      dependent_launch=target.dependent_launch))
     members: dict[str, bytes] = {}
     for kernel in kernels:
         members[KERNELS_DIR + kernel.code_object_member] = kernel.binary

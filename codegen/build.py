@@ -96,18 +96,20 @@ def compile_kernel(
     `signature` gives the runtime arguments' triton types, `constexprs` the compile-time values; together they
     must name every argument of `fn` once. `divisible_by_16` names the arguments compiled assuming 16-byte
     alignment (None: every pointer). `name` (default: the function's name) names the bundle members.
-    `dependent_launch` (sm_90 and later) compiles a kernel that takes GRID_DEPENDENCY with it set and marks
-    the code object for a programmatic dependent launch; a kernel that takes GRID_DEPENDENCY gets False
-    otherwise.
+    `dependent_launch` (sm_90 and later targets only) compiles a kernel that takes GRID_DEPENDENCY with it
+    True and marks the code object for a programmatic dependent launch; otherwise such a kernel gets False.
+    GRID_DEPENDENCY is set here, never passed in `constexprs`, so the flag and the code always agree.
     Returns a cached kernel when one with the same key exists; raises CompileError naming the kernel.
     """
     constexprs = dict(constexprs or {})
     name = name or fn.__name__
-    if takes_grid_dependency(fn):
-        constexprs.setdefault("GRID_DEPENDENCY", dependent_launch)
-    if dependent_launch and not (constexprs.get("GRID_DEPENDENCY") is True and target.dependent_launch):
+    if "GRID_DEPENDENCY" in constexprs:
+        raise CompileError(f"kernel '{name}': pass dependent_launch, not a GRID_DEPENDENCY constexpr")
+    if dependent_launch and not (takes_grid_dependency(fn) and target.dependent_launch):
         raise CompileError(f"kernel '{name}' cannot be launched as a programmatic dependent on {target.name}: "
-                           f"it needs GRID_DEPENDENCY set (wait_for_producers) and an sm_90 or later target")
+                           f"that needs a kernel taking GRID_DEPENDENCY and an sm_90 or later target")
+    if takes_grid_dependency(fn):
+        constexprs["GRID_DEPENDENCY"] = dependent_launch
     full_signature = _triton_signature(fn, signature, constexprs)
     aligned = _aligned_params(fn, full_signature, divisible_by_16)
     attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in aligned}
@@ -138,7 +140,8 @@ def compile_kernel(
 
 
 def takes_grid_dependency(fn: Any) -> bool:
-    """Whether the kernel starts with wait_for_producers(GRID_DEPENDENCY), so it may be launched dependent."""
+    """Whether the kernel declares GRID_DEPENDENCY, which by convention it passes to wait_for_producers as its
+    first statement (tests/helpers.assert_kernels_wait_first checks every bundle kernel's PTX for that)."""
     return "GRID_DEPENDENCY" in fn.arg_names
 
 

@@ -11,8 +11,8 @@ buffers, is reserved with `reserve_scratch(grid)` before capture (most kernels n
 Kernels built with `programmatic_dependent_launch` (sm_90 and later; each starts with wait_for_producers)
 are launched with cuLaunchKernelEx and the programmatic-stream-serialization attribute: the GPU may schedule
 their programs while the kernel before them on the stream still runs, and a CUDA graph captured from such
-launches keeps the programmatic edges. FDPP_DEPENDENT_LAUNCH=0 launches them as ordinary kernels instead
-(their wait then does nothing), to measure what dependent launch gains.
+launches keeps the programmatic edges. FDPP_DEPENDENT_LAUNCH=0, read when a kernel is loaded, launches them
+as ordinary kernels instead (their wait then does nothing), to measure what dependent launch gains.
 """
 
 from __future__ import annotations

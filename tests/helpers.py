@@ -9,6 +9,7 @@ per process because tracing (~2 s) and compiling (~4 s) dominate a test run.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,27 @@ def _compile(path: str, out_dir: str, dtype: str) -> Path:
 def compile_tiny(path: Path | str, tmp_path: Path | str, dtype: str = "float32") -> Path:
     """Compile a saved tiny model for a100 (max batch 4, max seq 128) into tmp_path -> bundle path."""
     return _compile(str(path), str(tmp_path), dtype)
+
+
+_GLOBAL_MEMORY_OP = re.compile(r"\b(?:ld|st|atom|red)\.global\b")
+
+
+def assert_kernels_wait_first(path: Path | str) -> int:
+    """Every kernel of a bundle built for dependent launch (sm_90): marked for it, exactly one
+    griddepcontrol.wait in its PTX, before its first global load, store or atomic, and one
+    griddepcontrol.launch_dependents. Returns how many kernels were checked."""
+    from fdpp.runtime.bundle import read_bundle
+    bundle = read_bundle(path)
+    for meta in bundle.manifest.kernels:
+        name = meta["name"]
+        assert meta["programmatic_dependent_launch"] and meta["constexprs"]["GRID_DEPENDENCY"] is True, name
+        ptx = bundle.member_bytes("kernels/" + meta["ptx"]).decode()
+        body = ptx[ptx.index(".entry"):].splitlines()
+        waits = [i for i, line in enumerate(body) if "griddepcontrol.wait" in line]
+        memory = [i for i, line in enumerate(body) if _GLOBAL_MEMORY_OP.search(line)]
+        assert len(waits) == 1 and memory and waits[0] < memory[0], f"{name}: wait {waits}, first access {memory[:1]}"
+        assert sum("griddepcontrol.launch_dependents" in line for line in body) == 1, name
+    return len(bundle.manifest.kernels)
 
 
 def random_tokens(batch: int, seq: int, vocab: int = 300, seed: int | None = None) -> torch.Tensor:

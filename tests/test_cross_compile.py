@@ -162,3 +162,21 @@ def test_launch_hints_strides_that_are_multiples_of_16_whatever_the_sizes():
                                               ("e", "i32", 0)], {})
     (spec,) = builder.out.specs.values()
     assert spec.divisible_by_16 == ("x_ptr", "a", "d")
+
+
+def test_dependent_launch_is_refused_where_it_cannot_work(cache):
+    from fdpp.codegen.kernels.rms_norm import rms_norm_kernel
+    signature = {"x_ptr": "*fp16", "residual_ptr": "*fp16", "weight_ptr": "*fp16", "bias_ptr": "*fp16",
+                 "out_ptr": "*fp16", "new_residual_ptr": "*fp16", "hidden": "i32", "x_row_stride": "i32",
+                 "residual_row_stride": "i32", "eps": "fp32"}
+    constexprs = {"HAS_RESIDUAL": False, "HAS_BIAS": False, "BLOCK_H": 64}
+    with pytest.raises(CompileError, match="sm_90 or later"):           # no griddepcontrol before Hopper
+        compile_kernel(rms_norm_kernel, get_target("a100"), signature, constexprs, dependent_launch=True, cache=cache)
+    with pytest.raises(CompileError, match="taking GRID_DEPENDENCY"):   # a kernel without the wait
+        build_probe("h100", cache, dependent_launch=True)
+    with pytest.raises(CompileError, match="pass dependent_launch"):    # flag and code could disagree
+        compile_kernel(rms_norm_kernel, get_target("h100"), signature, {**constexprs, "GRID_DEPENDENCY": True},
+                       cache=cache)
+    kernel = compile_kernel(rms_norm_kernel, get_target("h100"), signature, constexprs, dependent_launch=True,
+                            cache=cache)
+    assert kernel.programmatic_dependent_launch and kernel.constexprs["GRID_DEPENDENCY"] is True

@@ -51,9 +51,8 @@ def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constex
     until the kernel before has finished and its writes are visible. Nothing is read or written before the
     wait, so every ordering of the stream holds.
     LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start). Kernels that
-    stream a weight pass False and call let_next_start after their main loop instead: on an H100, with the
-    early signal in the linears llama2-7b decoded slower than with ordinary launches, with it after the loop
-    2.6% faster (docs/perf/2026-12-06-h100-dependent-launch.md; why early is slower was not measured).
+    stream a weight pass False and call let_next_start after their main loop instead, which measured faster
+    (docs/architecture.md note 23).
     The instructions do nothing when the launch was an ordinary one; GRID_DEPENDENCY False (other
     targets, the interpreter, the JIT wrappers) emits nothing."""
     if GRID_DEPENDENCY:
