@@ -6,7 +6,9 @@
 # three sparse formats, eager and CUDA graphs, against the CPU reference executor).
 # "build": the dense llama2-7b bundle for h100 at --max-batch 1, then round 1.
 # "round N": the bundle benched with dependent launch, then with FDPP_DEPENDENT_LAUNCH=0 (ordinary launches).
+# TARGET=h200 builds for the H200 instead (not run yet).
 set -u
+TARGET=${TARGET:-h100}
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
 export PYTHONPATH=/tmp/pkg TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
 bench() {  # bench <label> <FDPP_DEPENDENT_LAUNCH>
@@ -21,7 +23,7 @@ case "$1" in
   build) nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
          python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__,
 transformers.__version__)" >> "$OUT/gpu.txt"
-         python3 -m fdpp.compiler.cli compile llama2-7b --weights random -t h100 --softmax synchronized --max-batch 1 \
+         python3 -m fdpp.compiler.cli compile llama2-7b --weights random -t "$TARGET" --softmax synchronized --max-batch 1 \
            -o /tmp/dense.fdpp > "$OUT/compile.log" 2>&1; tail -n 1 "$OUT/compile.log"
          bash "$0" round 1 ;;
 esac
