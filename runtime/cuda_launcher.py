@@ -160,8 +160,8 @@ class CudaKernel(DriverKernel):
 
     def _choose_launch(self) -> None:
         """Dependent launches (cuLaunchKernelEx) for kernels built for them, unless FDPP_DEPENDENT_LAUNCH=0."""
-        self.dependent_launch = self.kernel.programmatic_dependent_launch and dependent_launch_enabled()
-        self._config = self._dependent_launch_config() if self.dependent_launch else None
+        dependent = self.kernel.programmatic_dependent_launch and dependent_launch_enabled()
+        self._config = self._dependent_launch_config() if dependent else None     # None: cuLaunchKernel
 
     def _launch(self, x: int, y: int, z: int, stream: int) -> None:
         if self._config is None:
