@@ -224,8 +224,9 @@ def attention_decode_kernel(
                 tl.debug_barrier()
         acc, slice_max, slice_sum = _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale,
                                                   phi, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, UNIFIED)
-        # the next kernel may be scheduled once every program is past its keys (idle programs exit first):
-        # signalled at the start, the next kernel's waiting programs made this one up to 18% slower
+        # the next kernel may be scheduled once every program is past its keys (idle programs exit first);
+        # signalled at the start instead, this kernel launched after itself ran up to 18% slower
+        # (docs/perf/2026-12-06-attention-late-signal.md)
         let_next_start(GRID_DEPENDENCY)
         if active == 1:
             # The whole sequence in one slice (short contexts): no partials, no ticket, no combine.
