@@ -50,9 +50,10 @@ def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constex
     before it on the stream: its programs may be scheduled while that kernel still runs, so here they wait
     until the kernel before has finished and its writes are visible. Nothing is read or written before the
     wait, so every ordering of the stream holds.
-    LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start). The decode step's
-    kernels with a long main loop (the weight-streaming linears, decode attention) pass False and call
-    let_next_start after that loop instead, which measured faster (docs/architecture.md note 23).
+    LET_NEXT_START also lets the next kernel's programs be scheduled now (let_next_start). Kernels that
+    stream a weight pass False and call let_next_start after their main loop instead, which measured faster
+    in the whole decode step; decode attention signals here, which measured faster there than after its key
+    loop (docs/architecture.md note 23).
     The instructions do nothing when the launch was an ordinary one; GRID_DEPENDENCY False (other
     targets, the interpreter, the JIT wrappers) emits nothing."""
     if GRID_DEPENDENCY:

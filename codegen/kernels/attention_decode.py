@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, let_next_start, require, require_float,
-                                          require_index, softmax_tile, wait_for_producers)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require, require_float, require_index,
+                                          softmax_tile, wait_for_producers)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference", "combine_chunk"]
@@ -185,7 +185,10 @@ def attention_decode_kernel(
     ROTARY: tl.constexpr,        # q and the new key arrive unrotated: rotate them (rotate-half) on load (needs WRITE_KV)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
-    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
+    # lets the next kernel (o_proj in a decode step) be scheduled at once: in the whole model that measured
+    # faster than signalling after the key loop, though launched after itself this kernel runs slower so
+    # (docs/perf/2026-12-06-attention-late-signal.md, "Whole model")
+    wait_for_producers(GRID_DEPENDENCY)
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -224,10 +227,6 @@ def attention_decode_kernel(
                 tl.debug_barrier()
         acc, slice_max, slice_sum = _attend_slice(q, k_base, v_base, key_start, key_end, cache_stride_seq, scale,
                                                   phi, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N, UNIFIED)
-        # the next kernel may be scheduled once every program is past its keys (idle programs exit first);
-        # signalled at the start instead, this kernel launched after itself ran up to 18% slower
-        # (docs/perf/2026-12-06-attention-late-signal.md)
-        let_next_start(GRID_DEPENDENCY)
         if active == 1:
             # The whole sequence in one slice (short contexts): no partials, no ticket, no combine.
             tl.store(out_rows, acc / slice_sum[:, None], mask=row_ok[:, None] & dim_ok[None, :])

@@ -1,20 +1,23 @@
 #!/bin/bash
-# The decode attention kernel letting the next kernel start after its key loop ("late", this commit) against
-# at its start ("early": the kernel of commit 27ab4fe, which the run needs as exp_attention_early.py in the
-# repository root: `git show 27ab4fe:codegen/kernels/attention_decode.py > exp_attention_early.py`). From the
-# repository root on a lent sm_90 GPU, output under $OUT. Only "attention" has been run (the record beside
-# this file); "build" and "round N" (llama2-7b at KV 4K) are the next step, not run.
+# The decode attention kernel letting the next kernel start after its key loop ("late": commit 9dae610's kernel)
+# against at its start ("early": the kernel of commit 27ab4fe, the same code as shipped again since). As run,
+# the repository held the late kernel and the early one came from exp_attention_early.py in the repository
+# root; to re-run on the current tree, which holds the early kernel, give it the late one instead:
+# `git show 9dae610:codegen/kernels/attention_decode.py > exp_attention_late.py`. From the repository root on a
+# lent sm_90 GPU, output under $OUT; the record beside this file has the results ("attention" in the record's
+# first table, the rest under "Whole model", outputs in whole-model/).
 # "build": both dense bundles (--max-batch 8, --max-seq-len 4224, synchronized softmax), built side by side;
-# "round N": each benched at batch 1 and 8, context 4096, 64 new tokens, dependent launch (the default).
+# "round N": each benched at batch 1 and 8, context 4096, 64 new tokens, dependent launch (the default);
+# "round128 N": the same at context 128, 256 new tokens.
 # "attention": scripts/bench_attention.py --dependent-launch with each kernel, batch 1 and 8, KV 4K and 32K.
 set -u
 TARGET=${TARGET:-h100}
 export TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
-mkdir -p /tmp/late-pkg /tmp/early-pkg && ln -sfn "$PWD" /tmp/late-pkg/fdpp
-if [ ! -d /tmp/early ]; then
-  cp -r "$PWD" /tmp/early && cp exp_attention_early.py /tmp/early/codegen/kernels/attention_decode.py
+mkdir -p /tmp/late-pkg /tmp/early-pkg && ln -sfn "$PWD" /tmp/early-pkg/fdpp
+if [ ! -d /tmp/late ]; then
+  cp -r "$PWD" /tmp/late && cp exp_attention_late.py /tmp/late/codegen/kernels/attention_decode.py
 fi
-ln -sfn /tmp/early /tmp/early-pkg/fdpp
+ln -sfn /tmp/late /tmp/late-pkg/fdpp
 fdcc() { PYTHONPATH=/tmp/$1-pkg python3 -m fdpp.compiler.cli "${@:2}"; }
 case "$1" in
   build) nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
@@ -33,4 +36,10 @@ case "$1" in
            printf '%-6s %s\n' $v "$(grep -E '^ +(1|8) +4096' "$OUT/bench-$v-$2.log" | tr -s ' ' | tr '\n' '|')"
            grep -E "^  attention" "$OUT/bench-$v-$2.log"
          done ;;
+  round128) for v in late early; do
+              fdcc $v bench /tmp/$v.fdpp --batch 1 --batch 8 --context 128 --new-tokens 256 --no-hf \
+                > "$OUT/bench128-$v-$2.log" 2>&1
+              printf '%-6s %s\n' $v "$(grep -E '^ +(1|8) +128 ' "$OUT/bench128-$v-$2.log" | tr -s ' ' | tr '\n' '|')"
+              grep -E "^  attention" "$OUT/bench128-$v-$2.log"
+            done ;;
 esac
