@@ -23,6 +23,7 @@ from fdpp.compiler.calibration import CalibrationSet, load_calibration
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.ir import Graph
 from fdpp.compiler.options import DTYPES, PRUNE_METHODS, SOFTMAX_MODES, SPARSE_FORMATS, CompileOptions
+from fdpp.compiler.progress import Progress, throttled
 from fdpp.compiler.sources import LoadedSource, resolve_source
 from fdpp.compiler.targets import Target, get_target
 from fdpp.compiler.tune import shipped_profile
@@ -31,9 +32,6 @@ from fdpp.passes.calibrate_softmax import MIN_COVERAGE
 from fdpp.passes.pipeline import PIPELINE
 from fdpp.runtime.unified_max import safe_offsets
 from fdpp.runtime.schema import FORMAT_VERSION, Envelope, Manifest, Plan
-
-Progress = Callable[[str], None]
-
 
 def _version(package: str) -> str:
     try:
@@ -95,11 +93,13 @@ def trace_source(loaded: LoadedSource, options: CompileOptions) -> Graph:
 
 def optimize(graph: Graph, options: CompileOptions, target: Target, dump_dir: Path | None = None,
              progress: Progress | None = None, calibration: CalibrationSet | None = None) -> Graph:
-    def report(name, result):
+    def report(name, result, seconds):
         if progress:
             changed = ", ".join(f"{k} {v}" for k, v in result.changes.items() if v) or "no change"
-            progress(f"  pass {name}: {changed}")
-    return PassManager(list(PIPELINE), dump_dir, report).run(graph, PassContext(options, target, calibration))
+            took = f" ({seconds:.1f}s)" if seconds >= 1 else ""
+            progress(f"  pass {name}: {changed}{took}")
+    return PassManager(list(PIPELINE), dump_dir, report).run(graph, PassContext(options, target, calibration,
+                                                                                progress))
 
 
 def _layers(plan: Plan) -> list[dict]:
@@ -165,7 +165,7 @@ def compile_for_targets(source: str, target_names: list[str], outputs: list[Path
             built = build_plan_kernels(plan, options.dtype, target, {n: graph.weights.shape(n) for n in names}, say)
             if shards is None:
                 say(f"[5/5] casting and serialising {len(names)} weights to {options.dtype} (once for all targets)")
-                shards = WeightShards.write(names, _weight_getter(graph, dtype), _throttled(say, "weights"))
+                shards = WeightShards.write(names, _weight_getter(graph, dtype), throttled(say, "weights"))
             elif list(shards.entries) != names:
                 raise CompileError(f"internal: target {target.name} uses other weights than the first target")
             manifest = _manifest(loaded, graph, built, options, target, calibration)
@@ -182,16 +182,6 @@ def _weight_getter(graph: Graph, dtype: torch.dtype) -> Callable[[str], torch.Te
         t = graph.weights.get(name)
         return t.to(dtype) if t.is_floating_point() else t
     return get_weight
-
-
-def _throttled(say: Progress, what: str) -> Callable[[int, int], None]:
-    last = [0.0]
-
-    def report(done: int, total: int) -> None:
-        if time.perf_counter() - last[0] > 5 or done == total:
-            last[0] = time.perf_counter()
-            say(f"  {what} {done}/{total}")
-    return report
 
 
 def _manifest(loaded: LoadedSource, graph: Graph, built, options: CompileOptions, target: Target,

@@ -183,7 +183,7 @@ class RandomWeightStore:
         if len(shape) == 1:
             return torch.ones(shape, dtype=self._dtype)
         g = torch.Generator().manual_seed(self._seed * 1_000_003 + zlib.crc32(name.encode()))
-        return (torch.randn(shape, generator=g, dtype=torch.float32) * 0.02).to(self._dtype)
+        return torch.randn(shape, generator=g, dtype=torch.float32).mul_(0.02).to(self._dtype)
 
 
 def _random(name: str, builtin: Builtin, seed: int, dtype: torch.dtype) -> LoadedSource:

@@ -17,13 +17,28 @@ import torch
 
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op, OverlayWeightStore, TensorType
 from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.passes.weight_jobs import map_weights
 from fdpp.runtime.sparse_formats import PARTS, SparseWeight, encode, tensor_name
 
 
 def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
     dtype = getattr(torch, ctx.options.dtype)
+    chosen: dict[str, tuple[str, tuple[int, int] | None]] = {}     # weight -> (format, tile), first linear's
+    for node in graph.nodes:
+        decision = node.attr("sparse_format")
+        if node.op is Op.LINEAR and decision and decision["format"] != "dense":
+            chosen.setdefault(node.attr("pruned")["weight"],
+                              (decision["format"], tuple(decision["tile"]) if decision["tile"] else None))
+
+    if not chosen:
+        return PassResult(graph, {})
+
+    def encode_one(key: str) -> SparseWeight:
+        fmt, tile = chosen[key]
+        return encode(graph.weights.get(key).to(dtype), fmt, tile)
+    encoded = dict(zip(chosen, map_weights(encode_one, chosen, ctx.counter("encoded weights"))))
+
     edit = GraphEditor(graph)
-    encoded: dict[str, SparseWeight] = {}
     tensors: dict[str, torch.Tensor] = {}
     params: dict[str, str] = {}                  # tensor name -> PARAM node name
     for node in graph.nodes:
@@ -31,20 +46,16 @@ def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
         if node.op is not Op.LINEAR or not decision or decision["format"] == "dense":
             continue
         fmt, key = decision["format"], node.attr("pruned")["weight"]
-        if key not in encoded:
-            tile = tuple(decision["tile"]) if decision["tile"] else None
-            encoded[key] = encode(graph.weights.get(key).to(dtype), fmt, tile)
-            for part, tensor in encoded[key].tensors.items():
+        weight = encoded[key]
+        if tensor_name(key, fmt, PARTS[fmt][0]) not in params:     # the weight's first linear adds its parts
+            for part, tensor in weight.tensors.items():
                 name = tensor_name(key, fmt, part)
                 tensors[name] = tensor
                 params[name] = edit.add(Node(name.replace(".", "_"), Op.PARAM, (), TensorType(
                     tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")), {"key": name}), before=node.name)
-        weight = encoded[key]
         parts = tuple(params[tensor_name(key, fmt, part)] for part in PARTS[fmt])
         edit.update(node.with_(inputs=(node.inputs[0], *parts, *node.inputs[2:]),
                                attrs={**node.attrs, "sparse": weight.meta()}))
-    if not encoded:
-        return PassResult(graph, {})
     out = edit.commit().with_(weights=OverlayWeightStore(graph.weights, tensors))
     return PassResult(out, {f"encoded {fmt}": sum(1 for w in encoded.values() if w.format == fmt)
                             for fmt in PARTS})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.ir import Graph, format_graph, verify
+from fdpp.compiler.progress import Counter, Progress, throttled
 
 
 @dataclass
@@ -22,12 +24,19 @@ class PassResult:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What every pass may read besides the graph: options, target, and calibration data (a
-    compiler.calibration.CalibrationSet, shared by every target's pipeline; None where none is needed)."""
+    """What every pass may read besides the graph: options, target, calibration data (a
+    compiler.calibration.CalibrationSet, shared by every target's pipeline; None where none is needed), and
+    where to say progress lines (None: nowhere). Passes that take more than a few seconds report through
+    counter()."""
 
     options: Any
     target: Any
     calibration: Any = None
+    progress: Progress | None = None
+
+    def counter(self, what: str) -> Counter:
+        """report(done, total) saying "  {what} {done}/{total}" every few seconds and at the end."""
+        return throttled(self.progress, what)
 
 
 PassFn = Callable[[Graph, PassContext], PassResult]
@@ -37,7 +46,7 @@ PassFn = Callable[[Graph, PassContext], PassResult]
 class PassManager:
     passes: list[tuple[str, PassFn]]
     dump_dir: Path | None = None
-    on_pass: Callable[[str, PassResult], None] | None = None
+    on_pass: Callable[[str, PassResult, float], None] | None = None   # (name, result, seconds)
     history: list[tuple[str, dict[str, int]]] = field(default_factory=list)
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
@@ -47,6 +56,7 @@ class PassManager:
             (self.dump_dir / "00-imported.ir").write_text(format_graph(graph))
         for index, (name, fn) in enumerate(self.passes, start=1):
             before = ", ".join(n for n, _ in self.history) or "none"
+            started = time.perf_counter()
             try:
                 result = fn(graph, ctx)
                 verify(result.graph)
@@ -57,7 +67,7 @@ class PassManager:
             graph = result.graph
             self.history.append((name, dict(result.changes)))
             if self.on_pass:
-                self.on_pass(name, result)
+                self.on_pass(name, result, time.perf_counter() - started)
             if self.dump_dir is not None:
                 (self.dump_dir / f"{index:02d}-{name}.ir").write_text(format_graph(graph))
         return graph

@@ -30,6 +30,7 @@ from fdpp.compiler.errors import CompileError
 from fdpp.compiler.interpreter import evaluate
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.passes.weight_jobs import map_weights
 
 from fdpp.compiler.options import PRUNE_METHODS as METHODS
 
@@ -52,7 +53,20 @@ class PrunedWeightStore:
         if name not in self.rules:
             return weight
         norms, threshold = self.rules[name]
-        return weight.masked_fill(scores(weight, norms) <= threshold[:, None], 0)
+        out = torch.empty_like(weight)
+        for rows in _row_blocks(weight):
+            out[rows] = weight[rows].masked_fill(scores(weight[rows], norms) <= threshold[rows, None], 0)
+        return out
+
+
+ROW_BLOCK_ELEMENTS = 1 << 22    # scores are made for this many weights at a time: small, reused temporaries
+
+
+def _row_blocks(weight: torch.Tensor) -> list[slice]:
+    """Slices of about ROW_BLOCK_ELEMENTS weights covering the rows of weight [N, K]."""
+    n, k = weight.shape
+    step = max(1, ROW_BLOCK_ELEMENTS // max(k, 1))
+    return [slice(r, r + step) for r in range(0, n, step)]
 
 
 def scores(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
@@ -63,7 +77,7 @@ def scores(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
 
 def row_thresholds(weight: torch.Tensor, norms: torch.Tensor | None, sparsity: float) -> torch.Tensor:
     """[N] per-row threshold: the round(sparsity * K)-th lowest score (-inf where nothing is pruned)."""
-    return _thresholds(scores(weight, norms), sparsity)
+    return torch.cat([_thresholds(scores(weight[rows], norms), sparsity) for rows in _row_blocks(weight)])
 
 
 def _thresholds(score: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -89,6 +103,10 @@ def _selected(graph: Graph, options) -> list[tuple[Node, str]]:
             continue
         chosen.append((n, key))
     return chosen
+
+
+def _same_norms(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is None and b is None or a is not None and b is not None and torch.equal(a, b)
 
 
 def measure_input_norms(graph: Graph, tokens: torch.Tensor, linears: list[Node]) -> dict[str, torch.Tensor]:
@@ -127,19 +145,31 @@ def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
         if key not in ctx.calibration.cache:
             ctx.calibration.cache[key] = measure_input_norms(graph, ctx.calibration.tokens, [n for n, _ in selected])
         norms = ctx.calibration.cache[key]
-    rules: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
-    edit = GraphEditor(graph)
+    first_node: dict[str, Node] = {}               # weight -> the first linear reading it
     for node, key in selected:
-        weight = graph.weights.get(key)
-        channel_norms = norms.get(node.name)
-        if key in rules and channel_norms is not None and not torch.equal(rules[key][0], channel_norms):
+        earlier = first_node.setdefault(key, node)
+        if earlier is not node and not _same_norms(norms.get(earlier.name), norms.get(node.name)):
             raise CompileError(f"weight {key} feeds two linears with different inputs; Wanda cannot prune it "
                                f"for both; exclude it with --prune-exclude")
-        score = scores(weight, channel_norms)
-        threshold = _thresholds(score, opts.sparsity)
-        rules[key] = (channel_norms, threshold)
-        kept = int((score > threshold[:, None]).logical_and(weight != 0).sum())
+
+    def prune_one(key: str) -> tuple[torch.Tensor | None, torch.Tensor, float]:
+        """(channel norms, per-row threshold [N], density kept) of one weight."""
+        weight = graph.weights.get(key)
+        channel_norms = norms.get(first_node[key].name)
+        threshold = row_thresholds(weight, channel_norms, opts.sparsity)
+        kept = sum(int((scores(weight[rows], channel_norms) > threshold[rows, None]).logical_and(weight[rows] != 0)
+                       .sum()) for rows in _row_blocks(weight))
+        return channel_norms, threshold, kept / weight.numel()
+
+    keys = list(first_node)
+    rules: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    density: dict[str, float] = {}
+    for key, (channel_norms, threshold, kept) in zip(keys, map_weights(prune_one, keys,
+                                                                        ctx.counter("pruned weights"))):
+        rules[key], density[key] = (channel_norms, threshold), kept
+    edit = GraphEditor(graph)
+    for node, key in selected:
         edit.update(node.with_(attrs={**node.attrs, "pruned": {
-            "method": opts.prune, "sparsity": opts.sparsity, "density": kept / weight.numel(), "weight": key}}))
+            "method": opts.prune, "sparsity": opts.sparsity, "density": density[key], "weight": key}}))
     pruned = edit.commit().with_(weights=PrunedWeightStore(graph.weights, rules))
     return PassResult(pruned, {f"pruned ({opts.prune})": len(rules)})

@@ -234,16 +234,40 @@ CHUNKED_CSR_CHUNK = 32       # entries per chunk
 CHUNKED_CSR_SPAN = 256       # columns a chunk reaches from its base (8-bit offsets)
 
 
+ENCODE_BLOCK_ELEMENTS = 1 << 22     # rows encoded together: small temporaries, reused instead of paged in anew
+
+
 def encode_chunked_csr(weight: torch.Tensor, chunk: int = CHUNKED_CSR_CHUNK) -> SparseWeight:
     """W [N, K] (any float dtype) -> chunked-CSR values, offsets and bases (layout in the module docstring).
 
     Chunks are cut greedily along each row: a chunk starts at the row's next nonzero (its base) and takes
-    up to `chunk` nonzeros whose columns are < base + 256; a short chunk is filled with padding entries."""
+    up to `chunk` nonzeros whose columns are < base + 256; a short chunk is filled with padding entries.
+    Rows are encoded in blocks of about ENCODE_BLOCK_ELEMENTS positions; a row with fewer chunks than the
+    most any row has ends in padding chunks (base 0, offsets 0, values 0)."""
     _check_2d(weight, "chunked CSR")
     if chunk < 1:
         raise SparseFormatError(f"chunked CSR: chunk must be positive, got {chunk}")
     n, k = weight.shape
     weight = weight.contiguous()
+    rows = max(1, ENCODE_BLOCK_ELEMENTS // max(k, 1))
+    blocks = [_chunked_csr_rows(weight[r:r + rows], chunk) for r in range(0, n, rows)] or \
+        [_chunked_csr_rows(weight, chunk)]
+    chunks = max(base.shape[1] for _, _, base in blocks)
+
+    def widen(t: torch.Tensor, width: int) -> torch.Tensor:            # zero padding chunks on the right
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+    values = torch.cat([widen(v, chunks * chunk) for v, _, _ in blocks])
+    offsets = torch.cat([widen(o, chunks * chunk) for _, o, _ in blocks])
+    bases = torch.cat([widen(b, chunks) for _, _, b in blocks])
+    nnz = int(_nonzero_bits(weight).sum()) if weight.numel() else 0
+    return SparseWeight("chunked_csr", (n, k), (n, k), (chunks, chunk), nnz, _dtype_name(weight),
+                        {"values": values.contiguous(), "offsets": offsets.contiguous(), "bases": bases.contiguous()})
+
+
+def _chunked_csr_rows(weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows W [n, K] -> (values [n, T * chunk], offsets uint8 [n, T * chunk], bases int32 [n, T]), T the most
+    chunks any of these rows needs (at least 1)."""
+    n, k = weight.shape
     present = _nonzero_bits(weight)                                             # [N, K]
     per_row = present.sum(1)                                                    # [N]
     widest = int(per_row.max()) if n else 0
@@ -275,10 +299,8 @@ def encode_chunked_csr(weight: torch.Tensor, chunk: int = CHUNKED_CSR_CHUNK) -> 
         torch.zeros(index.shape, dtype=weight.dtype, device=device)
     values = torch.where(real, values, torch.zeros((), dtype=weight.dtype, device=device))
     chunks = base.shape[1]
-    return SparseWeight("chunked_csr", (n, k), (n, k), (chunks, chunk), int(per_row.sum()), _dtype_name(weight),
-                        {"values": values.reshape(n, chunks * chunk).contiguous(),
-                         "offsets": (column - base[..., None]).to(torch.uint8).reshape(n, chunks * chunk),
-                         "bases": base.to(torch.int32).contiguous()})
+    return (values.reshape(n, chunks * chunk), (column - base[..., None]).to(torch.uint8).reshape(n, chunks * chunk),
+            base.to(torch.int32))
 
 
 def decode_chunked_csr(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor,

@@ -14,6 +14,7 @@ from fdpp.compiler.ir import DictWeightStore, Op
 from fdpp.compiler.targets import get_target
 from fdpp.passes.pass_manager import PassContext, PassManager
 from fdpp.passes.pipeline import PIPELINE
+from fdpp.passes import prune_weights as prune_module
 from fdpp.passes.prune_weights import PrunedWeightStore, row_thresholds, scores
 from fdpp.passes.select_kernels import dense_linear_cost_us
 from fdpp.passes.sparse_choice import choose_sparse_linear
@@ -23,10 +24,10 @@ from helpers import compile_options, random_tokens, tiny_llama, trace_tiny
 UP_TO_PRUNING = PIPELINE[:[name for name, _ in PIPELINE].index("prune_weights") + 1]
 
 
-def _pruned_graph(**options):
+def _pruned_graph(progress=None, **options):
     model, _ = tiny_llama()
     calibration = load_calibration(None, None, 300, 256, 64)
-    ctx = PassContext(compile_options(**options), get_target("h100"), calibration)
+    ctx = PassContext(compile_options(**options), get_target("h100"), calibration, progress)
     return PassManager(list(UP_TO_PRUNING)).run(trace_tiny(model), ctx), model
 
 
@@ -63,6 +64,29 @@ def test_pass_prunes_every_row_of_every_linear_but_lm_head(method):
         assert node.attr("pruned")["density"] == pytest.approx(float((w != 0).float().mean()))
         kept = w != 0
         assert torch.equal(w[kept], model.state_dict()[key][kept])   # survivors are untouched
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_row_blocks_prune_as_the_whole_matrix_does(monkeypatch, method):
+    """Scores, thresholds and masks are made a few rows at a time; the result is the per-row rule on the whole
+    matrix: zero the round(s * K) lowest scores of each row (and ties at the threshold)."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(37, 16, generator=g)
+    norms = torch.rand(16, generator=g) + 0.1 if method == "wanda" else None
+    monkeypatch.setattr(prune_module, "ROW_BLOCK_ELEMENTS", 40)           # 2 rows a block, the last alone
+    assert len(prune_module._row_blocks(w)) == 19
+    threshold = row_thresholds(w, norms, 0.7)
+    score = w.abs() * norms if norms is not None else w.abs()
+    expected_threshold = score.kthvalue(round(0.7 * 16), dim=1).values
+    assert torch.equal(threshold, expected_threshold)
+    pruned = PrunedWeightStore(DictWeightStore({"w": w}), {"w": (norms, threshold)}).get("w")
+    assert torch.equal(pruned, w.masked_fill(score <= expected_threshold[:, None], 0))
+
+
+def test_pass_says_its_progress():
+    lines = []
+    _pruned_graph(progress=lines.append, sparsity=0.5, prune="magnitude")
+    assert lines[-1] == "  pruned weights 14/14"
 
 
 def test_wanda_and_magnitude_choose_differently_and_wanda_uses_the_activations():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fdpp.runtime import sparse_formats
 from fdpp.runtime.sparse_formats import (CHUNKED_CSR_SPAN, SparseFormatError, decode, encode_bitmap,
                                          encode_chunked_csr, encode_tiled_csl, encoded_bytes)
 
@@ -184,6 +185,20 @@ def test_chunked_csr_layout_by_the_spec(shape, density, chunk):
                 assert offset == 0
         expected = [(c, int(w[r, c].view(torch.int16))) for c in range(shape[1]) if int(w[r, c].view(torch.int16))]
         assert seen == expected
+
+
+def test_chunked_csr_row_blocks_encode_as_one_block(monkeypatch):
+    """Rows are encoded a block at a time, blocks needing different chunk counts padded to the widest: the same
+    tensors as one block, and an exact round trip."""
+    w = _sparse((23, 300), 0.3, seed=4)
+    w[5] = _sparse((1, 300), 1.0, seed=6)[0]              # a full row: the most chunks, in the second block
+    w[20:] = 0                                            # an empty last block
+    whole = encode_chunked_csr(w)
+    monkeypatch.setattr(sparse_formats, "ENCODE_BLOCK_ELEMENTS", 1000)   # 3 rows a block
+    blocks = encode_chunked_csr(w)
+    assert blocks.tile == whole.tile and blocks.nnz == whole.nnz
+    assert all(torch.equal(blocks.tensors[p], whole.tensors[p]) for p in whole.tensors)
+    assert _same_bits(decode(blocks.meta(), blocks.tensors), w)
 
 
 def test_chunked_csr_keeps_negative_zero_and_float32():
