@@ -8,8 +8,9 @@ Methods, both comparing weights within each output row (so each row keeps the sa
 
 Per row, the round(s * K) lowest scores are set to zero (ties at the threshold are pruned too, so a row can
 lose a few more). The pass does not hold pruned weights: it computes each weight's per-row score threshold
-once (fetching one weight at a time) and swaps the graph's weight store for one that applies it when a weight
-is read, so pruning a 7B model needs the model's memory plus one weight's worth.
+once and swaps the graph's weight store for one that applies it when a weight is read. Thresholds are computed
+for up to weight_jobs.WORKERS weights at a time, scores a block of rows at a time, so pruning a 7B model needs
+the model's memory plus a few weights' worth (less than a layer's).
 
 Which linears: every LINEAR whose weight name matches an `--prune-include` pattern (default all) and no
 `--prune-exclude` pattern (default `*lm_head*`), except weights an EMBEDDING also reads (tied embeddings).
@@ -164,9 +165,9 @@ def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
     keys = list(first_node)
     rules: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
     density: dict[str, float] = {}
-    for key, (channel_norms, threshold, kept) in zip(keys, map_weights(prune_one, keys,
-                                                                        ctx.counter("pruned weights"))):
-        rules[key], density[key] = (channel_norms, threshold), kept
+    for key, (channel_norms, threshold, kept_fraction) in zip(keys, map_weights(prune_one, keys,
+                                                                                 ctx.counter("pruned weights"))):
+        rules[key], density[key] = (channel_norms, threshold), kept_fraction
     edit = GraphEditor(graph)
     for node, key in selected:
         edit.update(node.with_(attrs={**node.attrs, "pruned": {
