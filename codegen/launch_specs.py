@@ -187,10 +187,18 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     elif choice.kernel == "flat_gemm":
         # block_m 16: the flat GEMM (M padded to 16); larger for many rows, where it is a plain tensor-core GEMM
         # that keeps the fused epilogues
-        cfg = {"block_m": 16, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
-        block_m, block_n, block_k = cfg["block_m"], cfg["block_n"], cfg["block_k"]
-        b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * cdiv({n}, {block_n})",), args,
-                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
+        # that keeps the fused epilogues; spread (profiles may set it): that many programs per 16 rows, each
+        # owning a run of about N / spread features, so the grid can match the multiprocessors
+        cfg = {"block_m": 16, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, "spread": 0,
+               **choice.config}
+        block_m, block_n, block_k, spread = cfg["block_m"], cfg["block_n"], cfg["block_k"], cfg["spread"]
+        if spread and block_n < -(-n // spread):
+            raise CompileError(f"step {c.step.output}: flat_gemm spread {spread} gives runs of up to "
+                               f"{-(-n // spread)} of {n} features; block_n {block_n} must hold one")
+        programs_n = spread if spread else f"cdiv({n}, {block_n})"
+        b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * {programs_n}",), args,
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
+                  "SPREAD": spread},
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     elif choice.kernel != "tc_gemm":
         raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")

@@ -2,7 +2,8 @@
 write a profile that `fdcc compile --profile FILE` uses instead of the cost model.
 
 Candidates: the CUDA-core GEMV (M <= 4, a grid of N tiles, K chunks and warps), the Triton flat GEMM
-(M <= 64: N tiles, K chunks, pipeline depths; from M = 32 also 64-row tiles, the plain tensor-core GEMM
+(M <= 64: N tiles, K chunks, pipeline depths; up to M = 16 also grids of 1-4 programs per multiprocessor,
+each owning a run of about N / programs features; from M = 32 also 64-row tiles, the plain tensor-core GEMM
 with our fused epilogues) and the vendor GEMM through torch. Timing: CUDA-graph replays
 of one launch per weight copy, the copies together far larger than L2 (graph_time_us), each candidate
 checked against torch first (a wrong candidate is never chosen). `vendor_us` is plain cuBLAS on the same
@@ -24,6 +25,9 @@ from fdpp.passes.select_kernels import LINEAR_KERNELS
 
 PROFILE_VERSION = 1
 FLAT_GEMM_GRID = {"block_n": (16, 32, 64), "block_k": (128, 256), "num_stages": (3, 4, 5)}
+# flat GEMM grids matched to the multiprocessors (codegen/kernels/linear.py gemm `spread`), up to 16 rows
+SPREAD_GRID = {"per_multiprocessor": (1, 2, 3, 4), "block_k": (128, 256), "num_stages": (4, 5)}
+SPREAD_MAX_ROWS = 16
 GEMV_GRID = {"block_n": (2, 4, 8), "block_k": (512, 1024), "num_warps": (4, 8)}
 GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many rows
 FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
@@ -46,11 +50,27 @@ def model_linear_shapes(config: dict) -> list[tuple[int, int, bool]]:
     return sorted({(n, k, False) for n, k in plain} | {(n, k, True) for n, k in gated})
 
 
-def _candidates(m: int) -> list[tuple[str, dict]]:
+def spread_candidates(n: int, multiprocessors: int) -> list[dict]:
+    """Flat GEMM configs whose grid is 1-4 programs per multiprocessor (per 16 rows of x), each owning a run of
+    about N / spread features in the narrowest power-of-two tile that holds one (>= 16); only where that grid
+    differs from the plain tiling's."""
+    out = []
+    for per_sm, bk, st in itertools.product(SPREAD_GRID["per_multiprocessor"], SPREAD_GRID["block_k"],
+                                            SPREAD_GRID["num_stages"]):
+        spread = per_sm * multiprocessors
+        block_n = max(16, 1 << (-(-n // spread) - 1).bit_length())
+        if spread <= n and spread != -(-n // block_n):
+            out.append({"block_n": block_n, "block_k": bk, "num_stages": st, "num_warps": 4, "spread": spread})
+    return out
+
+
+def _candidates(m: int, n: int = 0, multiprocessors: int = 0) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = [("tc_gemm", {})]
     if m <= FLAT_GEMM_MAX_ROWS:
         out += [("flat_gemm", {"block_n": bn, "block_k": bk, "num_stages": st, "num_warps": 4})
                 for bn, bk, st in itertools.product(*FLAT_GEMM_GRID.values())]
+    if m <= SPREAD_MAX_ROWS and multiprocessors:
+        out += [("flat_gemm", config) for config in spread_candidates(n, multiprocessors)]
     if m > 16:
         out += [("flat_gemm", {"block_m": 64, "block_n": bn, "block_k": 64, "num_stages": st, "num_warps": w})
                 for bn, st, w in itertools.product((64, 128), (3, 4), (4, 8))]
@@ -73,7 +93,7 @@ def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable
     if kernel == "flat_gemm":
         return lambda w: gemm(x, w, gated=activation, block_m=config.get("block_m", 16), block_n=config["block_n"],
                               block_k=config["block_k"], num_stages=config["num_stages"],
-                              num_warps=config["num_warps"])
+                              num_warps=config["num_warps"], spread=config.get("spread", 0))
     return lambda w: gemv(x, w, gated=activation, block_n=config["block_n"], block_k=config["block_k"],
                           num_warps=config["num_warps"])
 
@@ -101,6 +121,7 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
     if not torch.cuda.is_available():
         raise CompileError("fdcc tune measures kernels on a GPU; torch sees none here")
     torch_dtype = getattr(torch, dtype)
+    multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
     entries = []
     for n, k, gated in shapes:
         weights = rotating_weights(n, k, torch_dtype)
@@ -108,7 +129,7 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
             reference = fused_linear(x.float(), weights[0].float(), gated="silu" if gated else None)
             timings = []
-            for kernel, config in _candidates(m):
+            for kernel, config in _candidates(m, n // 2 if gated else n, multiprocessors):
                 run = _runner(kernel, config, x, gated)
                 try:
                     err = float((run(weights[0]).float() - reference).norm() / reference.norm())

@@ -48,3 +48,41 @@ def test_recorded_launches_match_the_reference_executor(kind, tmp_path):
     ids = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
     a, r = kernels.logits(ids), reference.logits(ids)
     assert float((a - r).norm() / r.norm()) < 3e-3
+
+
+def test_spread_flat_gemm_launches_match_the_reference_executor(tmp_path):
+    """A profile that puts every linear of a few rows on the flat GEMM with a spread grid (3 programs per 16 rows,
+    each owning about a third of the features): the recorded launches still give the reference's tokens."""
+    import json
+
+    from fdpp.compiler.tune import PROFILE_VERSION, model_linear_shapes
+
+    model, directory = tiny_llama(tmp_path)
+    entries = []
+    for n, k, gated in model_linear_shapes(model.config.to_dict()):
+        features = n // 2 if gated else n
+        block_n = max(16, 1 << (-(-features // 3) - 1).bit_length())
+        spread = {"block_n": block_n, "block_k": 32, "num_stages": 2, "num_warps": 4, "spread": 3}
+        entries += [{"n": n, "k": k, "gated": gated, "m": m, "kernel": "flat_gemm", "config": spread, "us": 1.0,
+                     "vendor_us": 2.0} for m in (1, 4)]
+        entries.append({"n": n, "k": k, "gated": gated, "m": 64, "kernel": "tc_gemm", "config": {}, "us": 1.0,
+                        "vendor_us": 1.0})
+    profile = tmp_path / "spread.json"
+    profile.write_text(json.dumps({"profile_version": PROFILE_VERSION, "target": "h100", "gpu": "test GPU",
+                                   "entries": entries}))
+    path = tmp_path / "spread.fdpp"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(directory), "--target", "h100",
+                    "-o", str(path), "--dtype", "float16", "--max-batch", "4", "--max-seq-len", "64",
+                    "--prefill-chunk", "16", "--profile", str(profile)], env=env, check=True, capture_output=True)
+    bundle = read_bundle(path)
+    spread_steps = [s for s in bundle.plan.steps for c in s.kernels if c.config.get("spread")]
+    assert spread_steps, "the profile's spread grids reach the plan"
+    _, specs = collect_launches(bundle.plan, bundle.manifest.dtype,
+                                {k: tuple(v.shape) for k, v in bundle.weights.items()})
+    executor = KernelExecutor(bundle.plan, bundle.weights, jit_launchers(specs), torch.float16, "cpu")
+    kernels = Model(bundle, "cpu", executor)
+    reference = fdpp.load(path)
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [40]]
+    assert kernels.generate(prompts, max_new_tokens=4).token_ids == \
+        reference.generate(prompts, max_new_tokens=4).token_ids

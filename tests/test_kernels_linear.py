@@ -47,6 +47,23 @@ def test_gemm(m, n, k, with_bias, dtype):
     assert_close(out, linear.linear_reference(x, weight, bias), "gemm")
 
 
+@pytest.mark.parametrize("n,k,spread,block_n", [(576, 96, 37, 16), (576, 96, 36, 16), (96, 577, 5, 32),
+                                                 (64, 64, 64, 16)])
+@pytest.mark.parametrize("m", [1, 97])
+def test_gemm_spread_runs_cover_every_feature_once(m, n, k, spread, block_n):
+    """spread programs per M tile, each owning a run of N // spread or one more features (runs of 15 and 16,
+    exactly 16, 19 and 20, one): every output written once, by its own run."""
+    x, weight, bias = _inputs(m, n, k, torch.float16, True, seed=14)
+    with poisoned_allocations():
+        out = linear.gemm(x, weight, bias, block_m=32, block_n=block_n, block_k=32, group_m=2, spread=spread)
+    assert_close(out, linear.linear_reference(x, weight, bias), "gemm spread")
+
+
+def test_gemm_spread_refuses_runs_wider_than_block_n():
+    with pytest.raises(ValueError, match="block_n 16 must hold one"):
+        linear.gemm(torch.ones(2, 32, device=DEVICE), torch.ones(100, 32, device=DEVICE), block_n=16, spread=6)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", ["residual", "gated", "gated+residual"])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -54,7 +71,8 @@ def test_gemm(m, n, k, with_bias, dtype):
     (linear.gemv, {"block_m": 4, "block_n": 4, "block_k": 64}, 7),
     (linear.gemm, {"block_m": 16, "block_n": 32, "block_k": 32}, 7),
     (linear.gemm, {"block_m": 64, "block_n": 64, "block_k": 64}, 97),
-], ids=["gemv", "flat_gemm", "gemm64"])
+    (linear.gemm, {"block_m": 16, "block_n": 16, "block_k": 32, "spread": 7}, 7),
+], ids=["gemv", "flat_gemm", "gemm64", "flat_gemm_spread"])
 def test_fused_epilogues(kernel, config, m, with_bias, epilogue, dtype):
     """Residual add and the gated activation over a stacked (gate; up) weight, against fused_linear."""
     n, k = 96, 577

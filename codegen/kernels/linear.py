@@ -104,12 +104,15 @@ def gemm_kernel(
     BLOCK_K: tl.constexpr,   # reduction chunk (>= 16)
     GROUP_M: tl.constexpr,   # M tiles per group of the launch order, so neighbours share weight tiles in L2
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
+    SPREAD: tl.constexpr = 0,  # > 0: SPREAD programs per M tile, each owning a run of N // SPREAD or one more
+                               # features (BLOCK_N >= cdiv(N, SPREAD)), so the grid can be a multiple of the
+                               # multiprocessors however N divides; 0: one program per BLOCK_N features
 ):
     wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # grouped ordering: walk GROUP_M tiles down M before moving along N
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_n = SPREAD if SPREAD else tl.cdiv(N, BLOCK_N)
     tiles_per_group = GROUP_M * tiles_n
     first_m = (pid // tiles_per_group) * GROUP_M
     group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
@@ -117,7 +120,12 @@ def gemm_kernel(
     tile_n = (pid % tiles_per_group) // group_rows
 
     rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    features = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SPREAD:
+        first, end = tile_n * N // SPREAD, (tile_n + 1) * N // SPREAD
+        features = first + tl.arange(0, BLOCK_N)
+        features = tl.where(features < end, features, N)    # the next run's features: past N, so masked out
+    else:
+        features = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     feature_ok = features < N
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_row_stride                      # [BM, 1]
@@ -186,20 +194,24 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
          residual: torch.Tensor | None = None, gated: str | None = None,
          block_m: int | None = None, block_n: int = 64, block_k: int = 32, group_m: int = 8,
-         num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+         num_warps: int = 4, num_stages: int = 3, spread: int = 0) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T + bias (+ residual) -> [..., N] on tensor cores; x and weight share one dtype.
 
     gated: as gemv. Config: block_m (default 16 for M <= 16 (flat GEMM), else 64), block_n, block_k, group_m,
-    num_warps, num_stages.
+    num_warps, num_stages, spread (> 0: that many programs per block_m rows of x, each owning N // spread or
+    one more features, block_n >= cdiv(N, spread); 0: one program per block_n features).
     """
     require(x.dtype == weight.dtype, "gemm", f"x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     rows, weight, bias_arg, residual_arg, out, epilogue = _prepare("gemm", x, weight, bias, residual, gated)
     (m, k), n = rows.shape, out.shape[1]
     block_m = block_m or (16 if m <= 16 else 64)
     require(min(block_m, block_n, block_k) >= 16, "gemm", "tl.dot needs every block size >= 16")
+    require(spread >= 0 and (not spread or block_n >= triton.cdiv(n, spread)), "gemm",
+            f"spread {spread} gives runs of up to {triton.cdiv(n, max(spread, 1))} of the {n} features; "
+            f"block_n {block_n} must hold one")
     if out.numel():
-        grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+        grid = (triton.cdiv(m, block_m) * (spread or triton.cdiv(n, block_n)),)
         gemm_kernel[grid](rows, weight, bias_arg, residual_arg, out, m, n, k, rows.stride(0), weight.stride(0),
                           **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                          GROUP_M=group_m, num_warps=num_warps, num_stages=num_stages)
+                          GROUP_M=group_m, SPREAD=spread, num_warps=num_warps, num_stages=num_stages)
     return out.view(*x.shape[:-1], n)
