@@ -5,7 +5,9 @@
 Builds a random mid-size Llama (hidden 768, 3 layers, GQA 12/4, vocabulary 4096: real tile counts, split-K
 launches), compiles it with --sparsity 0.7 once per sparse format and once stored dense, and compares on the
 GPU (eager and CUDA graphs) against the CPU reference executor of the same bundle: prefill logits (relative
-error), and the greedy token streams of a ragged batch (first difference per prompt). Prints one table.
+error), and the greedy token streams of a ragged batch (first difference per prompt). A fifth bundle ("spread")
+stores the weights dense and takes a profile that puts every decode linear on the flat GEMM with a grid of two
+programs per multiprocessor (gemm `spread`). Prints one table.
 """
 
 from __future__ import annotations
@@ -33,11 +35,34 @@ def build_model(directory: Path) -> None:
     save_tiny_tokenizer(directory)
 
 
-def compile_bundle(model: Path, out: Path, fmt: str) -> None:
+def compile_bundle(model: Path, out: Path, fmt: str, profile: Path | None = None) -> None:
     subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(model), "-t", "h200", "-o", str(out),
                     "--dtype", "float16", "--max-batch", "8", "--max-seq-len", "256", "--sparsity", "0.7",
-                    "--prune", "magnitude", "--sparse-format", fmt, "--softmax", "synchronized"],
+                    "--prune", "magnitude", "--sparse-format", fmt, "--softmax", "synchronized",
+                    *(["--profile", str(profile)] if profile else [])],
                    check=True, capture_output=True)
+
+
+def spread_profile(model: Path, out: Path, multiprocessors: int) -> None:
+    """A profile putting every linear of up to 8 rows on the flat GEMM with two programs per multiprocessor
+    (gemm `spread`), so the check covers those launches; more rows take the vendor GEMM."""
+    import json
+
+    from transformers import AutoConfig
+
+    from fdpp.compiler.tune import PROFILE_VERSION, model_linear_shapes
+    entries = []
+    for n, k, gated in model_linear_shapes(AutoConfig.from_pretrained(model).to_dict()):
+        spread = 2 * multiprocessors
+        features = n // 2 if gated else n
+        config = {"block_n": max(16, 1 << (-(-features // spread) - 1).bit_length()), "block_k": 128,
+                  "num_stages": 4, "num_warps": 4, "spread": spread}
+        entries += [{"n": n, "k": k, "gated": gated, "m": m, "kernel": "flat_gemm", "config": config, "us": 1.0,
+                     "vendor_us": 1.0} for m in (1, 8)]
+        entries.append({"n": n, "k": k, "gated": gated, "m": 2048, "kernel": "tc_gemm", "config": {}, "us": 1.0,
+                        "vendor_us": 1.0})
+    out.write_text(json.dumps({"profile_version": PROFILE_VERSION, "target": "h200", "gpu": "check",
+                               "entries": entries}))
 
 
 def compare(path: Path) -> dict:
@@ -61,15 +86,24 @@ def compare(path: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--storage", default="dense,bitmap,tiled_csl,chunked_csr,spread",
+                        help="bundles to check, comma-separated (default: all five)")
     args = parser.parse_args()
+    wanted = args.storage.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "mid-llama"
     build_model(model)
     rows = {}
     for fmt in ("dense", "bitmap", "tiled_csl", "chunked_csr"):
-        bundle = args.workdir / f"{fmt}.fdpp"
-        compile_bundle(model, bundle, fmt)
-        rows[fmt] = compare(bundle)
+        if fmt in wanted:
+            bundle = args.workdir / f"{fmt}.fdpp"
+            compile_bundle(model, bundle, fmt)
+            rows[fmt] = compare(bundle)
+    if "spread" in wanted:
+        profile = args.workdir / "spread-profile.json"
+        spread_profile(model, profile, torch.cuda.get_device_properties(0).multi_processor_count)
+        compile_bundle(model, args.workdir / "dense-spread.fdpp", "dense", profile)
+        rows["spread"] = compare(args.workdir / "dense-spread.fdpp")
     print(f"{'storage':<10} {'eager err':>10} {'graphs err':>10}  first token difference per prompt (eager | graphs)"
           f"  linear kernels")
     for fmt, r in rows.items():
