@@ -19,6 +19,13 @@ if [ ! -d /tmp/late ]; then
 fi
 ln -sfn /tmp/late /tmp/late-pkg/fdpp
 fdcc() { PYTHONPATH=/tmp/$1-pkg python3 -m fdpp.compiler.cli "${@:2}"; }
+rounds() {  # rounds <N> <context> <new tokens> <log prefix>: both bundles at batch 1 and 8, late then early
+  for v in late early; do
+    fdcc $v bench /tmp/$v.fdpp --batch 1 --batch 8 --context "$2" --new-tokens "$3" --no-hf > "$OUT/$4-$v-$1.log" 2>&1
+    printf '%-6s %s\n' $v "$(grep -E "^ +(1|8) +$2 " "$OUT/$4-$v-$1.log" | tr -s ' ' | tr '\n' '|')"
+    grep -E "^  attention" "$OUT/$4-$v-$1.log"
+  done
+}
 case "$1" in
   build) nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
          for v in late early; do
@@ -30,16 +37,6 @@ case "$1" in
                  --batches 1 8 --lengths 4096 32768 --adversarial 2x97 --dependent-launch > "$OUT/attention-$v.log" 2>&1
                echo "== $v"; grep -E "^\| (mha|gqa)" "$OUT/attention-$v.log" | awk -F'|' '{print $2,$3,$4,$8,$15}'
              done ;;
-  round) for v in late early; do
-           fdcc $v bench /tmp/$v.fdpp --batch 1 --batch 8 --context 4096 --new-tokens 64 --no-hf \
-             > "$OUT/bench-$v-$2.log" 2>&1
-           printf '%-6s %s\n' $v "$(grep -E '^ +(1|8) +4096' "$OUT/bench-$v-$2.log" | tr -s ' ' | tr '\n' '|')"
-           grep -E "^  attention" "$OUT/bench-$v-$2.log"
-         done ;;
-  round128) for v in late early; do
-              fdcc $v bench /tmp/$v.fdpp --batch 1 --batch 8 --context 128 --new-tokens 256 --no-hf \
-                > "$OUT/bench128-$v-$2.log" 2>&1
-              printf '%-6s %s\n' $v "$(grep -E '^ +(1|8) +128 ' "$OUT/bench128-$v-$2.log" | tr -s ' ' | tr '\n' '|')"
-              grep -E "^  attention" "$OUT/bench128-$v-$2.log"
-            done ;;
+  round) rounds "$2" 4096 64 bench ;;
+  round128) rounds "$2" 128 256 bench128 ;;
 esac
