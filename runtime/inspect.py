@@ -28,6 +28,7 @@ def describe(bundle: Bundle) -> str:
     for s in plan.steps:
         choices = "; ".join(f"{k.phase + ' ' if k.phase != 'any' else ''}<= {k.max_rows}: {k.kernel}"
                             + (f" x{k.config['splits']} splits" if "splits" in k.config else "")
+                            + (f" x{k.config['spread']} programs" if k.config.get("spread") else "")
                             for k in s.kernels) or "(view, no kernel)"
         lines.append(f"{s.output:<28} {_op_label(s):<16} {choices}")
     linears = [s for s in plan.steps if s.op.value == "linear"]

@@ -78,6 +78,8 @@ def test_spread_flat_gemm_launches_match_the_reference_executor(tmp_path):
     bundle = read_bundle(path)
     spread_steps = [s for s in bundle.plan.steps for c in s.kernels if c.config.get("spread")]
     assert spread_steps, "the profile's spread grids reach the plan"
+    from fdpp.runtime.inspect import describe
+    assert "<= 4: flat_gemm x3 programs" in describe(bundle)
     _, specs = collect_launches(bundle.plan, bundle.manifest.dtype,
                                 {k: tuple(v.shape) for k, v in bundle.weights.items()})
     executor = KernelExecutor(bundle.plan, bundle.weights, jit_launchers(specs), torch.float16, "cpu")
