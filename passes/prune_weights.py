@@ -30,6 +30,7 @@ import torch
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.interpreter import evaluate
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
+from fdpp.compiler.progress import Counter
 from fdpp.passes.pass_manager import PassContext, PassResult
 from fdpp.passes.weight_jobs import map_weights
 
@@ -110,8 +111,10 @@ def _same_norms(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return a is None and b is None or a is not None and b is not None and torch.equal(a, b)
 
 
-def measure_input_norms(graph: Graph, tokens: torch.Tensor, linears: list[Node]) -> dict[str, torch.Tensor]:
-    """Per LINEAR node: ||X[:, k]||_2 of its input over all calibration tokens, float32 [K]."""
+def measure_input_norms(graph: Graph, tokens: torch.Tensor, linears: list[Node],
+                        report: Counter | None = None) -> dict[str, torch.Tensor]:
+    """Per LINEAR node: ||X[:, k]||_2 of its input over all calibration tokens, float32 [K]; report(done, total)
+    after each calibration sequence."""
     names = {n.name for n in linears}
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
     positions = torch.arange(tokens.shape[1])[None, :].expand_as(tokens)
@@ -125,6 +128,8 @@ def measure_input_norms(graph: Graph, tokens: torch.Tensor, linears: list[Node])
         for row in range(tokens.shape[0]):
             evaluate(graph, {"tokens": tokens[row:row + 1], "positions": positions[row:row + 1]},
                      {"batch": 1, "seq": tokens.shape[1]}, observe=observe, float_weights=torch.float32)
+            if report:
+                report(row + 1, tokens.shape[0])
     return {name: s.sqrt().float() for name, s in sums.items()}
 
 
@@ -144,7 +149,8 @@ def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
             raise CompileError("Wanda pruning needs calibration text; give --calibration or use --prune magnitude")
         key = ("linear_input_norms", tuple(n.name for n, _ in selected))
         if key not in ctx.calibration.cache:
-            ctx.calibration.cache[key] = measure_input_norms(graph, ctx.calibration.tokens, [n for n, _ in selected])
+            ctx.calibration.cache[key] = measure_input_norms(graph, ctx.calibration.tokens, [n for n, _ in selected],
+                                                             ctx.counter("Wanda input norms: calibration sequences"))
         norms = ctx.calibration.cache[key]
     first_node: dict[str, Node] = {}               # weight -> the first linear reading it
     for node, key in selected:
