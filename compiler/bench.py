@@ -150,7 +150,10 @@ def _op_breakdown(model, batch: int, context: int, copy_gbs: float) -> list[dict
 
     Every step's inputs come from one decode step whose buffers are all kept; then, per kind, all steps of
     that kind (every layer's, in plan order, so no weight is read twice and L2 holds nothing for them) are
-    captured in one CUDA graph and replayed: the time is GPU time, without Python or launch gaps."""
+    captured in one CUDA graph and replayed: the time is GPU time, without Python or launch gaps. With
+    programmatic dependent launch each kernel then follows a kernel of its own kind, not the one it follows in
+    the model, so where a kernel lets the next start is judged by whole-step tokens/s, not by this table
+    (docs/architecture.md note 23)."""
     executor = model.executor
     cache = model._cache(batch, context + 1)
     tokens = torch.randint(10, 1000, (batch, 1), device=model.device)
@@ -238,8 +241,8 @@ def format_table(result: dict) -> str:
     b = result["decode_step_breakdown"]
     total = sum(o["ms"] for o in b["ops"])
     moved = sum(o.get("bytes", 0) for o in b["ops"])
-    lines.append(f"one decode step by op kind (each kind's steps replayed in a CUDA graph), batch {b['batch']}, "
-                 f"context {b['context']}: {total:.3f} ms summed, {moved / 1e6:.1f} MB moved, "
+    lines.append(f"one decode step by op kind (each kind's steps replayed back to back in a CUDA graph), "
+                 f"batch {b['batch']}, context {b['context']}: {total:.3f} ms summed, {moved / 1e6:.1f} MB moved, "
                  f"{moved / (total * 1e6):.0f} GB/s; copy bandwidth {result.get('copy_gbs', float('nan')):.0f} GB/s")
     lines.append(f"  {'op':<16} {'kernel':<28} {'shape':<11} {'steps':>5} {'ms':>8} {'share':>6} {'MB':>9} {'GB/s':>7} {'%copy':>6}")
     for o in b["ops"][:16]:
