@@ -93,3 +93,14 @@ def test_model_shapes_and_tune_without_gpu(tmp_path):
         pytest.skip("a GPU is visible: tune measures for real here")
     assert done.returncode == 2 and done.stderr.startswith("fdcc: error:")
     assert not (tmp_path / "p.json").exists()
+
+
+def test_spread_candidates_match_the_multiprocessors():
+    """1-4 programs per multiprocessor, each run of features held by the narrowest power-of-two tile (>= 16);
+    a grid the plain tiling already gives is left out."""
+    from fdpp.compiler.tune import spread_candidates
+    grids = sorted({(c["spread"], c["block_n"]) for c in spread_candidates(4096, 132)})
+    assert grids == [(132, 32), (264, 16), (396, 16), (528, 16)]
+    assert all(c["block_n"] >= -(-4096 // c["spread"]) for c in spread_candidates(4096, 132))
+    assert not any(c["spread"] == 64 for c in spread_candidates(4096, 64))     # 4096 / 64 = 64 tiles of 64 already
+    assert spread_candidates(100, 132) == []                                     # more programs than features
