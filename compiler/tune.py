@@ -54,11 +54,12 @@ def spread_candidates(n: int, multiprocessors: int) -> list[dict]:
     """Flat GEMM configs whose grid is 1-4 programs per multiprocessor (per 16 rows of x), each owning a run of
     about N / spread features in the narrowest power-of-two tile that holds one (>= 16); only where that grid
     differs from the plain tiling's."""
+    from fdpp.codegen.kernels.linear import spread_block_n
     out = []
     for per_sm, bk, st in itertools.product(SPREAD_GRID["per_multiprocessor"], SPREAD_GRID["block_k"],
                                             SPREAD_GRID["num_stages"]):
         spread = per_sm * multiprocessors
-        block_n = max(16, 1 << (-(-n // spread) - 1).bit_length())
+        block_n = spread_block_n(n, spread)
         if spread <= n and spread != -(-n // block_n):
             out.append({"block_n": block_n, "block_k": bk, "num_stages": st, "num_warps": 4, "spread": spread})
     return out

@@ -13,6 +13,7 @@ programs per multiprocessor (gemm `spread`). Prints one table.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import fdpp  # noqa: E402
-from helpers import save_tiny_tokenizer  # noqa: E402
+from helpers import save_tiny_tokenizer, spread_profile  # noqa: E402
 
 
 def build_model(directory: Path) -> None:
@@ -41,28 +42,6 @@ def compile_bundle(model: Path, out: Path, fmt: str, profile: Path | None = None
                     "--prune", "magnitude", "--sparse-format", fmt, "--softmax", "synchronized",
                     *(["--profile", str(profile)] if profile else [])],
                    check=True, capture_output=True)
-
-
-def spread_profile(model: Path, out: Path, multiprocessors: int) -> None:
-    """A profile putting every linear of up to 8 rows on the flat GEMM with two programs per multiprocessor
-    (gemm `spread`), so the check covers those launches; more rows take the vendor GEMM."""
-    import json
-
-    from transformers import AutoConfig
-
-    from fdpp.compiler.tune import PROFILE_VERSION, model_linear_shapes
-    entries = []
-    for n, k, gated in model_linear_shapes(AutoConfig.from_pretrained(model).to_dict()):
-        spread = 2 * multiprocessors
-        features = n // 2 if gated else n
-        config = {"block_n": max(16, 1 << (-(-features // spread) - 1).bit_length()), "block_k": 128,
-                  "num_stages": 4, "num_warps": 4, "spread": spread}
-        entries += [{"n": n, "k": k, "gated": gated, "m": m, "kernel": "flat_gemm", "config": config, "us": 1.0,
-                     "vendor_us": 1.0} for m in (1, 8)]
-        entries.append({"n": n, "k": k, "gated": gated, "m": 2048, "kernel": "tc_gemm", "config": {}, "us": 1.0,
-                        "vendor_us": 1.0})
-    out.write_text(json.dumps({"profile_version": PROFILE_VERSION, "target": "h200", "gpu": "check",
-                               "entries": entries}))
 
 
 def compare(path: Path) -> dict:
@@ -100,8 +79,13 @@ def main() -> int:
             compile_bundle(model, bundle, fmt)
             rows[fmt] = compare(bundle)
     if "spread" in wanted:
+        from transformers import AutoConfig
+        # every linear of up to 8 rows on the flat GEMM with two programs per multiprocessor; more rows: vendor
         profile = args.workdir / "spread-profile.json"
-        spread_profile(model, profile, torch.cuda.get_device_properties(0).multi_processor_count)
+        profile.write_text(json.dumps(spread_profile(
+            AutoConfig.from_pretrained(model).to_dict(), "h200",
+            spread=2 * torch.cuda.get_device_properties(0).multi_processor_count, decode_rows=(1, 8),
+            vendor_rows=2048, block_k=128, num_stages=4)))
         compile_bundle(model, args.workdir / "dense-spread.fdpp", "dense", profile)
         rows["spread"] = compare(args.workdir / "dense-spread.fdpp")
     print(f"{'storage':<10} {'eager err':>10} {'graphs err':>10}  first token difference per prompt (eager | graphs)"

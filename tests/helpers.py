@@ -151,6 +151,24 @@ def assert_kernels_wait_first(path: Path | str) -> int:
     return len(bundle.manifest.kernels)
 
 
+def spread_profile(config: dict, target: str, spread: int, decode_rows: tuple[int, ...], vendor_rows: int,
+                   block_k: int, num_stages: int) -> dict:
+    """A kernel profile (as `fdcc tune` writes) that puts every linear of a model config on the flat GEMM with a
+    spread grid of `spread` programs per 16 rows at decode_rows, and on the vendor GEMM at vendor_rows: bundles
+    compiled with it record spread launches wherever the row counts allow."""
+    from fdpp.codegen.kernels.linear import spread_block_n
+    from fdpp.compiler.tune import PROFILE_VERSION, model_linear_shapes
+    entries = []
+    for n, k, gated in model_linear_shapes(config):
+        flat = {"block_n": spread_block_n(n // 2 if gated else n, spread), "block_k": block_k,
+                "num_stages": num_stages, "num_warps": 4, "spread": spread}
+        entries += [{"n": n, "k": k, "gated": gated, "m": m, "kernel": "flat_gemm", "config": flat, "us": 1.0,
+                     "vendor_us": 2.0} for m in decode_rows]
+        entries.append({"n": n, "k": k, "gated": gated, "m": vendor_rows, "kernel": "tc_gemm", "config": {},
+                        "us": 1.0, "vendor_us": 1.0})
+    return {"profile_version": PROFILE_VERSION, "target": target, "gpu": "forced spread grids", "entries": entries}
+
+
 def random_tokens(batch: int, seq: int, vocab: int = 300, seed: int | None = None) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     return torch.randint(0, vocab, (batch, seq), generator=g)

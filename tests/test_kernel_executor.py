@@ -19,7 +19,7 @@ from fdpp.codegen.kernels.testing import interpreter_fallback
 from fdpp.runtime.bundle import read_bundle
 from fdpp.runtime.kernel_executor import KernelExecutor
 from fdpp.runtime.model import Model
-from helpers import tiny_llama, tiny_opt, tiny_qwen2
+from helpers import spread_profile, tiny_llama, tiny_opt, tiny_qwen2
 
 _skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
 
@@ -55,21 +55,10 @@ def test_spread_flat_gemm_launches_match_the_reference_executor(tmp_path):
     each owning about a third of the features): the recorded launches still give the reference's tokens."""
     import json
 
-    from fdpp.compiler.tune import PROFILE_VERSION, model_linear_shapes
-
     model, directory = tiny_llama(tmp_path)
-    entries = []
-    for n, k, gated in model_linear_shapes(model.config.to_dict()):
-        features = n // 2 if gated else n
-        block_n = max(16, 1 << (-(-features // 3) - 1).bit_length())
-        spread = {"block_n": block_n, "block_k": 32, "num_stages": 2, "num_warps": 4, "spread": 3}
-        entries += [{"n": n, "k": k, "gated": gated, "m": m, "kernel": "flat_gemm", "config": spread, "us": 1.0,
-                     "vendor_us": 2.0} for m in (1, 4)]
-        entries.append({"n": n, "k": k, "gated": gated, "m": 64, "kernel": "tc_gemm", "config": {}, "us": 1.0,
-                        "vendor_us": 1.0})
     profile = tmp_path / "spread.json"
-    profile.write_text(json.dumps({"profile_version": PROFILE_VERSION, "target": "h100", "gpu": "test GPU",
-                                   "entries": entries}))
+    profile.write_text(json.dumps(spread_profile(model.config.to_dict(), "h100", spread=3, decode_rows=(1, 4),
+                                                 vendor_rows=64, block_k=32, num_stages=2)))
     path = tmp_path / "spread.fdpp"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(directory), "--target", "h100",

@@ -25,7 +25,7 @@ from fdpp.codegen.kernels.activation import ACTIVATION_CODES, apply_activation
 from fdpp.runtime.reference_ops import fused_linear as fused_linear_reference
 from fdpp.runtime.reference_ops import linear as linear_reference
 
-__all__ = ["gemv", "gemm", "linear_reference", "fused_linear_reference"]
+__all__ = ["gemv", "gemm", "spread_block_n", "linear_reference", "fused_linear_reference"]
 
 
 @triton.jit
@@ -189,6 +189,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                           **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                           num_warps=num_warps, num_stages=num_stages)
     return out.view(*x.shape[:-1], n)
+
+
+def spread_block_n(n: int, spread: int) -> int:
+    """The narrowest feature tile of a spread grid over n features: a power of two (>= 16, for tl.dot) that
+    holds one program's run of up to cdiv(n, spread) features."""
+    return block_for(triton.cdiv(n, spread), 16)
 
 
 def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
