@@ -23,14 +23,14 @@ from fdpp.runtime.sparse_formats import PARTS, SparseWeight, encode, tensor_name
 
 def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
     dtype = getattr(torch, ctx.options.dtype)
+    sparse = [node for node in graph.nodes if node.op is Op.LINEAR and node.attr("sparse_format")
+              and node.attr("sparse_format")["format"] != "dense"]
     chosen: dict[str, tuple[str, tuple[int, int] | None]] = {}     # weight -> (format, tile), first linear's
-    for node in graph.nodes:
+    for node in sparse:
         decision = node.attr("sparse_format")
-        if node.op is Op.LINEAR and decision and decision["format"] != "dense":
-            chosen.setdefault(node.attr("pruned")["weight"],
-                              (decision["format"], tuple(decision["tile"]) if decision["tile"] else None))
-
-    if not chosen:
+        chosen.setdefault(node.attr("pruned")["weight"],
+                          (decision["format"], tuple(decision["tile"]) if decision["tile"] else None))
+    if not sparse:
         return PassResult(graph, {})
 
     def encode_one(key: str) -> SparseWeight:
@@ -41,11 +41,8 @@ def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
     edit = GraphEditor(graph)
     tensors: dict[str, torch.Tensor] = {}
     params: dict[str, str] = {}                  # tensor name -> PARAM node name
-    for node in graph.nodes:
-        decision = node.attr("sparse_format")
-        if node.op is not Op.LINEAR or not decision or decision["format"] == "dense":
-            continue
-        fmt, key = decision["format"], node.attr("pruned")["weight"]
+    for node in sparse:
+        fmt, key = node.attr("sparse_format")["format"], node.attr("pruned")["weight"]
         weight = encoded[key]
         if tensor_name(key, fmt, PARTS[fmt][0]) not in params:     # the weight's first linear adds its parts
             for part, tensor in weight.tensors.items():

@@ -79,7 +79,18 @@ def scores(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
 
 def row_thresholds(weight: torch.Tensor, norms: torch.Tensor | None, sparsity: float) -> torch.Tensor:
     """[N] per-row threshold: the round(sparsity * K)-th lowest score (-inf where nothing is pruned)."""
-    return torch.cat([_thresholds(scores(weight[rows], norms), sparsity) for rows in _row_blocks(weight)])
+    return _pruning_rule(weight, norms, sparsity)[0]
+
+
+def _pruning_rule(weight: torch.Tensor, norms: torch.Tensor | None, sparsity: float) -> tuple[torch.Tensor, int]:
+    """(row_thresholds, the count of nonzero weights that survive them), scoring a block of rows at a time."""
+    thresholds, kept = [], 0
+    for rows in _row_blocks(weight):
+        score = scores(weight[rows], norms)
+        threshold = _thresholds(score, sparsity)
+        thresholds.append(threshold)
+        kept += int((score > threshold[:, None]).logical_and(weight[rows] != 0).sum())
+    return torch.cat(thresholds), kept
 
 
 def _thresholds(score: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -163,9 +174,7 @@ def prune_weights(graph: Graph, ctx: PassContext) -> PassResult:
         """(channel norms, per-row threshold [N], density kept) of one weight."""
         weight = graph.weights.get(key)
         channel_norms = norms.get(first_node[key].name)
-        threshold = row_thresholds(weight, channel_norms, opts.sparsity)
-        kept = sum(int((scores(weight[rows], channel_norms) > threshold[rows, None]).logical_and(weight[rows] != 0)
-                       .sum()) for rows in _row_blocks(weight))
+        threshold, kept = _pruning_rule(weight, channel_norms, opts.sparsity)
         return channel_norms, threshold, kept / weight.numel()
 
     keys = list(first_node)

@@ -252,21 +252,21 @@ def encode_chunked_csr(weight: torch.Tensor, chunk: int = CHUNKED_CSR_CHUNK) -> 
     rows = max(1, ENCODE_BLOCK_ELEMENTS // max(k, 1))
     blocks = [_chunked_csr_rows(weight[r:r + rows], chunk) for r in range(0, n, rows)] or \
         [_chunked_csr_rows(weight, chunk)]
-    chunks = max(base.shape[1] for _, _, base in blocks)
+    chunks = max(base.shape[1] for _, _, base, _ in blocks)
 
     def widen(t: torch.Tensor, width: int) -> torch.Tensor:            # zero padding chunks on the right
         return torch.nn.functional.pad(t, (0, width - t.shape[1]))
-    values = torch.cat([widen(v, chunks * chunk) for v, _, _ in blocks])
-    offsets = torch.cat([widen(o, chunks * chunk) for _, o, _ in blocks])
-    bases = torch.cat([widen(b, chunks) for _, _, b in blocks])
-    nnz = int(_nonzero_bits(weight).sum()) if weight.numel() else 0
+    values = torch.cat([widen(v, chunks * chunk) for v, _, _, _ in blocks])
+    offsets = torch.cat([widen(o, chunks * chunk) for _, o, _, _ in blocks])
+    bases = torch.cat([widen(b, chunks) for _, _, b, _ in blocks])
+    nnz = sum(count for _, _, _, count in blocks)
     return SparseWeight("chunked_csr", (n, k), (n, k), (chunks, chunk), nnz, _dtype_name(weight),
-                        {"values": values.contiguous(), "offsets": offsets.contiguous(), "bases": bases.contiguous()})
+                        {"values": values, "offsets": offsets, "bases": bases})
 
 
-def _chunked_csr_rows(weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows W [n, K] -> (values [n, T * chunk], offsets uint8 [n, T * chunk], bases int32 [n, T]), T the most
-    chunks any of these rows needs (at least 1)."""
+def _chunked_csr_rows(weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Rows W [n, K] -> (values [n, T * chunk], offsets uint8 [n, T * chunk], bases int32 [n, T], nonzeros), T the
+    most chunks any of these rows needs (at least 1)."""
     n, k = weight.shape
     present = _nonzero_bits(weight)                                             # [N, K]
     per_row = present.sum(1)                                                    # [N]
@@ -300,7 +300,7 @@ def _chunked_csr_rows(weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, t
     values = torch.where(real, values, torch.zeros((), dtype=weight.dtype, device=device))
     chunks = base.shape[1]
     return (values.reshape(n, chunks * chunk), (column - base[..., None]).to(torch.uint8).reshape(n, chunks * chunk),
-            base.to(torch.int32))
+            base.to(torch.int32), int(per_row.sum()))
 
 
 def decode_chunked_csr(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor,
