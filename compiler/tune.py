@@ -31,6 +31,7 @@ SPREAD_MAX_ROWS = 16
 GEMV_GRID = {"block_n": (2, 4, 8), "block_k": (512, 1024), "num_warps": (4, 8)}
 GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many rows
 FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
+MAX_ERROR = 5e-3             # a candidate's relative error against float32 torch, at most
 ROTATION_BYTES = 512 << 20   # weight copies rotated per timing: several times any L2
 
 
@@ -99,6 +100,18 @@ def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable
                           num_warps=config["num_warps"])
 
 
+def time_candidate(kernel: str, config: dict, x: torch.Tensor, weights: list[torch.Tensor], gated: bool,
+                   reference: torch.Tensor) -> float | None:
+    """graph_time_us of one candidate on x, or None when the compiler or the GPU refuses it or its output on
+    weights[0] is further than MAX_ERROR (relative) from reference (so a wrong candidate is never chosen)."""
+    run = _runner(kernel, config, x, gated)
+    try:
+        error = float((run(weights[0]).float() - reference).norm() / reference.norm())
+        return graph_time_us(run, weights) if error < MAX_ERROR else None
+    except Exception:
+        return None
+
+
 def graph_time_us(launch: Callable[[torch.Tensor], object], weights: list[torch.Tensor]) -> float:
     """Median GPU time of one launch: one call per weight copy replayed in a CUDA graph (the copies together
     exceed L2, so every call streams its weight from device memory; no launch gaps)."""
@@ -129,16 +142,9 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
             reference = fused_linear(x.float(), weights[0].float(), gated="silu" if gated else None)
-            timings = []
-            for kernel, config in _candidates(m, n // 2 if gated else n, multiprocessors):
-                run = _runner(kernel, config, x, gated)
-                try:
-                    err = float((run(weights[0]).float() - reference).norm() / reference.norm())
-                    us = graph_time_us(run, weights) if err < 5e-3 else None
-                except Exception:
-                    continue                      # a config the compiler or the GPU refuses
-                if us is not None:
-                    timings.append((us, kernel, config))
+            candidates = _candidates(m, n // 2 if gated else n, multiprocessors)
+            timings = [(us, kernel, config) for kernel, config in candidates
+                       if (us := time_candidate(kernel, config, x, weights, gated, reference)) is not None]
             us, kernel, config = min(timings, key=lambda t: t[0])
             cublas_us = graph_time_us(lambda w: torch.nn.functional.linear(x, w), weights)
             entries.append({"n": n, "k": k, "gated": gated, "m": m, "kernel": kernel, "config": config, "us": us,

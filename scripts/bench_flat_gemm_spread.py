@@ -17,23 +17,11 @@ from pathlib import Path
 import torch
 
 from fdpp.compiler.bench import copy_bandwidth_gbs
-from fdpp.compiler.tune import _runner, graph_time_us, rotating_weights, shipped_profile, spread_candidates
+from fdpp.compiler.tune import graph_time_us, rotating_weights, shipped_profile, spread_candidates, time_candidate
 from fdpp.runtime.reference_ops import fused_linear
 
 SHAPES = {"qkv": (12288, 4096, False), "o": (4096, 4096, False), "gate_up": (22016, 4096, True),
           "down": (4096, 11008, False)}
-MAX_ERROR = 5e-3
-
-
-def timed(kernel: str, config: dict, x: torch.Tensor, weights: list[torch.Tensor], gated: bool,
-          reference: torch.Tensor) -> float | None:
-    """us of one launch, or None if the candidate is refused or wrong."""
-    run = _runner(kernel, config, x, gated)
-    try:
-        error = float((run(weights[0]).float() - reference).norm() / reference.norm())
-    except Exception:
-        return None
-    return graph_time_us(run, weights) if error < MAX_ERROR else None
 
 
 def main() -> int:
@@ -63,7 +51,7 @@ def main() -> int:
                     [("spread", "flat_gemm", c) for c in spread_candidates(features, multiprocessors)]
                 timings = []
                 for label, kernel, config in results:
-                    us = timed(kernel, config, x, weights, gated, reference)
+                    us = time_candidate(kernel, config, x, weights, gated, reference)
                     log.write(json.dumps({"shape": name, "m": m, "label": label, "kernel": kernel, "config": config,
                                           "us": us}) + "\n")
                     if us is not None:
