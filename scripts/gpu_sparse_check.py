@@ -69,6 +69,10 @@ def main() -> int:
                         help="bundles to check, comma-separated (default: all five)")
     args = parser.parse_args()
     wanted = args.storage.split(",")
+    unknown = sorted(set(wanted) - {"dense", "bitmap", "tiled_csl", "chunked_csr", "spread"})
+    if unknown:
+        parser.error(f"--storage: unknown bundle(s) {', '.join(unknown)}; "
+                     f"choose from dense, bitmap, tiled_csl, chunked_csr, spread")
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "mid-llama"
     build_model(model)
