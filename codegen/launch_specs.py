@@ -132,6 +132,21 @@ def _static(value, what: str, step: Step) -> int:
     return value
 
 
+# Kernel choices that can write their output interleaved (config out_rows_together: each column's rows side by
+# side, the x layout of chunked_csr_linear), so that the chunked-CSR linear reading it needs no interleave launch.
+INTERLEAVED_OUTPUT_KERNELS = frozenset({"rms_norm", "layer_norm", "decode_attention_split_kv",
+                                        "decode_attention_unified", "chunked_csr_gemv"})
+
+
+def _out_rows(c: StepContext, choice: KernelChoice) -> dict:
+    """The OUT_ROWS constexpr of a kernel that can write its output interleaved for the chunked-CSR linear that
+    reads it: config out_rows_together (set by passes/interleave_sparse_inputs.py), else 1 (row-major)."""
+    together = choice.config.get("out_rows_together", 1)
+    if together not in (1, 2, 4, 8):
+        raise CompileError(f"step {c.step.output}: out_rows_together must be 1, 2, 4 or 8, got {together}")
+    return {"OUT_ROWS": together}
+
+
 def _embedding(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     width_dims = c.shape(0)[1:]
     if c.step.op is OpKind.POSITION_LOOKUP and c.step.attrs.get("seq_axis") != 1:
@@ -155,7 +170,7 @@ def _row_norm(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         ("bias_ptr", f"*{dt}", c.ref(2) if has_bias else w), ("out_ptr", f"*{dt}", "out"),
         ("new_residual_ptr", f"*{dt}", x), ("hidden", "i32", hidden), ("x_row_stride", "i32", hidden),
         ("residual_row_stride", "i32", hidden), ("eps", "fp32", c.step.attrs["eps"])],
-        {"HAS_RESIDUAL": False, "HAS_BIAS": has_bias, "BLOCK_H": _pow2(hidden)})
+        {"HAS_RESIDUAL": False, "HAS_BIAS": has_bias, "BLOCK_H": _pow2(hidden), **_out_rows(c, choice)})
 
 
 def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
@@ -293,8 +308,10 @@ def _sum_splits(b: _Builder, partial: dict, bias: list, dt: str, n: int, split_k
 def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta: dict, parts: dict[str, str]) -> None:
     """A LINEAR over a chunked-CSR weight (CUDA cores at every M): inputs (x, values, offsets, bases, bias?,
     residual?), with the gated (weight (gate; up)) and residual epilogues fused as in the dense kernels.
-    Config keys as default_chunked_csr_config returns; rows > 1 first interleaves x's rows into a [cdiv(rows, R), K, R] workspace, split_k > 1 adds a
-    float32 [split_k, rows, N] workspace and a summing launch."""
+    Config keys as default_chunked_csr_config returns; rows R > 1 first interleaves x's rows into a
+    [cdiv(rows, R), K, R] workspace, unless x_interleaved says x's producer wrote x so; out_rows_together writes
+    the output interleaved for the next chunked-CSR linear (both set by passes/interleave_sparse_inputs.py);
+    split_k > 1 adds a float32 [split_k, rows, N] workspace and a summing launch."""
     (n, k), (chunks, chunk) = meta["shape"], meta["tile"]
     for part, shape in {"values": (n, chunks * chunk), "offsets": (n, chunks * chunk), "bases": (n, chunks)}.items():
         index = 1 + PARTS["chunked_csr"].index(part)
@@ -314,13 +331,20 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         raise CompileError(f"step {c.step.output}: the gated and residual epilogues need split_k 1, got {split_k}")
     if gated and block_n % 2:
         raise CompileError(f"step {c.step.output}: a gated chunked_csr program needs an even block_n, got {block_n}")
+    out_rows = _out_rows(c, choice)
+    if out_rows["OUT_ROWS"] > 1 and split_k > 1:
+        raise CompileError(f"step {c.step.output}: an interleaved output needs split_k 1, got {split_k}")
+    if cfg.get("x_interleaved") and together == 1:
+        raise CompileError(f"step {c.step.output}: x_interleaved needs rows > 1")
     block_f = block_n // 2 if gated else block_n
     partial = {"partial": {"shape": [split_k, "rows", out_n], "dtype": "float32"}} if split_k > 1 else {}
     out = [("out_ptr", "*fp32", "ws:partial") if partial else ("out_ptr", f"*{dt}", "out")]
     bias = [("bias_ptr", f"*{dt}", bias_ref or c.ref(0))]                     # never read without a bias
     residual = [("residual_ptr", f"*{dt}", residual_ref or c.ref(0))]         # nor without a residual
     x, x_block_stride, interleaved = c.ref(0), c.row_stride(0), {}
-    if together > 1:   # x's rows side by side first, so that each entry gathers all of them at once
+    if cfg.get("x_interleaved"):    # x's producer wrote each column's rows side by side
+        x_block_stride = k * together
+    elif together > 1:   # x's rows side by side first, so that each entry gathers all of them at once
         interleaved = {"x_interleaved": {"shape": [f"cdiv(rows, {together})", k, together],
                                          "dtype": DTYPE_NAME[dt]}}
         b.launch(interleave_rows_kernel, (f"cdiv(rows, {together})", f"cdiv({k}, {INTERLEAVE_BLOCK_K})"), [
@@ -337,7 +361,7 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
          "GATED": bool(gated), "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "ROWS": together,
          "BLOCK_N": block_n, "BLOCK_F": block_f,
          "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"],
-         "PREFETCH": cfg["prefetch"]},
+         "PREFETCH": cfg["prefetch"], **out_rows},
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)
@@ -438,7 +462,8 @@ def _attention(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
             ("positions_stride", "i32", 1), *cache_strides],
             {"GROUP": group, "BLOCK_GROUP": _pow2(group, 16), "HEAD_DIM": head_dim, "BLOCK_D": _pow2(head_dim, 16),
              "BLOCK_N": block_n, "BLOCK_SPLITS": _pow2(splits), "GROUP_P2": _pow2(group),
-             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified, "WRITE_KV": True, "ROTARY": rotary},
+             "SPLIT_CHUNK": combine_chunk(group, splits), "UNIFIED": unified, "WRITE_KV": True, "ROTARY": rotary,
+             **_out_rows(c, choice)},
             num_stages=choice.config.get("num_stages", 2), workspace=workspace)
     elif choice.kernel in ("prefill_attention", "prefill_attention_unified"):
         q, q_row_stride, k, k_row_stride = c.ref(0), c.row_stride(0), c.ref(1), c.row_stride(1)
@@ -483,6 +508,9 @@ _SPECS: dict[OpKind, Callable[[_Builder, StepContext, KernelChoice], None]] = {
 def step_launches(step: Step, choice: KernelChoice, dtype: str, shape_of: Callable[[str], tuple],
                   row_stride_of: Callable[[str], object] | None = None) -> StepLaunches:
     """The kernels to compile and the launches to record for one step under one kernel choice."""
+    if choice.config.get("out_rows_together", 1) != 1 and choice.kernel not in INTERLEAVED_OUTPUT_KERNELS:
+        raise CompileError(f"step {step.output}: kernel {choice.kernel!r} cannot write an interleaved output "
+                           f"(out_rows_together); only {sorted(INTERLEAVED_OUTPUT_KERNELS)} can")
     if choice.kernel in TORCH_KERNELS or step.op not in _SPECS:
         return StepLaunches()
     builder = _Builder()

@@ -13,6 +13,7 @@ from fdpp.passes.fuse_rms_norm import fuse_rms_norm
 from fdpp.passes.fuse_rotary import fuse_rotary
 from fdpp.passes.fuse_rotary_into_attention import fuse_rotary_into_attention
 from fdpp.passes.insert_kv_cache import insert_kv_cache
+from fdpp.passes.interleave_sparse_inputs import interleave_sparse_inputs
 from fdpp.passes.pass_manager import PassFn
 from fdpp.passes.prune_weights import prune_weights
 from fdpp.passes.select_kernels import select_kernels
@@ -46,4 +47,7 @@ PIPELINE: list[tuple[str, PassFn]] = [
     ("select_kernels", select_kernels),
     # pruned weights the dataflow stores sparse are re-encoded (Tiled-CSL or bitmap) and read as such
     ("encode_sparse_weights", encode_sparse_weights),
+    # the kernel producing a chunked-CSR linear's x writes it with each column's rows side by side, as that
+    # linear gathers them, instead of a separate interleave launch before it
+    ("interleave_sparse_inputs", interleave_sparse_inputs),
 ]

@@ -34,9 +34,11 @@ SPARSE_EFFICIENCY = {
 # Chunked CSR (docs/perf/2026-11-22-h200-chunked-csr.md and -interleaved.md, H200, Llama-2-7B shapes,
 # 50-90%): 66% of the bandwidth at M = 1; issue slots per stored entry for a group of R rows of x gathered
 # together (R = 1: ~11.5, 1.45 M entries/us; the 2-, 4- and 8-row groups load every row of a column at once,
-# then convert and multiply each), and for R > 1 the launch that interleaves x's rows.
+# then convert and multiply each), and for R > 1 what x's producer pays to write x interleaved
+# (passes/interleave_sparse_inputs.py; an H100's RMSNorm over [R, 4096], measured in
+# docs/perf/2026-12-06-ccsr-producer-interleave.md), which replaced a separate interleave launch of 2.2-2.5 us.
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 23.5, 4: 30.0, 8: 43.0},
-                          "interleave_us": 1.5}
+                          "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
@@ -82,7 +84,7 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     together = min(1 << (m - 1).bit_length(), 8)
     groups = math.ceil(m / together)
     gather_us = groups * n * chunks * chunk * eff["ops_per_entry"][together] / int_ops_per_us(target)
-    interleave_us = eff["interleave_us"] if together > 1 else 0.0
+    interleave_us = eff["interleave_us"][together] if together > 1 else 0.0
     return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 

@@ -29,6 +29,9 @@ def describe(bundle: Bundle) -> str:
         choices = "; ".join(f"{k.phase + ' ' if k.phase != 'any' else ''}<= {k.max_rows}: {k.kernel}"
                             + (f" x{k.config['splits']} splits" if "splits" in k.config else "")
                             + (f" x{k.config['spread']} programs" if k.config.get("spread") else "")
+                            + (f" (out x{k.config['out_rows_together']} interleaved)"
+                               if k.config.get("out_rows_together", 1) > 1 else "")
+                            + (" (x interleaved)" if k.config.get("x_interleaved") else "")
                             for k in s.kernels) or "(view, no kernel)"
         lines.append(f"{s.output:<28} {_op_label(s):<16} {choices}")
     linears = [s for s in plan.steps if s.op.value == "linear"]
@@ -40,9 +43,10 @@ def describe(bundle: Bundle) -> str:
                   "linear inflection points (M1: GEMV -> flat GEMM, M2: flat GEMM -> tensor-core GEMM):"]
         for s in linears:
             shape = s.attrs["sparse"]["shape"] if "sparse" in s.attrs else bundle.weights[s.inputs[1][1:]].shape
-            starts = [1] + [k.max_rows + 1 for k in s.kernels[:-1]]       # first row count of each choice
-            m1 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "flat_gemm"), None)
-            m2 = next((start for start, k in zip(starts, s.kernels) if k.kernel == "tc_gemm"), None)
+            ladder = [k for k in s.kernels if k.phase in ("prefill", "any")]  # every row count, in order
+            starts = [1] + [k.max_rows + 1 for k in ladder[:-1]]              # first row count of each choice
+            m1 = next((start for start, k in zip(starts, ladder) if k.kernel == "flat_gemm"), None)
+            m2 = next((start for start, k in zip(starts, ladder) if k.kernel == "tc_gemm"), None)
             fused = f"  ({_op_label(s).removeprefix('linear')[1:]})" if _op_label(s) != "linear" else ""
             lines.append(f"  {s.output:<26} [N={shape[0]}, K={shape[1]}]  M1={m1 or '-'}  M2={m2 or '-'}{fused}")
     lines += _softmax_lines(m.layers)

@@ -10,6 +10,7 @@ Decode steps can be captured in CUDA graphs, one per batch bucket (see DecodeGra
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import torch
@@ -125,7 +126,11 @@ class KernelExecutor:
             args = [self._tensor(r, buffers, step, cache, None, {}) for r in step.inputs]
             return _TORCH_OPS[step.op](step.attrs, args)
         dtype = self.dtype if step.out_float else torch.int64
-        out = torch.empty(evaluate_shape(step.out_shape, env), dtype=dtype, device=self.device)
+        shape = evaluate_shape(step.out_shape, env)
+        together = choice.config.get("out_rows_together", 1)
+        if together > 1:    # written interleaved for the chunked-CSR linear that reads it (docs/bundle-format.md)
+            shape = (-(-math.prod(shape[:-1]) // together), shape[-1], together)
+        out = torch.empty(shape, dtype=dtype, device=self.device)
         # scratch of the step's launches (e.g. split-KV partial results), and persistent counters
         workspace = {name: self._workspace(name, spec, env)
                      for launch in choice.launches for name, spec in launch.get("workspace", {}).items()}

@@ -2,9 +2,11 @@
 weight and the bitmap kernel at its wrapper defaults, in one run, over Llama-2-7B's four shapes, M 1..8 and
 sparsity 50-90%. Each config is checked against a float64 product (relative error < 2e-3), then timed as
 scripts/bench_sparse.py times (rotating weight copies, GPU sleep, events, median). Prints the best config
-per point and writes every row to ccsr.jsonl.
+per point and writes every row to ccsr.jsonl. With --x-interleaved, x arrives with each column's rows side by
+side, as x's producer writes it in bundles (passes/interleave_sparse_inputs.py), so the interleave launch the
+wrapper otherwise runs first is not timed.
 
-    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only]
+    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only] [--x-interleaved]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config
+from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
 from fdpp.codegen.kernels.sparse_linear import sparse_linear
 from fdpp.runtime.sparse_formats import SparseWeight, encode_bitmap, encode_chunked_csr
 
@@ -53,6 +55,8 @@ def main() -> int:
     parser.add_argument("--prefetch", default="1", help="0, 1 or 0,1: software pipelining off / on")
     parser.add_argument("--default-only", action="store_true",
                         help="time only the config the wrapper and the dataflow use (no sweep)")
+    parser.add_argument("--x-interleaved", action="store_true",
+                        help="x already interleaved, as bundles' producers write it (no interleave launch)")
     args = parser.parse_args()
     sweep = {name: [int(v) for v in getattr(args, name.replace("vector", "vectors")).split(",")]
              for name in ("block_n", "chunks", "split_k", "vector", "num_warps")}
@@ -82,15 +86,18 @@ def main() -> int:
                 rows = []
                 for cfg in [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep):
                     t = csr_sets[0]
+                    ready = interleave_rows(x, cfg["rows"]) if args.x_interleaved and cfg["rows"] > 1 else None
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
-                                                                    **cfg), ref)
+                                                                    x_interleaved=ready, **cfg), ref)
                     assert error < BENCH.MAX_ERROR, (shape, m, sparsity, cfg, error)
-                    us = BENCH.time_us([lambda t=t, cfg=cfg: chunked_csr_linear(
-                        x, t["values"], t["offsets"], t["bases"], (n, k), **cfg) for t in csr_sets])
+                    us = BENCH.time_us([lambda t=t, cfg=cfg, ready=ready: chunked_csr_linear(
+                        x, t["values"], t["offsets"], t["bases"], (n, k), x_interleaved=ready, **cfg)
+                        for t in csr_sets])
                     row = {"shape": shape, "n": n, "k": k, "m": m, "sparsity": sparsity, "cfg": cfg, "us": us,
                            "cublas_us": cublas, "bitmap_us": bitmap_us, "x_cublas": cublas / us,
                            "x_bitmap": bitmap_us / us, "err": error, "csr_bytes": csr.nbytes,
-                           "bitmap_bytes": bitmap.nbytes, "dense_bytes": weight.numel() * 2}
+                           "bitmap_bytes": bitmap.nbytes, "dense_bytes": weight.numel() * 2,
+                           "x_interleaved": ready is not None}
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     rows.append(row)

@@ -227,3 +227,10 @@ def shared_llama(tmp_path_factory) -> tuple[Path, Path]:
     root.mkdir(exist_ok=True)
     _, path = tiny_llama(root)
     return path, compile_tiny(path, root)
+
+
+def rows_of_interleaved(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """The [rows, width] activation held by an interleaved buffer [cdiv(rows, T), width, T] (each column's T rows
+    side by side, as a producer with out_rows_together writes it); padding rows dropped."""
+    blocks, width, together = buffer.shape
+    return buffer.permute(0, 2, 1).reshape(blocks * together, width)[:rows]

@@ -169,7 +169,7 @@ def test_dependent_launch_is_refused_where_it_cannot_work(cache):
     signature = {"x_ptr": "*fp16", "residual_ptr": "*fp16", "weight_ptr": "*fp16", "bias_ptr": "*fp16",
                  "out_ptr": "*fp16", "new_residual_ptr": "*fp16", "hidden": "i32", "x_row_stride": "i32",
                  "residual_row_stride": "i32", "eps": "fp32"}
-    constexprs = {"HAS_RESIDUAL": False, "HAS_BIAS": False, "BLOCK_H": 64}
+    constexprs = {"HAS_RESIDUAL": False, "HAS_BIAS": False, "BLOCK_H": 64, "OUT_ROWS": 1}
     with pytest.raises(CompileError, match="sm_90 or later"):           # no griddepcontrol before Hopper
         compile_kernel(rms_norm_kernel, get_target("a100"), signature, constexprs, dependent_launch=True, cache=cache)
     with pytest.raises(CompileError, match="taking GRID_DEPENDENCY"):   # a kernel without the wait

@@ -12,6 +12,7 @@ pytest.importorskip("triton")
 
 from fdpp.codegen.kernels import attention_decode, attention_prefill, kv_cache
 from fdpp.codegen.kernels.testing import assert_close, interpreter_fallback, poisoned_allocations, random_tensor
+from helpers import rows_of_interleaved
 
 # without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
 _skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
@@ -169,6 +170,32 @@ def test_decode_attention_rotates_q_and_the_new_key(starts, num_splits, min_spli
                                                       n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                                                       scale=head_dim ** -0.5)
     assert not torch.allclose(out.float(), unrotated.float(), atol=1e-2)   # the rotation did take effect
+
+
+@pytest.mark.parametrize("together", [2, 4])
+@pytest.mark.parametrize("starts,num_splits,min_split_keys,block_n",
+                         [DECODE_CASES[1], DECODE_CASES[3], DECODE_CASES[4]])
+@pytest.mark.parametrize("unified", [None, (0.0, -9.0, 10.5), (0.0, -0.5, 0.5)],
+                         ids=["synchronized", "unified", "fallback"])
+def test_decode_attention_writes_rows_interleaved(starts, num_splits, min_split_keys, block_n, unified, together):
+    """out_rows_together: each store (one slice's, the combine's, the exact fallback's) puts a sequence's row
+    among its block's, [cdiv(B, T), Hq*D, T], as o_proj's chunked-CSR kernel reads x; values as the row-major run."""
+    heads = (9, 3, 64)
+    q, k, v, positions, k_cache, v_cache = _step(len(starts), 1, heads, torch.float16, starts, seed=27)
+    n_heads, n_kv_heads, head_dim = heads
+    kv_cache.write_kv(k, v, positions, k_cache, v_cache)
+    runs = []
+    for out_rows in (1, together):
+        fallbacks = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+        with poisoned_allocations():
+            runs.append(attention_decode.attention_decode(
+                q, k_cache, v_cache, positions, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                scale=head_dim ** -0.5, unified=unified, fallbacks=fallbacks, num_splits=num_splits,
+                min_split_keys=min_split_keys, block_n=block_n, out_rows_together=out_rows))
+        assert (int(fallbacks) > 0) == (unified is not None and unified[1] == -0.5)   # the fallback case recomputes
+    plain, interleaved = runs
+    assert interleaved.shape == (-(-len(starts) // together), n_heads * head_dim, together)
+    assert torch.equal(rows_of_interleaved(interleaved, len(starts)), plain.reshape(len(starts), -1))
 
 
 def test_decode_attention_reuses_a_workspace():

@@ -8,6 +8,7 @@ pytest.importorskip("triton")
 
 from fdpp.codegen.kernels import activation, embedding, layer_norm, rms_norm, rotary
 from fdpp.codegen.kernels.testing import assert_close, interpreter_fallback, poisoned_allocations, random_tensor
+from helpers import rows_of_interleaved
 
 # without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
 _skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
@@ -74,6 +75,23 @@ def test_layer_norm(batch, seq, hidden, with_residual, with_bias, dtype):
     summed = x + residual if with_residual else x
     assert torch.equal(new_residual, summed)
     assert_close(out, layer_norm.layer_norm_reference(summed, weight, bias, 1e-5), "layer_norm")
+
+
+@pytest.mark.parametrize("norm", ["rms_norm", "layer_norm"])
+@pytest.mark.parametrize("rows,together", [(1, 2), (3, 4), (5, 8), (8, 8), (6, 2)])
+def test_norms_write_rows_interleaved(norm, rows, together):
+    """out_rows_together: the same values with each column's rows side by side, [cdiv(rows, T), H, T], as the
+    chunked-CSR linear after the norm reads its x (the last block's padding rows are never read)."""
+    torch.manual_seed(4)
+    x = random_tensor((rows, 96), torch.float16, DEVICE)
+    weight = random_tensor((96,), torch.float16, DEVICE)
+    args = (x, None, weight) + ((random_tensor((96,), torch.float16, DEVICE),) if norm == "layer_norm" else ())
+    launch = rms_norm.rms_norm if norm == "rms_norm" else layer_norm.layer_norm
+    plain, _ = launch(*args, 1e-5)
+    with poisoned_allocations():
+        interleaved, _ = launch(*args, 1e-5, out_rows_together=together)
+    assert interleaved.shape == (-(-rows // together), 96, together)
+    assert torch.equal(rows_of_interleaved(interleaved, rows), plain)
 
 
 def test_norm_refuses_block_smaller_than_row():

@@ -24,6 +24,7 @@ from fdpp.runtime.reference_ops import linear as linear_reference
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import (PARTS, SparseWeight, decode, encode_bitmap, encode_chunked_csr,
                                          encode_tiled_csl)
+from helpers import rows_of_interleaved
 
 # without a GPU: in-process under TRITON_INTERPRET=1, else every test here is run again in a child process
 _skip_here, test_in_interpreter_process = interpreter_fallback(__file__)
@@ -177,6 +178,41 @@ def test_interleave_rows_puts_each_columns_rows_side_by_side():
     torch.testing.assert_close(out, expected.view(2, 4, 600).transpose(1, 2), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m,together", [(1, 2), (2, 2), (3, 4), (5, 8), (8, 8)])
+def test_chunked_csr_writes_and_reads_x_interleaved(m, together):
+    """A gated chunked-CSR linear writing its output interleaved (out_rows_together, for down_proj after it)
+    gives the row-major run's values; one reading x already interleaved by its producer (x_interleaved) gives the
+    values of the run that interleaves x itself, and never reads x's own values."""
+    n, k = 19, 600
+    encoded = _encode(_weight(2 * n, k, 0.3, F16, seed=43), "chunked_csr")
+    x, _ = _inputs(m, k, 2 * n, F16, False, seed=44)
+    parts = [encoded.tensors[part] for part in PARTS["chunked_csr"]]
+    plain = chunked_csr_linear.chunked_csr_linear(x, *parts, encoded.shape, gated="silu")
+    with poisoned_allocations():
+        interleaved = chunked_csr_linear.chunked_csr_linear(x, *parts, encoded.shape, gated="silu",
+                                                            out_rows_together=together)
+    assert interleaved.shape == (-(-m // together), n, together)
+    assert torch.equal(rows_of_interleaved(interleaved, m), plain)
+    rows = chunked_csr_linear.default_chunked_csr_config(2 * n, parts[2].shape[1], m)["rows"]
+    if rows > 1:
+        ready = chunked_csr_linear.interleave_rows(x, rows)
+        read = chunked_csr_linear.chunked_csr_linear(torch.full_like(x, float("nan")), *parts, encoded.shape,
+                                                     gated="silu", x_interleaved=ready)
+        assert torch.equal(read, plain)
+
+
+def test_chunked_csr_refuses_misshapen_interleaved_x_and_split_interleaved_out():
+    encoded = _encode(_weight(8, 64, 0.5, F16, seed=45), "chunked_csr")
+    parts = [encoded.tensors[part] for part in PARTS["chunked_csr"]]
+    x, _ = _inputs(3, 64, 8, F16, False, seed=46)
+    with pytest.raises(ValueError, match=r"chunked_csr_linear: x_interleaved must be a contiguous torch.float16 "
+                                         r"\(1, 64, 4\)"):
+        chunked_csr_linear.chunked_csr_linear(x, *parts, encoded.shape, x_interleaved=x)
+    with pytest.raises(ValueError, match="chunked_csr_linear: out_rows_together must be 1, 2, 4 or 8, and 1 with "
+                                         "split_k > 1; got 4"):
+        chunked_csr_linear.chunked_csr_linear(x, *parts, encoded.shape, split_k=2, out_rows_together=4)
+
+
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "chunked_csr"])
 def test_sparse_linear_keeps_leading_dims_and_row_strides(fmt):
     weight = _weight(48, 64, 0.5, F16, seed=40)
@@ -285,6 +321,36 @@ def test_launch_specs_run_as_recorded(kernel, rows, config):
         out = torch.empty((rows, 130), dtype=F16, device=DEVICE)
         _run_launches(built, {"x": x, **tensors}, out, rows)
     _check(out, x, encoded, tensors["@b"], kernel)
+
+
+@pytest.mark.parametrize("rows", [3, 4])
+def test_launch_specs_read_and_write_interleaved_rows(rows):
+    """A chunked-CSR choice with x_interleaved launches no interleave kernel and reads x as its producer wrote it;
+    with out_rows_together 4 it writes its output interleaved (OUT_ROWS), into a buffer the executor allocates so."""
+    encoded = _encode(_weight(130, 136, 0.4, F16, seed=72), "chunked_csr")
+    torch.manual_seed(73)
+    step, choice, tensors, shape_of = _sparse_step(encoded, "chunked_csr_gemv", 4,
+                                                   {"x_interleaved": True, "out_rows_together": 4}, with_bias=True)
+    built = step_launches(step, choice, "float16", shape_of)
+    assert [launch["kernel"].split("-")[0] for launch in built.launches] == ["chunked_csr_linear_kernel"]
+    assert dict(next(iter(built.specs.values())).constexprs)["OUT_ROWS"] == 4
+    x = random_tensor((rows, 136), F16, DEVICE)
+    with poisoned_allocations():
+        out = torch.empty((1, 130, 4), dtype=F16, device=DEVICE)
+        _run_launches(built, {"x": chunked_csr_linear.interleave_rows(x, 4), **tensors}, out, rows)
+    _check(rows_of_interleaved(out, rows), x, encoded, tensors["@b"], "chunked_csr_gemv, x and out interleaved")
+
+
+def test_launch_specs_refuse_an_interleaved_output_where_the_kernel_has_none():
+    encoded = _encode(_weight(40, 96, 0.5, F16, seed=81), "bitmap")
+    step, choice, _, shape_of = _sparse_step(encoded, "bitmap_gemv", 4, {"out_rows_together": 4}, with_bias=False)
+    with pytest.raises(CompileError, match="step y: kernel 'bitmap_gemv' cannot write an interleaved output"):
+        step_launches(step, choice, "float16", shape_of)
+    encoded = _encode(_weight(40, 96, 0.5, F16, seed=82), "chunked_csr")
+    step, choice, _, shape_of = _sparse_step(encoded, "chunked_csr_gemv", 4, {"out_rows_together": 4, "split_k": 2},
+                                             with_bias=False)
+    with pytest.raises(CompileError, match="step y: an interleaved output needs split_k 1, got 2"):
+        step_launches(step, choice, "float16", shape_of)
 
 
 def test_launch_specs_refuse_a_kernel_of_another_format_and_misshapen_parts():

@@ -101,8 +101,9 @@ def test_pipeline_covers_every_pass_tested_here():
                                              "fuse_gated_mlp", "fold_position_tables", "insert_kv_cache",
                                              "prune_weights", "calibrate_softmax", "fuse_linear_epilogues",
                                              "fuse_rotary_into_attention", "select_kernels",
-                                             "encode_sparse_weights"]
-    # prune_weights and encode_sparse_weights are tested in test_prune.py and test_sparse_bundles.py
+                                             "encode_sparse_weights", "interleave_sparse_inputs"]
+    # prune_weights and encode_sparse_weights are tested in test_prune.py and test_sparse_bundles.py,
+    # interleave_sparse_inputs in test_interleave_sparse_inputs.py
 
 
 def _removable(graph: Graph, n: Node) -> bool:

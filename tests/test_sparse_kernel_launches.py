@@ -1,6 +1,7 @@
 """Sparse bundles through the kernel executor: the recorded bitmap, Tiled-CSL and chunked-CSR launches (CUDA-core
-kernels for decode buckets, tensor-core kernels for prefill where the format has them, split-K sums), run by the
-Triton interpreter, give the reference executor's tokens and logits."""
+kernels for decode buckets, tensor-core kernels for prefill where the format has them, split-K sums; for chunked
+CSR, x written interleaved by its producers, also for a batch that is not a multiple of the rows gathered), run by
+the Triton interpreter, give the reference executor's tokens and logits."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def test_sparse_launches_match_the_reference_executor(fmt, tmp_path):
     bundle = read_bundle(path)
     kernels_used = {k.kernel for s in bundle.plan.steps for k in s.kernels}
     assert ({f"{fmt}_gemv"} if fmt == "chunked_csr" else {f"{fmt}_gemv", f"{fmt}_gemm"}) <= kernels_used
+    if fmt == "chunked_csr":   # x's producers write it interleaved: only o_proj's prefill interleaves x itself
+        launches = [(s.output, k.phase, launch["kernel"]) for s in bundle.plan.steps for k in s.kernels
+                    for launch in k.launches]
+        interleaving = {(step, phase) for step, phase, kernel in launches if kernel.startswith("interleave_rows")}
+        assert interleaving and all(phase == "prefill" for _, phase in interleaving)
+        for producer in ("rms_norm", "attention"):
+            assert any(k.config.get("out_rows_together") for s in bundle.plan.steps for k in s.kernels
+                       if s.op.value == producer)
     _, specs = collect_launches(bundle.plan, bundle.manifest.dtype,
                                 {k: tuple(v.shape) for k, v in bundle.weights.items()})
     executor = KernelExecutor(bundle.plan, bundle.weights, jit_launchers(specs), torch.float16, "cpu")

@@ -43,6 +43,25 @@ def block_for(size: int, minimum: int = 1) -> int:
     return max(minimum, triton.next_power_of_2(size))
 
 
+def interleaved_shape(rows: int, width: int, together: int) -> tuple[int, int, int]:
+    """The [cdiv(rows, together), width, together] buffer of an activation [rows, width] stored with each
+    column's `together` rows side by side (out_offsets with ROWS_TOGETHER > 1)."""
+    return (triton.cdiv(rows, together), width, together)
+
+
+@triton.jit
+def out_offsets(row, column, width, ROWS_TOGETHER: tl.constexpr):
+    """Element offsets of (row, column) in an activation of `width` columns (row and column broadcast).
+    ROWS_TOGETHER 1: row-major [rows, width]. Else interleaved, [cdiv(rows, T), width, T]: each column's T rows
+    side by side, the x layout chunked_csr_linear gathers from, written so by the kernel that produces x
+    (passes/interleave_sparse_inputs.py) instead of by a separate interleave launch."""
+    if ROWS_TOGETHER == 1:
+        offsets = row * width + column
+    else:
+        offsets = (row // ROWS_TOGETHER) * (width * ROWS_TOGETHER) + column * ROWS_TOGETHER + row % ROWS_TOGETHER
+    return offsets
+
+
 @triton.jit
 def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constexpr = True):
     """The first statement of every kernel the runtime launches. With GRID_DEPENDENCY (NVIDIA sm_90 and

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import as_rows, block_for, require, require_float
+from fdpp.codegen.kernels._common import as_rows, block_for, interleaved_shape, require, require_float
 
 
 @triton.jit
@@ -25,8 +25,11 @@ def load_row_with_residual(x_ptr, residual_ptr, new_residual_ptr, columns, in_ro
 
 def launch_row_norm(kernel_name: str, kernel: triton.JITFunction, x: torch.Tensor, residual: torch.Tensor | None,
                     weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
-                    block_h: int | None, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch `kernel` (rms_norm_kernel or layer_norm_kernel: same arguments) over the rows of x [..., H]."""
+                    block_h: int | None, num_warps: int,
+                    out_rows_together: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch `kernel` (rms_norm_kernel or layer_norm_kernel: same arguments) over the rows of x [..., H].
+    With out_rows_together T > 1 the normalised result is the interleaved [cdiv(rows, T), H, T] buffer
+    (_common.out_offsets; the padding rows unwritten), not a tensor shaped like x."""
     hidden = x.shape[-1]
     require_float(kernel_name, x=x, weight=weight)
     require(weight.shape == (hidden,), kernel_name, f"weight must be [{hidden}], got {tuple(weight.shape)}")
@@ -36,8 +39,12 @@ def launch_row_norm(kernel_name: str, kernel: triton.JITFunction, x: torch.Tenso
     block_h = block_h or block_for(hidden)
     require(block_h >= hidden, kernel_name, f"block_h={block_h} must cover the hidden size {hidden}")
 
+    require(out_rows_together in (1, 2, 4, 8), kernel_name, f"out_rows_together must be 1, 2, 4 or 8, "
+            f"got {out_rows_together}")
+
     rows = as_rows(x, hidden)
-    out = torch.empty_like(rows)
+    out = torch.empty(interleaved_shape(rows.shape[0], hidden, out_rows_together) if out_rows_together > 1
+                      else rows.shape, dtype=rows.dtype, device=rows.device)
     has_residual = residual is not None
     residual_rows = as_rows(residual, hidden) if has_residual else rows
     new_residual = torch.empty_like(rows) if has_residual else rows
@@ -47,6 +54,7 @@ def launch_row_norm(kernel_name: str, kernel: triton.JITFunction, x: torch.Tenso
         kernel[(rows.shape[0],)](
             rows, residual_rows, weight, bias_arg, out, new_residual,
             hidden, rows.stride(0), residual_rows.stride(0), float(eps),
-            HAS_RESIDUAL=has_residual, HAS_BIAS=bias is not None, BLOCK_H=block_h, num_warps=num_warps)
+            HAS_RESIDUAL=has_residual, HAS_BIAS=bias is not None, BLOCK_H=block_h, OUT_ROWS=out_rows_together,
+            num_warps=num_warps)
     new_residual = new_residual.view(x.shape) if has_residual else x
-    return out.view(x.shape), new_residual
+    return (out if out_rows_together > 1 else out.view(x.shape)), new_residual

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, require, require_float, require_index,
-                                          softmax_tile, wait_for_producers)
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, interleaved_shape, out_offsets, require,
+                                          require_float, require_index, softmax_tile, wait_for_producers)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
 __all__ = ["attention_decode", "allocate_decode_workspace", "attention_reference", "combine_chunk"]
@@ -89,7 +89,7 @@ def _rows_outside(row_max, row_ok, safe_low, safe_high):
 def _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_out_ptr, partial_max_ptr,
                     partial_sum_ptr, safe_low, safe_high, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, GROUP_P2: tl.constexpr,
-                    SPLIT_CHUNK: tl.constexpr, UNIFIED: tl.constexpr):
+                    SPLIT_CHUNK: tl.constexpr, UNIFIED: tl.constexpr, OUT_ROWS: tl.constexpr):
     """The last-arriving program: every query row of this KV head, its `active` slices combined and divided,
     stored to out. All partial loads are issued before any store, so the combine costs a few L2 round trips
     however many heads share the KV head. Returns the number of rows whose max left the safe range (unified)."""
@@ -122,7 +122,8 @@ def _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_ou
                                 cache_modifier=".cg")
             chunk_out = chunk_out * tl.exp(chunk_max - top[:, None])[:, :, None]
         combined += tl.sum(chunk_out, axis=1)
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], combined / total[:, None],
+    columns = ((kv_head * GROUP + group) * HEAD_DIM)[:, None] + dims[None, :]                 # [GROUP_P2, BLOCK_D]
+    tl.store(out_ptr + out_offsets(batch, columns, n_heads * HEAD_DIM, OUT_ROWS), combined / total[:, None],
              mask=group_ok[:, None] & dim_ok[None, :])
     return _rows_outside(top, group_ok, safe_low, safe_high)
 
@@ -146,7 +147,7 @@ def attention_decode_kernel(
     k_cache_ptr,            # [B_cap, Hkv, T_cap, D] key cache, unit stride along D
     v_cache_ptr,            # [B_cap, Hkv, T_cap, D] value cache, same strides
     positions_ptr,          # [B] int position of each query; the sequence's length is position + 1
-    out_ptr,                # [B, Hq*D] output, contiguous, in the query dtype
+    out_ptr,                # [B, Hq*D] output, contiguous, in the query dtype (interleaved: see OUT_ROWS)
     partial_out_ptr,        # [B, Hq, splits, D] float32 scratch: per slice, Σ e^(s - m or φ)·v
     partial_max_ptr,        # [B, Hq, splits] float32 scratch: per slice, its max score (FLOOR if empty)
     partial_sum_ptr,        # [B, Hq, splits] float32 scratch: per slice, Σ e^(s - m or φ)
@@ -183,6 +184,7 @@ def attention_decode_kernel(
     UNIFIED: tl.constexpr,       # unified max (with fallback) or synchronized
     WRITE_KV: tl.constexpr,      # first store this step's key and value into the cache at the query's position
     ROTARY: tl.constexpr,        # q and the new key arrive unrotated: rotate them (rotate-half) on load (needs WRITE_KV)
+    OUT_ROWS: tl.constexpr = 1,  # > 1: out interleaved by blocks of OUT_ROWS sequences (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
     # lets the next kernel (o_proj in a decode step) be scheduled at once: in the whole model that measured
@@ -211,7 +213,8 @@ def attention_decode_kernel(
         cache_offset = batch * cache_stride_batch + kv_head.to(tl.int64) * cache_stride_head
         k_base = k_cache_ptr + cache_offset
         v_base = v_cache_ptr + cache_offset
-        out_rows = out_ptr + (batch * n_heads + heads)[:, None] * HEAD_DIM + dims[None, :]   # [BLOCK_GROUP, BLOCK_D]
+        out_rows = out_ptr + out_offsets(batch, (heads * HEAD_DIM)[:, None] + dims[None, :], n_heads * HEAD_DIM,
+                                         OUT_ROWS)                                         # [BLOCK_GROUP, BLOCK_D]
         if WRITE_KV:
             if key_end == length:
                 # The slice holding the new position writes this step's key and value there (write_kv fused:
@@ -249,7 +252,7 @@ def attention_decode_kernel(
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
                 fallen = _combine_slices(batch, kv_head, active, n_heads, splits, out_ptr, partial_out_ptr,
                                          partial_max_ptr, partial_sum_ptr, safe_low, safe_high, GROUP, HEAD_DIM,
-                                         BLOCK_D, BLOCK_SPLITS, GROUP_P2, SPLIT_CHUNK, UNIFIED)
+                                         BLOCK_D, BLOCK_SPLITS, GROUP_P2, SPLIT_CHUNK, UNIFIED, OUT_ROWS)
                 if UNIFIED:
                     _exact_fallback(fallen, q, k_base, v_base, length, cache_stride_seq, scale, out_rows, row_ok,
                                     dim_ok, fallbacks_ptr, BLOCK_GROUP, HEAD_DIM, BLOCK_D, BLOCK_N)
@@ -278,7 +281,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                      num_splits: int = 4, min_split_keys: int = 64, block_n: int = 64, num_warps: int = 4,
                      num_stages: int = 2, workspace: tuple | None = None,
-                     dependent_launch: bool = False) -> torch.Tensor:
+                     dependent_launch: bool = False, out_rows_together: int = 1) -> torch.Tensor:
     """One query per sequence: q [B, 1, Hq*D] (or [B, Hq*D]) over the cache [B_cap, Hkv, T_cap, D] after
     kv_cache.write_kv; positions [B, 1] (or [B]). Returns q's shape and dtype.
 
@@ -291,7 +294,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     counter the unified kernel adds its recomputed rows to. Config: num_splits, min_split_keys (a multiple of
     block_n), block_n, num_warps, num_stages. workspace: from allocate_decode_workspace, or allocated here.
     dependent_launch (NVIDIA sm_90 and later, not the interpreter): launch as a programmatic dependent of the
-    kernel before on the stream, as bundles for those targets do (wait_for_producers).
+    kernel before on the stream, as bundles for those targets do (wait_for_producers). out_rows_together T > 1:
+    the result is the interleaved [cdiv(B, T), Hq*D, T] buffer (_common.out_offsets) instead of q's shape.
     """
     require_float("attention_decode", q=q, k_cache=k_cache, v_cache=v_cache)
     require_index("attention_decode", positions=positions)
@@ -327,7 +331,10 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             "attention_decode", f"rotary needs new_kv and (cos, sin) as two [{batch}, 1, {head_dim}] tensors "
                                 f"of equal strides")
     phi, safe_low, safe_high = unified if unified is not None else (0.0, 0.0, 0.0)
-    out = torch.empty((batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
+    require(out_rows_together in (1, 2, 4, 8), "attention_decode",
+            f"out_rows_together must be 1, 2, 4 or 8, got {out_rows_together}")
+    out = torch.empty(interleaved_shape(batch, n_heads * head_dim, out_rows_together) if out_rows_together > 1
+                      else (batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
     if batch:
         group = n_heads // n_kv_heads
         attention_decode_kernel[(batch, n_kv_heads, num_splits)](
@@ -337,6 +344,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_GROUP=block_for(group, 16),
             HEAD_DIM=head_dim, BLOCK_D=block_for(head_dim, 16), BLOCK_N=block_n, BLOCK_SPLITS=block_for(num_splits),
             GROUP_P2=block_for(group), SPLIT_CHUNK=combine_chunk(group, num_splits), UNIFIED=unified is not None,
-            WRITE_KV=new_kv is not None, ROTARY=rotary is not None, num_warps=num_warps, num_stages=num_stages,
+            WRITE_KV=new_kv is not None, ROTARY=rotary is not None, OUT_ROWS=out_rows_together,
+            num_warps=num_warps, num_stages=num_stages,
             **({"GRID_DEPENDENCY": True, "launch_pdl": True} if dependent_launch else {}))
-    return out.view(q.shape)
+    return out if out_rows_together > 1 else out.view(q.shape)

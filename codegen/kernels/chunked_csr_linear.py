@@ -7,9 +7,10 @@ base plus its 8-bit offset, so a program multiplies each stored value by the act
 (a gather from x, which stays in L1) and sums along the row: no tile is rebuilt and no position that holds
 a zero costs anything. Each program owns BLOCK_N weight rows, ROWS rows of x and one of SPLIT_K slices of
 the rows' chunks; with SPLIT_K > 1 it writes float32 partial sums that sum_splits_kernel adds. For more than
-one row, interleave_rows first lays x out with each column's ROWS values side by side, so one vector load
-per entry gathers every row (rather than a gather per entry and row); the loads of a step's entries are
-issued during the step before.
+one row, x is read with each column's ROWS values side by side, so one vector load per entry gathers every
+row (rather than a gather per entry and row). In bundles x's producer writes x so (OUT_ROWS here and in the
+norms and decode attention; passes/interleave_sparse_inputs.py); otherwise interleave_rows lays it out first.
+The loads of a step's entries are issued during the step before.
 
 The entries are loaded evict-first, since each is read once. Measured on an H200
 (docs/perf/2026-11-23-h200-evict-first.md, Llama-2-7B shapes, 70% sparsity): 1.61-1.75x cuBLAS on the
@@ -24,8 +25,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, let_next_start, require, require_float,
-                                          wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, interleaved_shape, let_next_start, require,
+                                          require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -164,10 +165,11 @@ def _load_step(c, last_chunk, feature_ok, row_entries, entry_in_step, row_bases,
 @triton.jit
 def _finish_row(acc, row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split,
                 HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr, ACTIVATION: tl.constexpr,
-                SPLIT_K: tl.constexpr, BLOCK_F: tl.constexpr):
+                SPLIT_K: tl.constexpr, BLOCK_F: tl.constexpr, OUT_ROWS: tl.constexpr):
     """One row of x's sums, acc [BLOCK_N, CHUNKS, CHUNK] over the program's weight rows (gate rows then up
     rows when GATED), into out: SPLIT_K == 1 through linear_epilogue (bias, act(gate) * up, residual), else
-    float32 partial sums into out[split, row, features] (no epilogue: sum_splits_kernel adds the bias)."""
+    float32 partial sums into out[split, row, features] (no epilogue: sum_splits_kernel adds the bias).
+    OUT_ROWS > 1 (SPLIT_K 1): out interleaved as the next chunked-CSR linear reads x (_common.out_offsets)."""
     total = tl.sum(tl.sum(acc, axis=2), axis=1)                                                 # [BLOCK_N]
     features = row_block * BLOCK_F + tl.arange(0, BLOCK_F)                                      # [BLOCK_F]
     rows = row + tl.arange(0, 1)                                                                # [1]
@@ -177,7 +179,7 @@ def _finish_row(acc, row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, spli
         else:
             gate, up = total, total
         linear_epilogue(gate[None, :], up[None, :], rows, features, bias_ptr, residual_ptr, out_ptr, M, N,
-                        HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION)
+                        HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
     else:
         out = out_ptr + (split.to(tl.int64) * M + rows)[:, None] * N + features[None, :]
         tl.store(out, total[None, :], mask=(rows < M)[:, None] & (features < N)[None, :])
@@ -185,13 +187,15 @@ def _finish_row(acc, row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, spli
 
 @triton.jit
 def chunked_csr_linear_kernel(
-    x_ptr,              # ROWS == 1: [M, K], unit stride along K; else [cdiv(M, ROWS), K, ROWS] (interleave_rows)
+    x_ptr,              # ROWS == 1: [M, K], unit stride along K; else [cdiv(M, ROWS), K, ROWS] (interleave_rows,
+                        # or written so by x's producer: passes/interleave_sparse_inputs.py)
     values_ptr,         # [N, L] the nonzeros of each row chunk by chunk (L = chunks_per_row * CHUNK), 0 = padding
     offsets_ptr,        # [N, L] uint8: an entry's column minus its chunk's base
     bases_ptr,          # [N, chunks_per_row] int32: each chunk's first column
     bias_ptr,           # [N] bias ([2N] when GATED; read only when HAS_BIAS, which needs SPLIT_K == 1)
     residual_ptr,       # [M, N] added last (read only when HAS_RESIDUAL, which needs SPLIT_K == 1)
-    out_ptr,            # SPLIT_K == 1: [M, N] output, contiguous; else [SPLIT_K, M, N] float32 partial sums
+    out_ptr,            # SPLIT_K == 1: [M, N] output, contiguous (interleaved: OUT_ROWS); else [SPLIT_K, M, N]
+                        # float32 partial sums
     M, N,               # rows of x, output features (the weight has 2N rows when GATED)
     x_block_stride,     # elements between blocks of ROWS rows of x (ROWS == 1: x's row stride; else K * ROWS)
     chunks_per_row,     # chunks of every weight row
@@ -207,6 +211,7 @@ def chunked_csr_linear_kernel(
     SPLIT_K: tl.constexpr,       # programs sharing one row block's chunks (grid axis 1)
     VECTOR: tl.constexpr,        # entries one thread loads at once (values and offsets alike)
     PREFETCH: tl.constexpr,      # load each step's entries during the step before
+    OUT_ROWS: tl.constexpr = 1,  # > 1 (SPLIT_K 1): out interleaved by blocks of OUT_ROWS rows (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
     wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
@@ -260,24 +265,24 @@ def chunked_csr_linear_kernel(
     let_next_start(GRID_DEPENDENCY)
     first_row = row_group * ROWS
     _finish_row(acc0, first_row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS, HAS_RESIDUAL,
-                GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
     if ROWS >= 2:
         _finish_row(acc1, first_row + 1, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
     if ROWS >= 4:
         _finish_row(acc2, first_row + 2, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
         _finish_row(acc3, first_row + 3, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
     if ROWS == 8:
         _finish_row(acc4, first_row + 4, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
         _finish_row(acc5, first_row + 5, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
         _finish_row(acc6, first_row + 6, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
         _finish_row(acc7, first_row + 7, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS,
-                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F)
+                    HAS_RESIDUAL, GATED, ACTIVATION, SPLIT_K, BLOCK_F, OUT_ROWS)
 
 
 @triton.jit
@@ -337,12 +342,17 @@ def interleave_rows(x_rows: torch.Tensor, together: int) -> torch.Tensor:
 
 def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor,
                        shape, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                       gated: str | None = None, **config) -> torch.Tensor:
+                       gated: str | None = None, x_interleaved: torch.Tensor | None = None,
+                       out_rows_together: int = 1, **config) -> torch.Tensor:
     """x [..., K] @ W^T + bias (+ residual) -> [..., N] (x's dtype), W [N, K] given as chunked CSR (values
     [N, L], offsets [N, L] uint8, bases [N, L / chunk] int32); with `gated` (an activation name) W is
     (gate; up) [2N, K] and the result act(x @ gate^T + b_gate) * (x @ up^T + b_up) (+ residual), as
     reference_ops.fused_linear. Config keys as default_chunked_csr_config returns; block_n counts weight rows
-    (so a gated program writes block_n / 2 features); the epilogues need split_k 1."""
+    (so a gated program writes block_n / 2 features); the epilogues need split_k 1.
+    x_interleaved: x's rows already laid out as interleave_rows(x, rows) does (as x's producer writes them in a
+    bundle); the kernel reads it and skips the interleave launch, and x only gives the shape.
+    out_rows_together T > 1 (split_k 1): the result is interleaved, [cdiv(M, T), N, T] (_common.out_offsets), as
+    the next chunked-CSR linear reads its x."""
     kernel = "chunked_csr_linear"
     require_float(kernel, x=x, values=values)
     rows_w, k = tuple(shape)
@@ -373,12 +383,20 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     require(split_k == 1 or (gated is None and residual is None), kernel,
             f"the gated and residual epilogues need split_k 1, got {split_k}")
     require(not gated or block_n % 2 == 0, kernel, f"a gated program needs an even block_n, got {block_n}")
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    require(out_rows_together in (1, 2, 4, 8) and (out_rows_together == 1 or split_k == 1), kernel,
+            f"out_rows_together must be 1, 2, 4 or 8, and 1 with split_k > 1; got {out_rows_together}")
+    require(x_interleaved is None or (together > 1 and x_interleaved.is_contiguous()
+                                      and tuple(x_interleaved.shape) == interleaved_shape(m, k, together)
+                                      and x_interleaved.dtype == x.dtype), kernel,
+            f"x_interleaved must be a contiguous {x.dtype} {interleaved_shape(m, k, together)} (rows {together} > 1), "
+            f"got {None if x_interleaved is None else (x_interleaved.dtype, tuple(x_interleaved.shape))}")
+    out = torch.empty(interleaved_shape(m, n, out_rows_together) if out_rows_together > 1 else (m, n),
+                      dtype=x.dtype, device=x.device)
     partial = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     bias_arg = bias.contiguous() if bias is not None else values
     residual_arg = residual.reshape(m, n).contiguous() if residual is not None else out
     if out.numel():
-        x_arg = interleave_rows(x_rows, together)
+        x_arg = x_interleaved if x_interleaved is not None else interleave_rows(x_rows, together)
         x_block_stride = x_rows.stride(0) if together == 1 else k * together
         block_f = block_n // 2 if gated else block_n
         grid = (triton.cdiv(n, block_f), split_k, triton.cdiv(m, together))
@@ -387,6 +405,6 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
             HAS_BIAS=bias is not None and split_k == 1, HAS_RESIDUAL=residual is not None, GATED=bool(gated),
             ACTIVATION=ACTIVATION_CODES[gated] if gated else 0, ROWS=together, BLOCK_N=block_n, BLOCK_F=block_f,
             CHUNKS=cfg["chunks"], CHUNK=chunk, SPLIT_K=split_k, VECTOR=cfg["vector"], PREFETCH=cfg["prefetch"],
-            num_warps=cfg["num_warps"])
+            OUT_ROWS=out_rows_together, num_warps=cfg["num_warps"])
         _sum_splits(partial, bias_arg, out, bias is not None)
-    return out.view(*x.shape[:-1], n)
+    return out if out_rows_together > 1 else out.view(*x.shape[:-1], n)

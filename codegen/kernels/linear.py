@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, require, require_float,
-                                          wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, out_offsets, require,
+                                          require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, apply_activation
 from fdpp.runtime.reference_ops import fused_linear as fused_linear_reference
 from fdpp.runtime.reference_ops import linear as linear_reference
@@ -31,9 +31,10 @@ __all__ = ["gemv", "gemm", "spread_block_n", "linear_reference", "fused_linear_r
 @triton.jit
 def linear_epilogue(acc, up, rows, features, bias_ptr, residual_ptr, out_ptr, M, N,
                     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
-                    ACTIVATION: tl.constexpr):
+                    ACTIVATION: tl.constexpr, OUT_ROWS: tl.constexpr = 1):
     """acc [BLOCK_M, BLOCK_N] float32 (and up, the up half's acc, when GATED) -> out [M, N]:
-    + bias, then act(gate) * up when GATED (bias [2N]: gate's then up's), then + residual [M, N]."""
+    + bias, then act(gate) * up when GATED (bias [2N]: gate's then up's), then + residual [M, N].
+    OUT_ROWS > 1: out interleaved by blocks of OUT_ROWS rows (_common.out_offsets; the residual stays row-major)."""
     feature_ok = features < N
     if HAS_BIAS:
         acc += tl.load(bias_ptr + features, mask=feature_ok, other=0.0).to(tl.float32)[None, :]
@@ -45,6 +46,8 @@ def linear_epilogue(acc, up, rows, features, bias_ptr, residual_ptr, out_ptr, M,
     offsets = rows.to(tl.int64)[:, None] * N + features[None, :]
     if HAS_RESIDUAL:
         acc += tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if OUT_ROWS > 1:
+        offsets = out_offsets(rows.to(tl.int64)[:, None], features[None, :], N, OUT_ROWS)
     tl.store(out_ptr + offsets, acc, mask=mask)
 
 

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import wait_for_producers
+from fdpp.codegen.kernels._common import out_offsets, wait_for_producers
 from fdpp.codegen.kernels._rows import launch_row_norm, load_row_with_residual
 from fdpp.runtime.reference_ops import rms_norm as rms_norm_reference
 
@@ -20,7 +20,7 @@ def rms_norm_kernel(
     residual_ptr,           # [R, H] residual rows (read only when HAS_RESIDUAL)
     weight_ptr,             # [H] scale
     bias_ptr,               # unused: keeps the argument list equal to layer_norm_kernel's
-    out_ptr,                # [R, H] normalised output, contiguous
+    out_ptr,                # [R, H] normalised output, contiguous (interleaved: see OUT_ROWS)
     new_residual_ptr,       # [R, H] x + residual, contiguous (written only when HAS_RESIDUAL)
     hidden,                 # H
     x_row_stride,           # elements between rows of x
@@ -29,6 +29,7 @@ def rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,  # fuse the residual add
     HAS_BIAS: tl.constexpr,      # unused (RMSNorm has no bias)
     BLOCK_H: tl.constexpr,       # power of two >= H: the whole row is one tile
+    OUT_ROWS: tl.constexpr = 1,  # > 1: out interleaved by blocks of OUT_ROWS rows (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
     wait_for_producers(GRID_DEPENDENCY)
@@ -41,14 +42,17 @@ def rms_norm_kernel(
     # Hugging Face rounds the normalised row to the activation dtype before the weight multiply.
     normed = (x * tl.rsqrt(mean_square + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
     weight = tl.load(weight_ptr + columns, mask=in_row, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * hidden + columns, weight * normed, mask=in_row)
+    tl.store(out_ptr + out_offsets(row, columns, hidden, OUT_ROWS), weight * normed, mask=in_row)
 
 
 def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, *,
-             block_h: int | None = None, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+             block_h: int | None = None, num_warps: int = 4,
+             out_rows_together: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """x, residual [..., H] (residual may be None), weight [H] -> (rms_norm(x + residual), x + residual).
 
     The second result is the residual stream after the add: x itself when residual is None.
-    Config: block_h (power of two >= H, default the smallest), num_warps.
+    Config: block_h (power of two >= H, default the smallest), num_warps; out_rows_together T > 1 returns
+    the first result interleaved, [cdiv(rows, T), H, T] (_common.out_offsets).
     """
-    return launch_row_norm("rms_norm", rms_norm_kernel, x, residual, weight, None, eps, block_h, num_warps)
+    return launch_row_norm("rms_norm", rms_norm_kernel, x, residual, weight, None, eps, block_h, num_warps,
+                           out_rows_together)

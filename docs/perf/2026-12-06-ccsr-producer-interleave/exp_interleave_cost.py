@@ -1,9 +1,11 @@
 """GPU experiment: how much of the chunked-CSR linear's time at M = 2, 4, 8 is the separate launch that
 interleaves x's rows (codegen/kernels/chunked_csr_linear.py interleave_rows) before the kernel. Times, as
-scripts/bench_chunked_csr.py does (rotating weight copies, GPU sleep, events, median), at 70%: the wrapper as
-shipped, the kernel alone on an x interleaved beforehand, the interleave alone, and cuBLAS on the dense weight.
+scripts/bench_sparse.py does (rotating weight copies, GPU sleep, events, median), at 70%: the linear with its
+interleave launch, the kernel alone on x interleaved beforehand (`x_interleaved`, as bundles now have x's producer
+write it: passes/interleave_sparse_inputs.py), the interleave alone, cuBLAS on the dense weight; and the RMSNorm
+over [M, 4096] writing row-major against writing interleaved (what the producer pays for it).
 
-    python3 docs/perf/2026-12-06-ccsr-interleave-cost/exp_interleave_cost.py
+    python3 docs/perf/2026-12-06-ccsr-producer-interleave/exp_interleave_cost.py
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import fdpp.codegen.kernels.chunked_csr_linear as CCSR
 from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
+from fdpp.codegen.kernels.rms_norm import rms_norm
 from fdpp.runtime.sparse_formats import encode_chunked_csr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
@@ -25,7 +27,8 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
 
 
 def main() -> int:
-    print("| shape | M | cuBLAS us | shipped us (x cuBLAS) | kernel alone us (x cuBLAS) | interleave alone us |")
+    print("| shape | M | cuBLAS us | with interleave launch us (x cuBLAS) | x interleaved by its producer us "
+          "(x cuBLAS) | interleave alone us |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (n, k) in SHAPES.items():
         weight = BENCH.pruned_weight(n, k, 0.7, seed=1)
@@ -43,19 +46,25 @@ def main() -> int:
             assert BENCH.relative_error(run(csr_sets[0]), ref) < BENCH.MAX_ERROR
             shipped = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
             ready = interleave_rows(x, rows)
-            shipped_interleave = CCSR.interleave_rows
-            CCSR.interleave_rows = lambda x_rows, together: ready if together == rows else \
-                shipped_interleave(x_rows, together)
-            try:
-                assert BENCH.relative_error(run(csr_sets[0]), ref) < BENCH.MAX_ERROR
-                alone = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
-            finally:
-                CCSR.interleave_rows = shipped_interleave
+
+            def fused(t):
+                return chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k), x_interleaved=ready)
+            assert BENCH.relative_error(fused(csr_sets[0]), ref) < BENCH.MAX_ERROR
+            alone = BENCH.time_us([lambda t=t: fused(t) for t in csr_sets])
             interleave = BENCH.time_us([lambda: interleave_rows(x, rows)] * len(csr_sets))
             print(f"| {name} | {m} | {cublas:.1f} | {shipped:.1f} ({cublas / shipped:.2f}x) | {alone:.1f} "
                   f"({cublas / alone:.2f}x) | {interleave:.1f} |", flush=True)
         del dense_sets, csr_sets
         torch.cuda.empty_cache()
+    print()
+    print("| RMSNorm [M, 4096] | row-major us | interleaved us |")
+    print("| --- | --- | --- |")
+    weight = torch.randn(4096, device="cuda").half()
+    for m in (2, 4, 8):
+        xs = [(torch.randn(m, 4096, device="cuda") * 0.5).half() for _ in range(64)]
+        plain = BENCH.time_us([lambda x=x: rms_norm(x, None, weight, 1e-5) for x in xs])
+        mixed = BENCH.time_us([lambda x=x: rms_norm(x, None, weight, 1e-5, out_rows_together=m) for x in xs])
+        print(f"| M = {m} | {plain:.2f} | {mixed:.2f} |", flush=True)
     return 0
 
 
