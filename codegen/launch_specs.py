@@ -21,8 +21,9 @@ from typing import Any, Callable
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, activation_kernel
 from fdpp.codegen.kernels.attention_decode import attention_decode_kernel, combine_chunk
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
-from fdpp.codegen.kernels.chunked_csr_linear import (INTERLEAVE_BLOCK_K, chunked_csr_linear_kernel,
-                                                     default_chunked_csr_config, interleave_rows_kernel)
+from fdpp.codegen.kernels.chunked_csr_linear import (DENSIFY_BLOCK_K, DENSIFY_CHUNKS, INTERLEAVE_BLOCK_K,
+                                                     chunked_csr_linear_kernel, default_chunked_csr_config,
+                                                     densify_kernel, interleave_rows_kernel)
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
 from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
@@ -222,7 +223,7 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
 # Sparse linear kernel choices (passes/sparse_choice.py): their format and whether they use tensor cores.
 SPARSE_KERNELS = {"bitmap_gemv": ("bitmap", False), "bitmap_gemm": ("bitmap", True),
                   "tiled_csl_gemv": ("tiled_csl", False), "tiled_csl_gemm": ("tiled_csl", True),
-                  "chunked_csr_gemv": ("chunked_csr", False)}
+                  "chunked_csr_gemv": ("chunked_csr", False), "chunked_csr_gemm": ("chunked_csr", True)}
 
 
 def _sparse_parts(c: StepContext, meta: dict) -> dict[str, str]:
@@ -323,6 +324,9 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
     gated = c.step.attrs.get("gated")
     out_n = n // 2 if gated else n
     dt, wdt = c.dtype, TRITON_DTYPE[meta["dtype"]]
+    if choice.kernel == "chunked_csr_gemm":
+        _densified_gemm(b, c, choice, parts, (n, k), (chunks, chunk), wdt, bias_ref, residual_ref)
+        return
     cfg = {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
     split_k, together, block_n = cfg["split_k"], cfg["rows"], cfg["block_n"]
     if together not in (1, 2, 4, 8):
@@ -365,6 +369,36 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)
+
+
+def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str], shape: tuple[int, int],
+                    tile: tuple[int, int], wdt: str, bias_ref, residual_ref) -> None:
+    """chunked_csr_gemm, for many rows of x (prefill): the weight written out dense into a workspace
+    (densify_kernel: the encoded bytes read, the dense ones written), then the tensor-core GEMM with the
+    linear's fused epilogues over it (gemm_kernel, 64-row tiles). The workspace lives for the step only."""
+    (n, k), (chunks, chunk) = shape, tile
+    if choice.config.get("out_rows_together", 1) != 1:
+        raise CompileError(f"step {c.step.output}: chunked_csr_gemm writes its output row-major only")
+    gated = c.step.attrs.get("gated")
+    out_n = n // 2 if gated else n
+    dt = c.dtype
+    cfg = {"block_m": 64, "block_n": 128, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
+    dense = {"dense_weight": {"shape": [n, k], "dtype": DTYPE_NAME[wdt]}}
+    b.launch(densify_kernel, (n,), [
+        ("values_ptr", f"*{wdt}", parts["values"]), ("offsets_ptr", "*u8", parts["offsets"]),
+        ("bases_ptr", "*i32", parts["bases"]), ("out_ptr", f"*{wdt}", "ws:dense_weight"), ("K", "i32", k),
+        ("chunks_per_row", "i32", chunks)], {"CHUNK": chunk, "CHUNKS": DENSIFY_CHUNKS, "BLOCK_K": DENSIFY_BLOCK_K},
+        workspace=dense)
+    block_m, block_n = cfg["block_m"], cfg["block_n"]
+    b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * cdiv({out_n}, {block_n})",), [
+        ("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{wdt}", "ws:dense_weight"),
+        ("bias_ptr", f"*{dt}", bias_ref or c.ref(0)), ("residual_ptr", f"*{dt}", residual_ref or c.ref(0)),
+        ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", out_n), ("K", "i32", k),
+        ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)],
+        {"HAS_BIAS": bias_ref is not None, "HAS_RESIDUAL": residual_ref is not None, "GATED": bool(gated),
+         "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "BLOCK_M": block_m, "BLOCK_N": block_n,
+         "BLOCK_K": cfg["block_k"], "GROUP_M": 8, "SPREAD": 0},
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def _launch_rotary(b: _Builder, c: StepContext, index: int, out: str, head_dim: int, cos: str, sin: str,

@@ -37,8 +37,11 @@ SPARSE_EFFICIENCY = {
 # then convert and multiply each), and for R > 1 what x's producer pays to write x interleaved
 # (passes/interleave_sparse_inputs.py; an H100's RMSNorm over [R, 4096], measured in
 # docs/perf/2026-12-06-ccsr-producer-interleave.md), which replaced a separate interleave launch of 2.2-2.5 us.
+# For many rows (prefill) chunked_csr_gemm writes the weight out dense and multiplies on tensor cores; its
+# bandwidth and GEMM efficiencies are estimates (unmeasured when written).
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 23.5, 4: 30.0, 8: 43.0},
-                          "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}}
+                          "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.6,
+                          "densified_gemm_compute": 0.5}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
@@ -88,8 +91,23 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 
+def densified_gemm_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
+    """Microseconds of chunked_csr_gemm: writing the weight out dense (the encoding read, the dense bytes
+    written), then a tensor-core GEMM over it (the dense weight and x read, out written, or the math)."""
+    eff = CHUNKED_CSR_EFFICIENCY
+    tile = sparse_tile("chunked_csr", k, density)
+    dense_bytes = value_bytes * n * k
+    densify_us = (encoded_bytes("chunked_csr", (n, k), density, tile, value_bytes) + dense_bytes) / \
+        (target.memory_bandwidth_gbs * 1e3 * eff["densify_bandwidth"])
+    gemm_memory_us = (dense_bytes + value_bytes * (m * k + m * n)) / (target.memory_bandwidth_gbs * 1e3 * 0.75)
+    gemm_compute_us = 2 * m * n * k / (target.tensor_tflops_fp16 * 1e6 * eff["densified_gemm_compute"])
+    return densify_us + max(gemm_memory_us, gemm_compute_us) + 2 * LAUNCH_US
+
+
 def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float, target,
                    value_bytes: int = 2) -> float:
+    if kernel == "chunked_csr_gemm":
+        return densified_gemm_cost_us(m, n, k, density, target, value_bytes)
     if fmt == "chunked_csr":
         return chunked_csr_cost_us(m, n, k, density, target, value_bytes)
     eff = SPARSE_EFFICIENCY[fmt]
@@ -110,8 +128,9 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
 
 
 def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, value_bytes: int) -> dict[str, float]:
-    if fmt == "chunked_csr":                     # one kernel, CUDA cores at every M
-        return {"chunked_csr_gemv": sparse_cost_us(fmt, "chunked_csr_gemv", m, n, k, density, target, value_bytes)}
+    if fmt == "chunked_csr":    # CUDA cores over the encoding, or tensor cores over a dense copy written first
+        return {kernel: sparse_cost_us(fmt, kernel, m, n, k, density, target, value_bytes)
+                for kernel in ("chunked_csr_gemv", "chunked_csr_gemm")}
     kernels = {f"{fmt}_gemm": sparse_cost_us(fmt, f"{fmt}_gemm", m, n, k, density, target, value_bytes)}
     if m <= GEMV_MAX_ROWS:
         kernels[f"{fmt}_gemv"] = sparse_cost_us(fmt, f"{fmt}_gemv", m, n, k, density, target, value_bytes)
@@ -119,8 +138,9 @@ def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, va
 
 
 def rows_free(kernel: str) -> bool:
-    """Whether a kernel's launch is the same for every row count of a merged bucket range."""
-    return not kernel.startswith("chunked_csr")
+    """Whether a kernel's launch is the same for every row count of a merged bucket range (not the CUDA-core
+    chunked-CSR kernel's, whose rows per program follow the bucket)."""
+    return kernel != "chunked_csr_gemv"
 
 
 def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],

@@ -201,6 +201,17 @@ def test_chunked_csr_writes_and_reads_x_interleaved(m, together):
         assert torch.equal(read, plain)
 
 
+@pytest.mark.parametrize("n,k,density", [(7, 600, 0.3), (40, 96, 0.0), (33, 1000, 1.0), (5, 3000, 0.05)])
+def test_densify_writes_the_chunked_csr_weight_out_dense(n, k, density):
+    """Every position of the dense copy (zeros included: the output starts as NaN), and no padding entry
+    overwrites the nonzero at its chunk's base."""
+    weight = _weight(n, k, density, F16, seed=47)
+    encoded = _encode(weight, "chunked_csr")
+    with poisoned_allocations():
+        dense = chunked_csr_linear.densify(*[encoded.tensors[part] for part in PARTS["chunked_csr"]], encoded.shape)
+    assert torch.equal(dense, weight.to(DEVICE))
+
+
 def test_chunked_csr_refuses_misshapen_interleaved_x_and_split_interleaved_out():
     encoded = _encode(_weight(8, 64, 0.5, F16, seed=45), "chunked_csr")
     parts = [encoded.tensors[part] for part in PARTS["chunked_csr"]]
@@ -339,6 +350,22 @@ def test_launch_specs_read_and_write_interleaved_rows(rows):
         out = torch.empty((1, 130, 4), dtype=F16, device=DEVICE)
         _run_launches(built, {"x": chunked_csr_linear.interleave_rows(x, 4), **tensors}, out, rows)
     _check(rows_of_interleaved(out, rows), x, encoded, tensors["@b"], "chunked_csr_gemv, x and out interleaved")
+
+
+@pytest.mark.parametrize("rows", [17, 70])
+def test_densified_gemm_launches_run_as_recorded(rows):
+    """chunked_csr_gemm: the weight written out dense into the step's workspace, then the tensor-core GEMM
+    with the bias over it; no interleave launch."""
+    encoded = _encode(_weight(130, 136, 0.4, F16, seed=74), "chunked_csr")
+    torch.manual_seed(75)
+    step, choice, tensors, shape_of = _sparse_step(encoded, "chunked_csr_gemm", 128, {}, with_bias=True)
+    built = step_launches(step, choice, "float16", shape_of)
+    assert [launch["kernel"].split("-")[0] for launch in built.launches] == ["densify_kernel", "gemm_kernel"]
+    x = random_tensor((rows, 136), F16, DEVICE)
+    with poisoned_allocations():
+        out = torch.empty((rows, 130), dtype=F16, device=DEVICE)
+        _run_launches(built, {"x": x, **tensors}, out, rows)
+    _check(out, x, encoded, tensors["@b"], f"chunked_csr_gemm, {rows} rows")
 
 
 def test_launch_specs_refuse_an_interleaved_output_where_the_kernel_has_none():

@@ -148,6 +148,19 @@ def test_dataflow_keeps_a_layer_dense_where_sparse_loses():
     assert float32["format"] in ("bitmap", "chunked_csr", "dense")    # Tiled-CSL holds 16-bit values only
 
 
+def test_chunked_csr_prefill_buckets_take_the_densified_gemm():
+    """Forced chunked CSR for a 70% o_proj: the CUDA-core kernel for a few rows, and from some bucket on (its cost
+    grows with the rows, the dense copy's does not) the weight written out dense and multiplied on tensor cores."""
+    buckets = [1, 2, 4, 8, 16, 32, 64, 128, 512]
+    forced = choose_sparse_linear(4096, 4096, 0.3, "float16", "chunked_csr", buckets, (1,), get_target("h100"),
+                                  lambda m: 10.0)
+    kernels = [c.kernel for c in forced["choices"]]
+    switch = kernels.index("chunked_csr_gemm")
+    assert 0 < switch and set(kernels[:switch]) == {"chunked_csr_gemv"}
+    assert set(kernels[switch:]) == {"chunked_csr_gemm"}
+    assert forced["choices"][-1].max_rows == 512 and len(kernels) == switch + 1   # gemm buckets share one choice
+
+
 def test_dataflow_takes_chunked_csr_for_batch_one_decode_only():
     """On the H200 cost model a 70% Llama-2-7B gate/up weight is stored as chunked CSR when the bundle decodes one
     or two sequences, and stays dense when it decodes up to 8 (the format wins at M <= 2, about ties at 4 and

@@ -307,6 +307,57 @@ def interleave_rows_kernel(
     tl.store(out, tl.trans(x), mask=(columns < K)[:, None])
 
 
+@triton.jit
+def densify_kernel(
+    values_ptr,         # [N, L] the nonzeros of each row chunk by chunk (L = chunks_per_row * CHUNK), 0 = padding
+    offsets_ptr,        # [N, L] uint8: an entry's column minus its chunk's base
+    bases_ptr,          # [N, chunks_per_row] int32: each chunk's first column
+    out_ptr,            # [N, K] the dense weight, contiguous
+    K,                  # columns of the weight
+    chunks_per_row,     # chunks of every weight row
+    CHUNK: tl.constexpr,         # entries per chunk (the format's)
+    CHUNKS: tl.constexpr,        # chunks scattered per step
+    BLOCK_K: tl.constexpr,       # columns zeroed per step
+    GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
+):
+    """The chunked-CSR weight written out dense, one program per weight row (grid (N,)): the row is zeroed, then
+    (after a barrier, so no zero lands after a value) each entry's value stored at its column. Padding entries
+    (value 0, offset 0) store nothing, so they cannot overwrite the nonzero at their chunk's base. For many rows
+    of x (prefill), where a tensor-core GEMM over the dense copy beats gathering x per entry."""
+    wait_for_producers(GRID_DEPENDENCY)
+    row = tl.program_id(0).to(tl.int64)
+    columns = tl.arange(0, BLOCK_K)
+    zeros = tl.zeros((BLOCK_K,), dtype=out_ptr.dtype.element_ty)
+    for start in range(0, K, BLOCK_K):
+        tl.store(out_ptr + row * K + start + columns, zeros, mask=start + columns < K)
+    tl.debug_barrier()
+    chunk = tl.arange(0, CHUNKS)[:, None]                                                 # [CHUNKS, 1]
+    entry = tl.arange(0, CHUNK)[None, :]                                                  # [1, CHUNK]
+    for first in range(0, chunks_per_row, CHUNKS):
+        chunk_ok = first + chunk < chunks_per_row                                         # [CHUNKS, 1]
+        entries = row * chunks_per_row * CHUNK + (first + chunk) * CHUNK + entry           # [CHUNKS, CHUNK]
+        value = tl.load(values_ptr + entries, mask=chunk_ok, other=0.0)
+        offset = tl.load(offsets_ptr + entries, mask=chunk_ok, other=0).to(tl.int32)
+        base = tl.load(bases_ptr + row * chunks_per_row + first + chunk, mask=chunk_ok, other=0)
+        tl.store(out_ptr + row * K + base + offset, value.to(out_ptr.dtype.element_ty),
+                 mask=chunk_ok & (value != 0))
+
+
+DENSIFY_BLOCK_K, DENSIFY_CHUNKS = 1024, 8
+
+
+def densify(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor, shape) -> torch.Tensor:
+    """The dense [N, K] weight (values' dtype) of a chunked-CSR encoding, through densify_kernel."""
+    n, k = tuple(shape)
+    out = torch.empty((n, k), dtype=values.dtype, device=values.device)
+    chunks_per_row = bases.shape[1]
+    if out.numel():
+        densify_kernel[(n,)](values, offsets, bases, out, k, chunks_per_row,
+                             CHUNK=values.shape[1] // max(1, chunks_per_row), CHUNKS=DENSIFY_CHUNKS,
+                             BLOCK_K=DENSIFY_BLOCK_K)
+    return out
+
+
 INTERLEAVE_BLOCK_K = 512
 
 

@@ -5,6 +5,9 @@
 # "build": the 70% magnitude-pruned llama2-7b, chunked CSR, --max-batch 4, for TARGET (default h100), twice:
 #   as compiled (x's producers write it interleaved) and with the interleave_sparse_inputs pass left out.
 # "round N": both bundles benched at batch 1, 2 and 4 (context 128, 256 new tokens, dependent launch).
+# "prefill": after chunked_csr_gemm (prefill through a dense copy written on the GPU): the GPU check of a chunked-CSR
+#   bundle, then the 70% bundle (as "build" compiles it) and a dense --max-batch 4 bundle benched at contexts 128
+#   and 1024.
 set -u
 TARGET=${TARGET:-h100}
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
@@ -33,4 +36,15 @@ sys.argv = ['fdcc'] + sys.argv[1:]
 main()" $COMPILE -o /tmp/s70-separate.fdpp > "$OUT/compile-separate.log" 2>&1
          tail -n 1 "$OUT/compile-separate.log"; grep -c interleave_rows_kernel "$OUT/compile-fused.log" "$OUT/compile-separate.log" ;;
   round) bench "fused-$2" /tmp/s70-fused.fdpp; bench "separate-$2" /tmp/s70-separate.fdpp ;;
+  prefill) python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr > "$OUT/prefill-check.log" 2>&1
+           tail -n 2 "$OUT/prefill-check.log"
+           python3 -m fdpp.compiler.cli $COMPILE -o /tmp/s70-gemm.fdpp > "$OUT/compile-gemm.log" 2>&1
+           tail -n 1 "$OUT/compile-gemm.log"
+           python3 -m fdpp.compiler.cli compile llama2-7b --weights random -t "$TARGET" --softmax synchronized \
+             --max-batch 4 -o /tmp/dense4.fdpp > "$OUT/compile-dense4.log" 2>&1; tail -n 1 "$OUT/compile-dense4.log"
+           for b in s70-gemm dense4; do
+             python3 -m fdpp.compiler.cli bench /tmp/$b.fdpp --batch 1 --batch 4 --context 128 --context 1024 \
+               --new-tokens 64 --no-hf --out "$OUT/$b" > "$OUT/bench-$b.log" 2>&1
+             grep -E "^ +[14] +(128|1024) " "$OUT/bench-$b.log" | sed "s/^/$b /"; rm -f "$OUT/$b/bench.png"
+           done ;;
 esac
