@@ -307,8 +307,9 @@ def _sum_splits(b: _Builder, partial: dict, bias: list, dt: str, n: int, split_k
 
 
 def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta: dict, parts: dict[str, str]) -> None:
-    """A LINEAR over a chunked-CSR weight (CUDA cores at every M): inputs (x, values, offsets, bases, bias?,
-    residual?), with the gated (weight (gate; up)) and residual epilogues fused as in the dense kernels.
+    """A LINEAR over a chunked-CSR weight: inputs (x, values, offsets, bases, bias?, residual?), with the gated
+    (weight (gate; up)) and residual epilogues fused as in the dense kernels. chunked_csr_gemv runs on CUDA cores
+    over the encoding; chunked_csr_gemm (many rows) over a dense copy (_densified_gemm).
     Config keys as default_chunked_csr_config returns; rows R > 1 first interleaves x's rows into a
     [cdiv(rows, R), K, R] workspace, unless x_interleaved says x's producer wrote x so; out_rows_together writes
     the output interleaved for the next chunked-CSR linear (both set by passes/interleave_sparse_inputs.py);
@@ -377,8 +378,6 @@ def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: di
     (densify_kernel: the encoded bytes read, the dense ones written), then the tensor-core GEMM with the
     linear's fused epilogues over it (gemm_kernel, 64-row tiles). The workspace lives for the step only."""
     (n, k), (chunks, chunk) = shape, tile
-    if choice.config.get("out_rows_together", 1) != 1:
-        raise CompileError(f"step {c.step.output}: chunked_csr_gemm writes its output row-major only")
     gated = c.step.attrs.get("gated")
     out_n = n // 2 if gated else n
     dt = c.dtype

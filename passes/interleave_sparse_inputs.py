@@ -32,12 +32,13 @@ PHASES = ("decode", "prefill")
 
 
 def _effective(choices: list[dict], phase: str, rows: int) -> dict:
-    """The choice runtime/schema.Step.kernel_for takes for `rows` rows in `phase`."""
+    """The choice runtime/schema.Step.kernel_for takes for `rows` rows in `phase` (which has choices)."""
     candidates = [c for c in choices if c["phase"] in (phase, "any")]
-    return next((c for c in candidates if rows <= c["max_rows"]), candidates[-1])
+    return next((c for c in candidates if rows <= c["max_rows"]), None) or candidates[-1]
 
 
 def _bounds(choices: list[dict], phase: str) -> set[int]:
+    """The bucket bounds of the choices that run in `phase`."""
     return {c["max_rows"] for c in choices if c["phase"] in (phase, "any")}
 
 
@@ -56,6 +57,7 @@ def _rows_together(node: Node, choice: dict) -> int:
 
 
 def _writes_interleaved(node: Node, choice: dict) -> bool:
+    """Whether the producer's choice has a kernel that can store its output interleaved (not split-K)."""
     if choice["kernel"] not in INTERLEAVED_OUTPUT_KERNELS:
         return False
     return choice["kernel"] != CHUNKED_CSR or _resolved(node, choice)["split_k"] == 1
@@ -81,7 +83,8 @@ def _merged(choices: list[dict]) -> list[dict]:
     return out
 
 
-def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[dict], max_batch: int):
+def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[dict],
+          max_batch: int) -> tuple[list[dict], list[dict]] | None:
     """The two choice lists cut to common buckets and marked where the producer writes x interleaved, or None
     when no bucket of either phase interleaves. Decode steps have at most max_batch rows."""
     lists = {}
@@ -106,14 +109,15 @@ def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[d
     if not interleaved:
         return None
 
-    def joined(index: int) -> list[dict]:
-        """One list of phase "any" when the prefill list also gives every decode row count the decode choice."""
+    def joined(index: int, node: Node) -> list[dict]:
+        """One list of phase "any" when the prefill list also gives every decode row count what the decode
+        choice runs (configs compared resolved, so a cut chunked-CSR choice equals the one it was cut from)."""
         decode, prefill = lists["decode"][index], lists["prefill"][index]
-        same = all((d["kernel"], d["config"]) == (p["kernel"], p["config"])
+        same = all((d["kernel"], _resolved(node, d)) == (p["kernel"], _resolved(node, p))
                    for rows in range(1, max_batch + 1)
                    for d, p in [(_effective(decode, "decode", rows), _effective(prefill, "prefill", rows))])
         return [{**c, "phase": "any"} for c in prefill] if same else decode + prefill
-    return joined(0), joined(1)
+    return joined(0, producer), joined(1, linear)
 
 
 def interleave_sparse_inputs(graph: Graph, ctx: PassContext) -> PassResult:

@@ -37,6 +37,8 @@ SPARSE_EFFICIENCY = {
 # then convert and multiply each), and for R > 1 what x's producer pays to write x interleaved
 # (passes/interleave_sparse_inputs.py; an H100's RMSNorm over [R, 4096], measured in
 # docs/perf/2026-12-06-ccsr-producer-interleave.md), which replaced a separate interleave launch of 2.2-2.5 us.
+# An approximation: where the producer cannot write it so (o_proj's prefill, a norm with several readers), that
+# launch still runs.
 # For many rows (prefill) chunked_csr_gemm writes the weight out dense and multiplies on tensor cores; its
 # bandwidth and GEMM efficiencies are estimates (unmeasured when written).
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 23.5, 4: 30.0, 8: 43.0},

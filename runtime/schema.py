@@ -10,8 +10,8 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 WEIGHT_PREFIX = "@"          # a step input that starts with it names a weight tensor, not a buffer
 
 

@@ -43,7 +43,7 @@ def test_inspect_shows_kernels_and_json(bundle):
     assert text.returncode == 0, text.stderr
     assert "attention" in text.stdout and "M1=" in text.stdout and "target      a100" in text.stdout
     data = json.loads(fdcc("inspect", str(bundle), "--json").stdout)
-    assert data["manifest"]["format_version"] == 1
+    assert data["manifest"]["format_version"] == 2
     assert any(step["kernels"] for step in data["plan"]["steps"])
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import pytest
 
 from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
+from fdpp.codegen.launch_specs import INTERLEAVED_OUTPUT_KERNELS
 from fdpp.compiler.ir import DictWeightStore, Graph, Node, Op, TensorType
 from fdpp.compiler.options import CompileOptions
 from fdpp.compiler.targets import get_target
@@ -64,20 +65,30 @@ def _config(choice) -> dict:
     return {k: v for k, v in config.items() if k not in ("out_rows_together", "x_interleaved")}
 
 
-def _check_agreement(before: Graph, after: Graph, max_rows: int, max_batch: int) -> int:
+def _could_interleave(made, read) -> bool:
+    """Whether the producer's choice can store what the linear's choice gathers: more than one row, by a kernel
+    with an interleaved store (a chunked-CSR one only without split-K)."""
+    gathers = read.kernel == "chunked_csr_gemv" and _resolved(read)["rows"] > 1
+    return gathers and made.kernel in INTERLEAVED_OUTPUT_KERNELS and \
+        (made.kernel != "chunked_csr_gemv" or _resolved(made)["split_k"] == 1)
+
+
+def _check_agreement(before: Graph, after: Graph, max_rows: int, max_batch: int, producer: str = "p",
+                     linear: str = "y") -> int:
     """Every phase and row count: the linear reads x interleaved iff the producer writes it so, with the rows the
     linear gathers; each choice's kernel and resolved config are unchanged. Returns the interleaved row counts."""
     interleaved = 0
     for phase, top in (("decode", max_batch), ("prefill", max_rows)):
         for rows in range(1, top + 1):
-            made, read = _pick(after.node("p"), rows, phase), _pick(after.node("y"), rows, phase)
-            was_made, was_read = _pick(before.node("p"), rows, phase), _pick(before.node("y"), rows, phase)
+            made, read = _pick(after.node(producer), rows, phase), _pick(after.node(linear), rows, phase)
+            was_made, was_read = _pick(before.node(producer), rows, phase), _pick(before.node(linear), rows, phase)
             for now, was in ((made, was_made), (read, was_read)):
                 assert (now.kernel, _config(now)) == (was.kernel, _config(was)), (phase, rows)
             together = made.config.get("out_rows_together", 1)
             assert bool(read.config.get("x_interleaved")) == (together > 1), (phase, rows)
+            assert (together > 1) == _could_interleave(was_made, was_read), (phase, rows)   # none missed
             if together > 1:
-                assert together == _resolved(read)["rows"] > 1
+                assert together == _resolved(read)["rows"]
                 interleaved += 1
     return interleaved
 
@@ -115,6 +126,27 @@ def test_a_gated_chunked_csr_producer_writes_interleaved_unless_it_splits_k():
     assert _check_agreement(before, after, 64, 8) == (8 - 1) + (64 - 1)
     split = _graph(Op.LINEAR, _ccsr({"split_k": 2}), _ccsr(), producer_sparse=True)
     assert _run(split) is split or _run(split).node("y").attrs["kernels"] == split.node("y").attrs["kernels"]
+
+
+def test_a_chain_is_paired_link_by_link():
+    """norm -> gated chunked-CSR gate/up (split-K at the 4-row bucket, the dense-copy GEMM from 17 rows) ->
+    chunked-CSR down: the middle list, cut for its own x, is cut again for its output, and both links agree."""
+    t = TensorType(("batch", "seq", K), "float16")
+    sparse = {"format": "chunked_csr", "shape": [N, K], "tile": [CHUNKS, 32]}
+    middle = _choices(*((rows, "chunked_csr_gemv", {"split_k": 2} if rows == 4 else {}, "any") for rows in LADDER[:5]),
+                      (64, "chunked_csr_gemm", {}, "any"))
+    nodes = (Node("x", Op.INPUT, (), t), Node("w", Op.PARAM, (), TensorType((N, K), "float16"), {"key": "w"}),
+             Node("p", Op.RMS_NORM, ("x",), t, {"kernels": _choices((64, "rms_norm", {}, "any"))}),
+             Node("g", Op.LINEAR, ("p", "w"), t, {"kernels": middle, "sparse": sparse}),
+             Node("y", Op.LINEAR, ("g", "w"), t, {"kernels": _ccsr(), "sparse": sparse}))
+    before = Graph(nodes, ("y",), DictWeightStore({}))
+    after = _run(before, max_batch=6)
+    assert _check_agreement(before, after, 64, 6, "p", "g") > 0
+    assert _check_agreement(before, after, 64, 6, "g", "y") > 0
+    # rows 3-4 (the split-K bucket) and from 17 rows (the dense-copy GEMM) the gate/up writes row-major
+    assert not _pick(after.node("g"), 4, "decode").config.get("out_rows_together")
+    assert not _pick(after.node("g"), 17, "prefill").config.get("out_rows_together")
+    assert _pick(after.node("g"), 5, "decode").config.get("out_rows_together") == 8
 
 
 @pytest.mark.parametrize("case", ["two readers", "dense linear", "no gathered rows"])

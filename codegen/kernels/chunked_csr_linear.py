@@ -1,5 +1,6 @@
 """Sparse linear layers over the chunked-CSR encoding (runtime/sparse_formats.py), x [M, K] @ W[N, K]^T
-(+ bias), float32 accumulation, on CUDA cores for a few rows of x.
+(+ bias), float32 accumulation, on CUDA cores for a few rows of x; for many rows (prefill) densify_kernel writes
+the weight out dense for a tensor-core GEMM (codegen/launch_specs.py chunked_csr_gemm).
 
 The bitmap and Tiled-CSL kernels rebuild every weight position of a tile on chip, which costs integer work
 per position whatever the sparsity. This kernel works per nonzero instead: an entry's column is its chunk's
