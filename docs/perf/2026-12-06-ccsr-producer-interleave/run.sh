@@ -7,7 +7,8 @@
 # "round N": both bundles benched at batch 1, 2 and 4 (context 128, 256 new tokens, dependent launch).
 # "prefill": after chunked_csr_gemm (prefill through a dense copy written on the GPU): the GPU check of a chunked-CSR
 #   bundle, then the 70% bundle (as "build" compiles it) benched at contexts 128 and 1024; "prefill-dense": the
-#   same bench of a dense --max-batch 4 bundle.
+#   same bench of a dense --max-batch 4 bundle. "prefill-kernel": the GPU check, then exp_densified_prefill.py
+#   (the two chunked-CSR kernels against cuBLAS at 16-512 rows).
 set -u
 TARGET=${TARGET:-h100}
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
@@ -41,6 +42,10 @@ sys.argv = ['fdcc'] + sys.argv[1:]
 main()" $COMPILE -o /tmp/s70-separate.fdpp > "$OUT/compile-separate.log" 2>&1
          tail -n 1 "$OUT/compile-separate.log"; grep -c interleave_rows_kernel "$OUT/compile-fused.log" "$OUT/compile-separate.log" ;;
   round) bench "fused-$2" /tmp/s70-fused.fdpp; bench "separate-$2" /tmp/s70-separate.fdpp ;;
+  prefill-kernel) python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr \
+                    > "$OUT/prefill-check.log" 2>&1; tail -n 2 "$OUT/prefill-check.log"
+                  python3 docs/perf/2026-12-06-ccsr-producer-interleave/exp_densified_prefill.py 2>&1 \
+                    | tee "$OUT/prefill-kernel.log" ;;
   prefill) python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr > "$OUT/prefill-check.log" 2>&1
            tail -n 2 "$OUT/prefill-check.log"
            python3 -m fdpp.compiler.cli $COMPILE -o /tmp/s70-gemm.fdpp > "$OUT/compile-gemm.log" 2>&1
