@@ -381,7 +381,8 @@ def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: di
     gated = c.step.attrs.get("gated")
     out_n = n // 2 if gated else n
     dt = c.dtype
-    cfg = {"block_m": 64, "block_n": 128, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
+    # 64 x 64 x 64 tiles over 3 stages: 48 KB of shared memory, under every target's limit (AMD's LDS: 64 KB)
+    cfg = {"block_m": 64, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
     dense = {"dense_weight": {"shape": [n, k], "dtype": DTYPE_NAME[wdt]}}
     b.launch(densify_kernel, (n,), [
         ("values_ptr", f"*{wdt}", parts["values"]), ("offsets_ptr", "*u8", parts["offsets"]),

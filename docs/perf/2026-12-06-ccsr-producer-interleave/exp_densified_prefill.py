@@ -1,7 +1,7 @@
 """GPU experiment: chunked CSR at prefill row counts, 70%, Llama-2-7B's four shapes. Times, as scripts/bench_sparse.py
 does (rotating weight copies, GPU sleep, events, median): cuBLAS on the dense weight, the CUDA-core kernel over the
 encoding (chunked_csr_gemv), and chunked_csr_gemm as bundles launch it (densify_kernel into a fresh buffer, then
-gemm_kernel with 64 x 128 x 64 tiles, 3 stages: codegen/launch_specs._densified_gemm), each checked against float64.
+gemm_kernel with 64 x 64 x 64 tiles, 3 stages: codegen/launch_specs._densified_gemm), each checked against float64.
 
     python3 docs/perf/2026-12-06-ccsr-producer-interleave/exp_densified_prefill.py
 """
@@ -42,7 +42,7 @@ def main() -> int:
 
             def densified(t):
                 dense = densify(t["values"], t["offsets"], t["bases"], (n, k))
-                return gemm(x, dense, block_m=64, block_n=128, block_k=64, num_stages=3)
+                return gemm(x, dense, block_m=64, block_n=64, block_k=64, num_stages=3)
             row = [f"| {name} | {m} | {cublas:.1f}"]
             for run in (gemv, densified):
                 assert BENCH.relative_error(run(csr_sets[0]), ref) < BENCH.MAX_ERROR, (name, m, run.__name__)
