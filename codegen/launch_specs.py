@@ -181,16 +181,9 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         _sparse_linear(b, c, choice)
         return
     rows_w, k = (_static(d, "weight shape", c.step) for d in c.shape(1))
-    gated = c.step.attrs.get("gated")
+    n = rows_w // 2 if c.step.attrs.get("gated") else rows_w
     bias, residual = linear_operands(c.step.attrs, list(c.step.inputs[2:]))
-    n = rows_w // 2 if gated else rows_w
-    dt = c.dtype
-    args = [("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{dt}", c.ref(1)),
-            ("bias_ptr", f"*{dt}", bias or c.ref(1)), ("residual_ptr", f"*{dt}", residual or c.ref(0)),
-            ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k),
-            ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)]
-    epilogue = {"HAS_BIAS": bias is not None, "HAS_RESIDUAL": residual is not None, "GATED": bool(gated),
-                "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0}
+    args, epilogue = _dense_operands(c, c.ref(1), c.dtype, n, k, bias, residual)
     if choice.kernel == "gemv":
         # defaults from the H200 tune (docs/perf): a few output features per program and long K chunks, so
         # thousands of programs stream the weights
@@ -203,21 +196,39 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
     elif choice.kernel == "flat_gemm":
         # block_m 16: the flat GEMM (M padded to 16); larger for many rows, where it is a plain tensor-core GEMM
         # that keeps the fused epilogues
-        # that keeps the fused epilogues; spread (profiles may set it): that many programs per 16 rows, each
-        # owning a run of about N / spread features, so the grid can match the multiprocessors
-        cfg = {"block_m": 16, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, "spread": 0,
-               **choice.config}
-        block_m, block_n, block_k, spread = cfg["block_m"], cfg["block_n"], cfg["block_k"], cfg["spread"]
-        if spread and block_n < -(-n // spread):
-            raise CompileError(f"step {c.step.output}: flat_gemm spread {spread} gives runs of up to "
-                               f"{-(-n // spread)} of {n} features; block_n {block_n} must hold one")
-        programs_n = spread if spread else f"cdiv({n}, {block_n})"
-        b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * {programs_n}",), args,
-                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
-                  "SPREAD": spread},
-                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        _gemm(b, c, args, epilogue, n, {"block_m": 16, "block_n": 64, "block_k": 64, **choice.config})
     elif choice.kernel != "tc_gemm":
         raise CompileError(f"step {c.step.output}: no launch spec for linear kernel {choice.kernel!r}")
+
+
+def _dense_operands(c: StepContext, weight: str, weight_dtype: str, n: int, k: int, bias, residual):
+    """gemv_kernel's and gemm_kernel's arguments for a LINEAR reading `weight` ([N or 2N, K], contiguous) and
+    their epilogue constexprs (bias, residual, the gated activation from the step's attrs)."""
+    gated = c.step.attrs.get("gated")
+    dt = c.dtype
+    args = [("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{weight_dtype}", weight),
+            ("bias_ptr", f"*{dt}", bias or weight), ("residual_ptr", f"*{dt}", residual or c.ref(0)),
+            ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", n), ("K", "i32", k),
+            ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)]
+    epilogue = {"HAS_BIAS": bias is not None, "HAS_RESIDUAL": residual is not None, "GATED": bool(gated),
+                "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0}
+    return args, epilogue
+
+
+def _gemm(b: _Builder, c: StepContext, args: list, epilogue: dict, n: int, config: dict) -> None:
+    """The gemm_kernel launch over N output features. Config: block_m, block_n, block_k, num_stages (default 3),
+    num_warps (4), spread (0; profiles may set it: that many programs per block_m rows, each owning a run of
+    about N / spread features, so the grid can match the multiprocessors)."""
+    cfg = {"num_stages": 3, "num_warps": 4, "spread": 0, **config}
+    block_m, block_n, block_k, spread = cfg["block_m"], cfg["block_n"], cfg["block_k"], cfg["spread"]
+    if spread and block_n < -(-n // spread):
+        raise CompileError(f"step {c.step.output}: flat_gemm spread {spread} gives runs of up to "
+                           f"{-(-n // spread)} of {n} features; block_n {block_n} must hold one")
+    programs_n = spread if spread else f"cdiv({n}, {block_n})"
+    b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * {programs_n}",), args,
+             {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
+              "SPREAD": spread},
+             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 # Sparse linear kernel choices (passes/sparse_choice.py): their format and whether they use tensor cores.
@@ -378,27 +389,16 @@ def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: di
     (densify_kernel: the encoded bytes read, the dense ones written), then the tensor-core GEMM with the
     linear's fused epilogues over it (gemm_kernel, 64-row tiles). The workspace lives for the step only."""
     (n, k), (chunks, chunk) = shape, tile
-    gated = c.step.attrs.get("gated")
-    out_n = n // 2 if gated else n
-    dt = c.dtype
-    # 64 x 64 x 64 tiles over 3 stages: 48 KB of shared memory, under every target's limit (AMD's LDS: 64 KB)
-    cfg = {"block_m": 64, "block_n": 64, "block_k": 64, "num_stages": 3, "num_warps": 4, **choice.config}
+    out_n = n // 2 if c.step.attrs.get("gated") else n
     dense = {"dense_weight": {"shape": [n, k], "dtype": DTYPE_NAME[wdt]}}
     b.launch(densify_kernel, (n,), [
         ("values_ptr", f"*{wdt}", parts["values"]), ("offsets_ptr", "*u8", parts["offsets"]),
         ("bases_ptr", "*i32", parts["bases"]), ("out_ptr", f"*{wdt}", "ws:dense_weight"), ("K", "i32", k),
         ("chunks_per_row", "i32", chunks)], {"CHUNK": chunk, "CHUNKS": DENSIFY_CHUNKS, "BLOCK_K": DENSIFY_BLOCK_K},
         workspace=dense)
-    block_m, block_n = cfg["block_m"], cfg["block_n"]
-    b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * cdiv({out_n}, {block_n})",), [
-        ("x_ptr", f"*{dt}", c.ref(0)), ("weight_ptr", f"*{wdt}", "ws:dense_weight"),
-        ("bias_ptr", f"*{dt}", bias_ref or c.ref(0)), ("residual_ptr", f"*{dt}", residual_ref or c.ref(0)),
-        ("out_ptr", f"*{dt}", "out"), ("M", "i32", "rows"), ("N", "i32", out_n), ("K", "i32", k),
-        ("x_row_stride", "i32", c.row_stride(0)), ("weight_row_stride", "i32", k)],
-        {"HAS_BIAS": bias_ref is not None, "HAS_RESIDUAL": residual_ref is not None, "GATED": bool(gated),
-         "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "BLOCK_M": block_m, "BLOCK_N": block_n,
-         "BLOCK_K": cfg["block_k"], "GROUP_M": 8, "SPREAD": 0},
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args, epilogue = _dense_operands(c, "ws:dense_weight", wdt, out_n, k, bias_ref, residual_ref)
+    # 64 x 64 x 64 tiles over 3 stages: 48 KB of shared memory, under every target's limit (AMD's LDS: 64 KB)
+    _gemm(b, c, args, epilogue, out_n, {"block_m": 64, "block_n": 64, "block_k": 64, **choice.config})
 
 
 def _launch_rotary(b: _Builder, c: StepContext, index: int, out: str, head_dim: int, cos: str, sin: str,

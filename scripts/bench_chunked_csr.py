@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
 from fdpp.codegen.kernels.sparse_linear import sparse_linear
-from fdpp.runtime.sparse_formats import SparseWeight, encode_bitmap, encode_chunked_csr
+from fdpp.runtime.sparse_formats import SparseWeight, encode_bitmap
 
 ROOT = Path(__file__).resolve().parent
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
@@ -68,10 +68,7 @@ def main() -> int:
         sparsities = [float(s) for s in args.sparsities.split(",")]
         shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
         for (shape, (n, k)), sparsity in itertools.product(shapes.items(), sparsities):
-            weight = BENCH.pruned_weight(n, k, sparsity, seed=1)
-            dense_sets = BENCH.copies({"w": weight}, weight.numel() * 2)
-            csr = encode_chunked_csr(weight)
-            csr_sets = BENCH.copies(csr.tensors, csr.nbytes)
+            weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, sparsity)
             chunks = csr.tensors["bases"].shape[1]                         # chunks per weight row
             bitmap = encode_bitmap(weight.cpu(), (16, 256))
             on_device = {part: t.cuda() for part, t in bitmap.tensors.items()}

@@ -32,7 +32,8 @@ from fdpp.compiler.bench import copy_bandwidth_gbs
 from fdpp.codegen.kernels.linear import gemm, gemv
 from fdpp.codegen.kernels.sparse_linear import default_num_warps, default_split_k, sparse_linear
 from fdpp.passes.select_kernels import flat_gemm_config
-from fdpp.runtime.sparse_formats import TILED_CSL_TILE, SparseWeight, encode_bitmap, encode_tiled_csl
+from fdpp.runtime.sparse_formats import (TILED_CSL_TILE, SparseWeight, encode_bitmap, encode_chunked_csr,
+                                         encode_tiled_csl)
 
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 MS = (1, 2, 4, 8, 16, 32, 64)
@@ -91,6 +92,14 @@ def copies(tensors: dict[str, torch.Tensor], nbytes: int) -> list[dict[str, torc
     """The tensors themselves and clones of them, together >= ROTATE_BYTES (one set on the CPU)."""
     count = 1 if DEVICE == "cpu" else max(2, min(MAX_COPIES, -(-ROTATE_BYTES // max(nbytes, 1))))
     return [tensors] + [{name: t.clone() for name, t in tensors.items()} for _ in range(count - 1)]
+
+
+def dense_and_chunked_csr(n: int, k: int, sparsity: float, seed: int = 1):
+    """A pruned weight (pruned_weight), its rotating copies as {"w": weight} sets, its chunked-CSR encoding, and
+    rotating copies of the encoding's tensors: what the chunked-CSR benchmarks time against cuBLAS."""
+    weight = pruned_weight(n, k, sparsity, seed)
+    csr = encode_chunked_csr(weight)
+    return weight, copies({"w": weight}, weight.numel() * 2), csr, copies(csr.tensors, csr.nbytes)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -4,14 +4,18 @@ and through the reference ops, step by step, and print each step's relative erro
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
-import fdpp
-from fdpp.codegen.kernels.chunked_csr_linear import interleave_rows
-from fdpp.runtime.kv_cache import KVCache
-from fdpp.runtime.reference_executor import _RUN
-from fdpp.runtime.schema import WEIGHT_PREFIX, OpKind
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import fdpp  # noqa: E402
+from fdpp.codegen.kernels.chunked_csr_linear import interleave_rows  # noqa: E402
+from fdpp.runtime.kv_cache import KVCache  # noqa: E402
+from fdpp.runtime.reference_executor import _RUN  # noqa: E402
+from fdpp.runtime.schema import WEIGHT_PREFIX, OpKind  # noqa: E402
+from helpers import rows_of_interleaved  # noqa: E402
 
 
 def main(path: str) -> int:
@@ -39,7 +43,7 @@ def main(path: str) -> int:
             together = choice.config.get("out_rows_together", 1) if choice else 1
             a, r = bk[step.output].float(), br[step.output].float()
             if together > 1:    # written interleaved for the chunked-CSR linear after it: compare its rows
-                a = a.permute(0, 2, 1).reshape(-1, a.shape[1])[:batch * seq].reshape(r.shape)
+                a = rows_of_interleaved(a, batch * seq).reshape(r.shape)
             err = float((a - r).norm() / r.norm().clamp_min(1e-30))
             if err > 2e-2 or not torch.isfinite(a).all():
                 print(f"{phase}: step {step.output} ({step.op.value}, {choice.kernel if choice else '-'}) "

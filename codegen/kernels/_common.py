@@ -49,6 +49,14 @@ def interleaved_shape(rows: int, width: int, together: int) -> tuple[int, int, i
     return (triton.cdiv(rows, together), width, together)
 
 
+def empty_output(kernel: str, rows: int, width: int, together: int, like: torch.Tensor) -> torch.Tensor:
+    """A wrapper's output [rows, width] in `like`'s dtype and device; with `together` > 1 (out_rows_together:
+    2, 4 or 8, else a ValueError naming the kernel) the interleaved buffer [cdiv(rows, together), width, together]."""
+    require(together in (1, 2, 4, 8), kernel, f"out_rows_together must be 1, 2, 4 or 8, got {together}")
+    shape = interleaved_shape(rows, width, together) if together > 1 else (rows, width)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
 @triton.jit
 def out_offsets(row, column, width, ROWS_TOGETHER: tl.constexpr):
     """Element offsets of (row, column) in an activation of `width` columns (row and column broadcast).

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import as_rows, block_for, interleaved_shape, require, require_float
+from fdpp.codegen.kernels._common import as_rows, block_for, empty_output, require, require_float
 
 
 @triton.jit
@@ -39,12 +39,9 @@ def launch_row_norm(kernel_name: str, kernel: triton.JITFunction, x: torch.Tenso
     block_h = block_h or block_for(hidden)
     require(block_h >= hidden, kernel_name, f"block_h={block_h} must cover the hidden size {hidden}")
 
-    require(out_rows_together in (1, 2, 4, 8), kernel_name, f"out_rows_together must be 1, 2, 4 or 8, "
-            f"got {out_rows_together}")
 
     rows = as_rows(x, hidden)
-    out = torch.empty(interleaved_shape(rows.shape[0], hidden, out_rows_together) if out_rows_together > 1
-                      else rows.shape, dtype=rows.dtype, device=rows.device)
+    out = empty_output(kernel_name, rows.shape[0], hidden, out_rows_together, rows)
     has_residual = residual is not None
     residual_rows = as_rows(residual, hidden) if has_residual else rows
     new_residual = torch.empty_like(rows) if has_residual else rows

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, interleaved_shape, out_offsets, require,
+from fdpp.codegen.kernels._common import (SOFTMAX_FLOOR, block_for, dot_exact, empty_output, out_offsets, require,
                                           require_float, require_index, softmax_tile, wait_for_producers)
 from fdpp.runtime.reference_ops import attention as attention_reference
 
@@ -331,10 +331,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             "attention_decode", f"rotary needs new_kv and (cos, sin) as two [{batch}, 1, {head_dim}] tensors "
                                 f"of equal strides")
     phi, safe_low, safe_high = unified if unified is not None else (0.0, 0.0, 0.0)
-    require(out_rows_together in (1, 2, 4, 8), "attention_decode",
-            f"out_rows_together must be 1, 2, 4 or 8, got {out_rows_together}")
-    out = torch.empty(interleaved_shape(batch, n_heads * head_dim, out_rows_together) if out_rows_together > 1
-                      else (batch, n_heads * head_dim), dtype=q.dtype, device=q.device)
+    out = empty_output("attention_decode", batch, n_heads * head_dim, out_rows_together, q)
     if batch:
         group = n_heads // n_kv_heads
         attention_decode_kernel[(batch, n_kv_heads, num_splits)](

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, interleaved_shape, let_next_start, require,
-                                          require_float, wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, empty_output, interleaved_shape, let_next_start,
+                                          require, require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -442,8 +442,7 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
                                       and x_interleaved.dtype == x.dtype), kernel,
             f"x_interleaved must be a contiguous {x.dtype} {interleaved_shape(m, k, together)} (rows {together} > 1), "
             f"got {None if x_interleaved is None else (x_interleaved.dtype, tuple(x_interleaved.shape))}")
-    out = torch.empty(interleaved_shape(m, n, out_rows_together) if out_rows_together > 1 else (m, n),
-                      dtype=x.dtype, device=x.device)
+    out = empty_output(kernel, m, n, out_rows_together, x)
     partial = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     bias_arg = bias.contiguous() if bias is not None else values
     residual_arg = residual.reshape(m, n).contiguous() if residual is not None else out

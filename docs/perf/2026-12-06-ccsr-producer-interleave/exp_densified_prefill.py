@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, densify
 from fdpp.codegen.kernels.linear import gemm
-from fdpp.runtime.sparse_formats import encode_chunked_csr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 import bench_sparse as BENCH  # noqa: E402
@@ -28,10 +27,7 @@ def main() -> int:
     print("| shape | M | cuBLAS us | chunked_csr_gemv us (x cuBLAS) | chunked_csr_gemm us (x cuBLAS) |")
     print("| --- | --- | --- | --- | --- |")
     for name, (n, k) in SHAPES.items():
-        weight = BENCH.pruned_weight(n, k, 0.7, seed=1)
-        dense_sets = BENCH.copies({"w": weight}, weight.numel() * 2)
-        csr = encode_chunked_csr(weight)
-        csr_sets = BENCH.copies(csr.tensors, csr.nbytes)
+        weight, dense_sets, _, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
         for m in (16, 32, 128, 512):
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
             ref = x.double() @ weight.double().T
