@@ -22,76 +22,73 @@ with x_interleaved reads x as its producer's choice for the same rows and phase 
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
 from fdpp.codegen.launch_specs import INTERLEAVED_OUTPUT_KERNELS
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
+from fdpp.runtime.schema import KernelChoice, pick_choice
 
 CHUNKED_CSR = "chunked_csr_gemv"
 PHASES = ("decode", "prefill")
 
 
-def _effective(choices: list[dict], phase: str, rows: int) -> dict:
-    """The choice runtime/schema.Step.kernel_for takes for `rows` rows in `phase` (which has choices)."""
-    candidates = [c for c in choices if c["phase"] in (phase, "any")]
-    return next((c for c in candidates if rows <= c["max_rows"]), None) or candidates[-1]
-
-
-def _bounds(choices: list[dict], phase: str) -> set[int]:
+def _bounds(choices: list[KernelChoice], phase: str) -> set[int]:
     """The bucket bounds of the choices that run in `phase`."""
-    return {c["max_rows"] for c in choices if c["phase"] in (phase, "any")}
+    return {c.max_rows for c in choices if c.phase in (phase, "any")}
 
 
-def _resolved(node: Node, choice: dict) -> dict:
+def _resolved(node: Node, choice: KernelChoice) -> dict:
     """A chunked-CSR choice's whole config (its bucket's defaults under its own keys); others' config as is."""
-    if choice["kernel"] != CHUNKED_CSR:
-        return dict(choice["config"])
+    if choice.kernel != CHUNKED_CSR:
+        return dict(choice.config)
     n, _ = node.attrs["sparse"]["shape"]
     chunks, _ = node.attrs["sparse"]["tile"]
-    return {**default_chunked_csr_config(n, chunks, choice["max_rows"]), **choice["config"]}
+    return {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
 
 
-def _rows_together(node: Node, choice: dict) -> int:
+def _rows_together(node: Node, choice: KernelChoice) -> int:
     """Rows of x the linear's choice gathers together (1: it reads x as is)."""
-    return _resolved(node, choice)["rows"] if choice["kernel"] == CHUNKED_CSR else 1
+    return _resolved(node, choice)["rows"] if choice.kernel == CHUNKED_CSR else 1
 
 
-def _writes_interleaved(node: Node, choice: dict) -> bool:
+def _writes_interleaved(node: Node, choice: KernelChoice) -> bool:
     """Whether the producer's choice has a kernel that can store its output interleaved (not split-K)."""
-    if choice["kernel"] not in INTERLEAVED_OUTPUT_KERNELS:
+    if choice.kernel not in INTERLEAVED_OUTPUT_KERNELS:
         return False
-    return choice["kernel"] != CHUNKED_CSR or _resolved(node, choice)["split_k"] == 1
+    return choice.kernel != CHUNKED_CSR or _resolved(node, choice)["split_k"] == 1
 
 
-def _cut(node: Node, choice: dict, max_rows: int, phase: str, extra: dict) -> dict:
+def _cut(node: Node, choice: KernelChoice, max_rows: int, phase: str, extra: dict) -> KernelChoice:
     """`choice` for the bucket ending at max_rows in `phase`, with `extra` config; a chunked-CSR choice cut to a
     smaller bucket keeps its resolved config, whose defaults depend on the bucket."""
-    config = _resolved(node, choice) if choice["kernel"] == CHUNKED_CSR and max_rows != choice["max_rows"] \
-        else dict(choice["config"])
-    return {**choice, "max_rows": max_rows, "phase": phase, "config": {**config, **extra}}
+    config = _resolved(node, choice) if choice.kernel == CHUNKED_CSR and max_rows != choice.max_rows \
+        else dict(choice.config)
+    return replace(choice, max_rows=max_rows, phase=phase, config={**config, **extra})
 
 
-def _merged(choices: list[dict]) -> list[dict]:
+def _merged(choices: list[KernelChoice]) -> list[KernelChoice]:
     """Neighbouring buckets with the same kernel and config as one (not chunked CSR, whose defaults depend on
     the bucket)."""
-    out: list[dict] = []
+    out: list[KernelChoice] = []
     for c in choices:
-        if out and c["kernel"] != CHUNKED_CSR and (out[-1]["kernel"], out[-1]["config"]) == (c["kernel"], c["config"]):
-            out[-1] = {**out[-1], "max_rows": c["max_rows"]}
+        if out and c.kernel != CHUNKED_CSR and (out[-1].kernel, out[-1].config) == (c.kernel, c.config):
+            out[-1] = replace(out[-1], max_rows=c.max_rows)
         else:
             out.append(c)
     return out
 
 
-def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[dict],
-          max_batch: int) -> tuple[list[dict], list[dict]] | None:
+def _pair(producer: Node, p_choices: list[KernelChoice], linear: Node, l_choices: list[KernelChoice],
+          max_batch: int) -> tuple[list[KernelChoice], list[KernelChoice]] | None:
     """The two choice lists cut to common buckets and marked where the producer writes x interleaved, or None
     when no bucket of either phase interleaves. Decode steps have at most max_batch rows."""
     lists = {}
     interleaved = False
     for phase in PHASES:
         if not _bounds(p_choices, phase) or not _bounds(l_choices, phase):     # one of them never runs here
-            lists[phase] = tuple([{**c, "phase": phase} for c in cs if c["phase"] in (phase, "any")]
+            lists[phase] = tuple([replace(c, phase=phase) for c in cs if c.phase in (phase, "any")]
                                  for cs in (p_choices, l_choices))
             continue
         bounds = _bounds(p_choices, phase) | _bounds(l_choices, phase)
@@ -99,7 +96,7 @@ def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[d
             bounds = {b for b in bounds if b < max_batch} | {max_batch}
         p_new, l_new = [], []
         for rows in sorted(bounds):
-            made, read = _effective(p_choices, phase, rows), _effective(l_choices, phase, rows)
+            made, read = pick_choice(p_choices, rows, phase), pick_choice(l_choices, rows, phase)
             together = _rows_together(linear, read)
             fuse = together > 1 and _writes_interleaved(producer, made)
             interleaved |= fuse
@@ -109,24 +106,24 @@ def _pair(producer: Node, p_choices: list[dict], linear: Node, l_choices: list[d
     if not interleaved:
         return None
 
-    def joined(index: int, node: Node) -> list[dict]:
+    def joined(index: int, node: Node) -> list[KernelChoice]:
         """One list of phase "any" when the prefill list also gives every decode row count what the decode
         choice runs (configs compared resolved, so a cut chunked-CSR choice equals the one it was cut from)."""
         decode, prefill = lists["decode"][index], lists["prefill"][index]
-        same = all((d["kernel"], _resolved(node, d)) == (p["kernel"], _resolved(node, p))
+        same = all((d.kernel, _resolved(node, d)) == (p.kernel, _resolved(node, p))
                    for rows in range(1, max_batch + 1)
-                   for d, p in [(_effective(decode, "decode", rows), _effective(prefill, "prefill", rows))])
-        return [{**c, "phase": "any"} for c in prefill] if same else decode + prefill
+                   for d, p in [(pick_choice(decode, rows, "decode"), pick_choice(prefill, rows, "prefill"))])
+        return [replace(c, phase="any") for c in prefill] if same else decode + prefill
     return joined(0, producer), joined(1, linear)
 
 
 def interleave_sparse_inputs(graph: Graph, ctx: PassContext) -> PassResult:
     users = graph.users()
-    kernels = {n.name: [dict(c) for c in n.attrs["kernels"]] for n in graph.nodes if n.attrs.get("kernels")}
+    kernels = {n.name: [KernelChoice(**c) for c in n.attrs["kernels"]] for n in graph.nodes if n.attrs.get("kernels")}
     fused = 0
     for linear in graph.nodes:
         if linear.op is not Op.LINEAR or linear.name not in kernels \
-                or not any(c["kernel"] == CHUNKED_CSR for c in kernels[linear.name]):
+                or not any(c.kernel == CHUNKED_CSR for c in kernels[linear.name]):
             continue
         producer = graph.node(linear.inputs[0])
         if producer.name not in kernels or producer.name in graph.outputs \
@@ -140,6 +137,7 @@ def interleave_sparse_inputs(graph: Graph, ctx: PassContext) -> PassResult:
         return PassResult(graph, {})
     edit = GraphEditor(graph)
     for node in graph.nodes:
-        if node.name in kernels and kernels[node.name] != list(node.attrs["kernels"]):
-            edit.update(node.with_(attrs={**node.attrs, "kernels": tuple(kernels[node.name])}))
+        choices = tuple(asdict(c) for c in kernels.get(node.name, ()))
+        if node.name in kernels and choices != tuple(node.attrs["kernels"]):
+            edit.update(node.with_(attrs={**node.attrs, "kernels": choices}))
     return PassResult(edit.commit(), {"interleaved inputs": fused})

@@ -46,6 +46,16 @@ class KernelChoice:
     launches: tuple = ()                 # compiled-kernel launches (codegen/launch_specs.py), as JSON dicts
 
 
+def pick_choice(choices, rows: int, phase: str) -> KernelChoice | None:
+    """The choice that runs a launch of `rows` rows in `phase`: the first of that phase (or "any") with
+    rows <= max_rows, else the last of them; None when no choice runs in that phase."""
+    candidates = [k for k in choices if k.phase in (phase, "any")]
+    for choice in candidates:
+        if rows <= choice.max_rows:
+            return choice
+    return candidates[-1] if candidates else None
+
+
 @dataclass(frozen=True)
 class Step:
     op: OpKind
@@ -60,11 +70,7 @@ class Step:
     out_float: bool = True               # output is floating (in the bundle dtype); else int64
 
     def kernel_for(self, rows: int, phase: str) -> KernelChoice | None:
-        candidates = [k for k in self.kernels if k.phase in (phase, "any")]
-        for choice in candidates:
-            if rows <= choice.max_rows:
-                return choice
-        return candidates[-1] if candidates else None
+        return pick_choice(self.kernels, rows, phase)
 
     def to_json(self) -> dict:
         return {"op": self.op.value, "inputs": list(self.inputs), "output": self.output, "attrs": self.attrs,
