@@ -5,10 +5,6 @@
 # "build": the 70% magnitude-pruned llama2-7b, chunked CSR, --max-batch 4, for TARGET (default h100), twice:
 #   as compiled (x's producers write it interleaved) and with the interleave_sparse_inputs pass left out.
 # "round N": both bundles benched at batch 1, 2 and 4 (context 128, 256 new tokens, dependent launch).
-# "prefill": after chunked_csr_gemm (prefill through a dense copy written on the GPU): the GPU check of a chunked-CSR
-#   bundle, then the 70% bundle (as "build" compiles it) benched at contexts 128 and 1024; "prefill-dense": the
-#   same bench of a dense --max-batch 4 bundle. "prefill-kernel": the GPU check, then exp_densified_prefill.py
-#   (the two chunked-CSR kernels against cuBLAS at 16-512 rows).
 set -u
 TARGET=${TARGET:-h100}
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
@@ -18,11 +14,6 @@ bench() {  # bench <label> <bundle>
   python3 -m fdpp.compiler.cli bench "$2" --batch 1 --batch 2 --batch 4 --context 128 --new-tokens 256 --no-hf \
     --out "$OUT/$1" > "$OUT/bench-$1.log" 2>&1
   grep -E "^ +[124] +128 " "$OUT/bench-$1.log" | sed "s/^/$1 /" || tail -n 3 "$OUT/bench-$1.log"
-}
-prefill_bench() {  # prefill_bench <bundle name under /tmp>
-  python3 -m fdpp.compiler.cli bench "/tmp/$1.fdpp" --batch 1 --batch 4 --context 128 --context 1024 \
-    --new-tokens 32 --no-hf --out "$OUT/$1" > "$OUT/bench-$1.log" 2>&1
-  grep -E "^ +[14] +(128|1024) " "$OUT/bench-$1.log" | sed "s/^/$1 /"; rm -f "$OUT/$1/bench.png"
 }
 case "$1" in
   kernel) nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
@@ -42,15 +33,4 @@ sys.argv = ['fdcc'] + sys.argv[1:]
 main()" $COMPILE -o /tmp/s70-separate.fdpp > "$OUT/compile-separate.log" 2>&1
          tail -n 1 "$OUT/compile-separate.log"; grep -c interleave_rows_kernel "$OUT/compile-fused.log" "$OUT/compile-separate.log" ;;
   round) bench "fused-$2" /tmp/s70-fused.fdpp; bench "separate-$2" /tmp/s70-separate.fdpp ;;
-  prefill-kernel) python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr \
-                    > "$OUT/prefill-check.log" 2>&1; tail -n 2 "$OUT/prefill-check.log"
-                  python3 docs/perf/2026-12-06-ccsr-producer-interleave/exp_densified_prefill.py 2>&1 \
-                    | tee "$OUT/prefill-kernel.log" ;;
-  prefill) python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr > "$OUT/prefill-check.log" 2>&1
-           tail -n 2 "$OUT/prefill-check.log"
-           python3 -m fdpp.compiler.cli $COMPILE -o /tmp/s70-gemm.fdpp > "$OUT/compile-gemm.log" 2>&1
-           tail -n 1 "$OUT/compile-gemm.log"; prefill_bench s70-gemm ;;
-  prefill-dense) python3 -m fdpp.compiler.cli compile llama2-7b --weights random -t "$TARGET" --softmax synchronized \
-                   --max-batch 4 -o /tmp/dense4.fdpp > "$OUT/compile-dense4.log" 2>&1; tail -n 1 "$OUT/compile-dense4.log"
-                 prefill_bench dense4 ;;
 esac

@@ -3,7 +3,7 @@ does (rotating weight copies, GPU sleep, events, median): cuBLAS on the dense we
 encoding (chunked_csr_gemv), and chunked_csr_gemm as bundles launch it (densify_kernel into a fresh buffer, then
 gemm_kernel with 64 x 64 x 64 tiles, 3 stages: codegen/launch_specs._densified_gemm), each checked against float64.
 
-    python3 docs/perf/2026-12-06-ccsr-producer-interleave/exp_densified_prefill.py
+    python3 docs/perf/2026-12-06-ccsr-densified-prefill/exp_densified_prefill.py
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""GPU experiment: the chunked-CSR kernel at M = 2, 4 and 8 (70%, Llama-2-7B's four shapes) reading x interleaved
+as float16 (as bundles run it now) or as float32 (the producer would store its float32 result; the kernel then
+gathers 2x the bytes but converts nothing), against cuBLAS; at M = 8 also a few configs around the default.
+Timed as scripts/bench_sparse.py does (rotating weight copies, events, median), each checked against float64.
+
+    python3 docs/perf/2026-12-06-ccsr-densified-prefill/exp_fp32_x.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+import bench_sparse as BENCH  # noqa: E402
+
+SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+M8_VARIANTS = {"prefetch": {"prefetch": True}, "warps8": {"num_warps": 8}, "n4": {"block_n": 4},
+               "n16": {"block_n": 16}, "rows4": {"rows": 4, "block_n": 4, "chunks": 8, "prefetch": True}}
+
+
+def main() -> int:
+    print("| shape | M | variant | cuBLAS us | x float16 us (x cuBLAS) | x float32 us (x cuBLAS) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, (n, k) in SHAPES.items():
+        weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+        chunks = csr.tensors["bases"].shape[1]
+        for m in (2, 4, 8):
+            x = (torch.randn(m, k, device="cuda") * 0.5).half()
+            ref = x.double() @ weight.double().T
+            cublas = BENCH.time_us([lambda s=s: F.linear(x, s["w"]) for s in dense_sets])
+            variants = {"default": {}, **(M8_VARIANTS if m == 8 else {})}
+            for label, change in variants.items():
+                cfg = {**default_chunked_csr_config(n, chunks, m), **change}
+                row = [f"| {name} | {m} | {label} | {cublas:.1f}"]
+                for xs in (x, x.float()):
+                    ready = interleave_rows(xs, cfg["rows"])
+
+                    def run(t, xs=xs, ready=ready, cfg=cfg):
+                        return chunked_csr_linear(xs, t["values"], t["offsets"], t["bases"], (n, k),
+                                                  x_interleaved=ready, **cfg)
+                    error = BENCH.relative_error(run(csr_sets[0]), ref)
+                    assert error < BENCH.MAX_ERROR, (name, m, label, xs.dtype, error)
+                    us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
+                    row.append(f"{us:.1f} ({cublas / us:.2f}x)")
+                print(" | ".join(row) + " |", flush=True)
+        del dense_sets, csr_sets
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
