@@ -56,33 +56,44 @@ def _gather(base_ptrs, index):
     return value
 
 
-def _words_ptx(words: int) -> tl.constexpr:
-    """Inline PTX: $0..$(words-1) = the `words` 32-bit words $words bytes past the address $(words+1), in one
-    read-only vector load."""
-    out = ", ".join(f"${i}" for i in range(words))
-    target = f".v{words}.b32 {{{out}}}" if words > 1 else ".b32 $0"
-    return tl.constexpr(f"{{ .reg .b64 a; mad.wide.s32 a, ${words}, 1, ${words + 1}; ld.global.nc{target}, [a]; }}")
+def _column_words_ptx(words: int) -> tl.constexpr:
+    """Inline PTX: $0..$(words-1) = the `words` 32-bit words at address $(words+2) + $words * $(words+1) (a chunk's
+    first column plus an entry's offset times the bytes a column takes), in one read-only vector load, two for 8
+    words. The address is one 32x32->64-bit multiply-add; the column stride is a constant operand, which ptxas
+    folds into it."""
+    out = [f"${i}" for i in range(words)]
+    loads = [f"ld.global.nc{f'.v{min(words, 4)}' if words > 1 else ''}.b32 "
+             f"{{{', '.join(out[i:i + 4])}}}, [a+{4 * i}];".replace("{$0}", "$0") for i in range(0, words, 4)]
+    return tl.constexpr(f"{{ .reg .b64 a; mad.wide.u32 a, ${words}, ${words + 1}, ${words + 2}; {' '.join(loads)} }}")
 
 
-WORDS1_PTX, WORDS2_PTX, WORDS4_PTX = _words_ptx(1), _words_ptx(2), _words_ptx(4)
+COLUMN_WORDS1_PTX, COLUMN_WORDS2_PTX = _column_words_ptx(1), _column_words_ptx(2)
+COLUMN_WORDS4_PTX, COLUMN_WORDS8_PTX = _column_words_ptx(4), _column_words_ptx(8)
 
 
 @triton.jit
-def _load_words(base_ptrs, byte_offset, WORDS: tl.constexpr):
-    """The WORDS (1, 2 or 4) 32-bit words byte_offset bytes past base_ptrs (the address aligned to the load),
-    as int32 tensors in the offset's layout; unused slots repeat word 0."""
+def _column_words(chunk_x, offset, column_bytes, WORDS: tl.constexpr):
+    """The WORDS (1, 2, 4 or 8) 32-bit words of column `offset` past chunk_x (a pointer per entry to its chunk's
+    first column; columns column_bytes apart, the address aligned to the load), as int32 tensors in the
+    offset's layout; unused slots repeat word 0."""
+    stride = tl.full(offset.shape, column_bytes, tl.int32)
     if WORDS == 1:
-        w0 = tl.inline_asm_elementwise(WORDS1_PTX, "=r,r,l", [byte_offset, base_ptrs], dtype=tl.int32,
+        w0 = tl.inline_asm_elementwise(COLUMN_WORDS1_PTX, "=r,r,r,l", [offset, stride, chunk_x], dtype=tl.int32,
                                        is_pure=True, pack=1)
-        w1, w2, w3 = w0, w0, w0
+        w1, w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0, w0
     elif WORDS == 2:
-        w0, w1 = tl.inline_asm_elementwise(WORDS2_PTX, "=r,=r,r,l", [byte_offset, base_ptrs],
-                                           dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-        w2, w3 = w0, w0
-    else:
-        w0, w1, w2, w3 = tl.inline_asm_elementwise(WORDS4_PTX, "=r,=r,=r,=r,r,l", [byte_offset, base_ptrs],
+        w0, w1 = tl.inline_asm_elementwise(COLUMN_WORDS2_PTX, "=r,=r,r,r,l", [offset, stride, chunk_x],
+                                           dtype=(tl.int32,) * 2, is_pure=True, pack=1)
+        w2, w3, w4, w5, w6, w7 = w0, w0, w0, w0, w0, w0
+    elif WORDS == 4:
+        w0, w1, w2, w3 = tl.inline_asm_elementwise(COLUMN_WORDS4_PTX, "=r,=r,=r,=r,r,r,l", [offset, stride, chunk_x],
                                                    dtype=(tl.int32,) * 4, is_pure=True, pack=1)
-    return w0, w1, w2, w3
+        w4, w5, w6, w7 = w0, w0, w0, w0
+    else:
+        w0, w1, w2, w3, w4, w5, w6, w7 = tl.inline_asm_elementwise(
+            COLUMN_WORDS8_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,l", [offset, stride, chunk_x], dtype=(tl.int32,) * 8,
+            is_pure=True, pack=1)
+    return w0, w1, w2, w3, w4, w5, w6, w7
 
 
 @triton.jit
@@ -99,17 +110,18 @@ def _halves(word, BFLOAT: tl.constexpr):
 
 
 @triton.jit
-def _gather_rows(x_block, index, ROWS: tl.constexpr):
-    """x_block[index * ROWS + r] for r < ROWS as float32 (x interleaved: one column's ROWS rows side by
-    side), ROWS of 1, 2, 4 or 8; slots r >= ROWS repeat row 0. On NVIDIA one vector load for 16-bit x up
-    to 8 rows (two for float32 at 8), so the cost of a gather barely grows with the rows."""
+def _gather_rows(chunk_x, offset, ROWS: tl.constexpr):
+    """chunk_x[offset * ROWS + r] for r < ROWS as float32 (x interleaved: one column's ROWS rows side by side;
+    chunk_x points at the entry's chunk's first column), ROWS of 1, 2, 4 or 8; slots r >= ROWS repeat row 0.
+    On NVIDIA one vector load (two for float32 x at 8 rows), so the cost of a gather barely grows with the
+    rows. float32 x (its producer's result before rounding) takes twice the bytes and no conversions."""
     if ROWS == 1:
-        x0 = _gather(x_block, index).to(tl.float32)
+        x0 = _gather(chunk_x, offset).to(tl.float32)
         x1, x2, x3, x4, x5, x6, x7 = x0, x0, x0, x0, x0, x0, x0
     elif HARDWARE_POPCOUNT and hasattr(libdevice, "byte_perm"):     # NVIDIA (see _gather)
-        if x_block.dtype.element_ty.primitive_bitwidth == 16:
-            bf = x_block.dtype.element_ty == tl.bfloat16
-            w0, w1, w2, w3 = _load_words(x_block, index * (ROWS * 2), ROWS // 2)
+        if chunk_x.dtype.element_ty.primitive_bitwidth == 16:
+            bf = chunk_x.dtype.element_ty == tl.bfloat16
+            w0, w1, w2, w3, _, _, _, _ = _column_words(chunk_x, offset, ROWS * 2, ROWS // 2)
             x0, x1 = _halves(w0, bf)
             x2, x3, x4, x5, x6, x7 = x0, x0, x0, x0, x0, x0
             if ROWS >= 4:
@@ -118,16 +130,13 @@ def _gather_rows(x_block, index, ROWS: tl.constexpr):
                 x4, x5 = _halves(w2, bf)
                 x6, x7 = _halves(w3, bf)
         else:
-            w0, w1, w2, w3 = _load_words(x_block, index * (ROWS * 4), 4 if ROWS >= 4 else ROWS)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _column_words(chunk_x, offset, ROWS * 4, ROWS)
             x0, x1, x2, x3 = (w0.to(tl.float32, bitcast=True), w1.to(tl.float32, bitcast=True),
                               w2.to(tl.float32, bitcast=True), w3.to(tl.float32, bitcast=True))
-            x4, x5, x6, x7 = x0, x0, x0, x0
-            if ROWS == 8:
-                w4, w5, w6, w7 = _load_words(x_block, index * (ROWS * 4) + 16, 4)
-                x4, x5, x6, x7 = (w4.to(tl.float32, bitcast=True), w5.to(tl.float32, bitcast=True),
-                                  w6.to(tl.float32, bitcast=True), w7.to(tl.float32, bitcast=True))
+            x4, x5, x6, x7 = (w4.to(tl.float32, bitcast=True), w5.to(tl.float32, bitcast=True),
+                              w6.to(tl.float32, bitcast=True), w7.to(tl.float32, bitcast=True))
     else:
-        first = x_block + index * ROWS
+        first = chunk_x + offset * ROWS
         x0 = tl.load(first).to(tl.float32)
         x1 = tl.load(first + 1).to(tl.float32)
         x2, x3, x4, x5, x6, x7 = x0, x0, x0, x0, x0, x0
@@ -243,9 +252,10 @@ def chunked_csr_linear_kernel(
             next_value, next_offset, next_base = _load_step(
                 c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
                 chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
-        column = base + offset.to(tl.int32)                                                 # [BLOCK_N, CHUNKS, CHUNK]
+        # one pointer per chunk (shared by its entries' registers), the entry's offset added in the gather
+        chunk_x = x_block + base * ROWS                                                     # [BLOCK_N, CHUNKS, CHUNK]
         weight = value.to(tl.float32)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _gather_rows(x_block, column, ROWS)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _gather_rows(chunk_x, offset.to(tl.int32), ROWS)
         acc0 += x0 * weight
         if ROWS >= 2:
             acc1 += x1 * weight

@@ -1,13 +1,17 @@
 """GPU experiment: the chunked-CSR kernel at M = 2, 4 and 8 (70%, Llama-2-7B's four shapes) reading x interleaved
 as float16 (as bundles run it now) or as float32 (the producer would store its float32 result; the kernel then
 gathers 2x the bytes but converts nothing), against cuBLAS; at M = 8 also a few configs around the default.
-Timed as scripts/bench_sparse.py does (rotating weight copies, events, median), each checked against float64.
+With --before FILE (a copy of codegen/kernels/chunked_csr_linear.py from before the gather took a pointer per
+chunk), that kernel is timed with float16 x too. Timed as scripts/bench_sparse.py does (rotating weight copies,
+events, median), each checked against float64.
 
-    python3 docs/perf/2026-12-06-ccsr-densified-prefill/exp_fp32_x.py
+    python3 docs/perf/2026-12-06-ccsr-densified-prefill/exp_fp32_x.py [--before FILE]
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -24,9 +28,22 @@ M8_VARIANTS = {"prefetch": {"prefetch": True}, "warps8": {"num_warps": 8}, "n4":
                "n16": {"block_n": 16}, "rows4": {"rows": 4, "block_n": 4, "chunks": 8, "prefetch": True}}
 
 
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location("chunked_csr_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
-    print("| shape | M | variant | cuBLAS us | x float16 us (x cuBLAS) | x float32 us (x cuBLAS) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, help="the kernel module before the change, timed with float16 x")
+    args = parser.parse_args()
+    kernels = {"float16": (chunked_csr_linear, torch.float16), "float32": (chunked_csr_linear, torch.float32)}
+    if args.before:
+        kernels = {"before, float16": (load_module(args.before).chunked_csr_linear, torch.float16), **kernels}
+    print("| shape | M | variant | cuBLAS us | " + " | ".join(f"{label} us (x cuBLAS)" for label in kernels) + " |")
+    print("| --- " * (4 + len(kernels)) + "|")
     for name, (n, k) in SHAPES.items():
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
         chunks = csr.tensors["bases"].shape[1]
@@ -38,14 +55,14 @@ def main() -> int:
             for label, change in variants.items():
                 cfg = {**default_chunked_csr_config(n, chunks, m), **change}
                 row = [f"| {name} | {m} | {label} | {cublas:.1f}"]
-                for xs in (x, x.float()):
+                for kernel_label, (kernel, dtype) in kernels.items():
+                    xs = x.to(dtype)
                     ready = interleave_rows(xs, cfg["rows"])
 
-                    def run(t, xs=xs, ready=ready, cfg=cfg):
-                        return chunked_csr_linear(xs, t["values"], t["offsets"], t["bases"], (n, k),
-                                                  x_interleaved=ready, **cfg)
+                    def run(t, xs=xs, ready=ready, cfg=cfg, kernel=kernel):
+                        return kernel(xs, t["values"], t["offsets"], t["bases"], (n, k), x_interleaved=ready, **cfg)
                     error = BENCH.relative_error(run(csr_sets[0]), ref)
-                    assert error < BENCH.MAX_ERROR, (name, m, label, xs.dtype, error)
+                    assert error < BENCH.MAX_ERROR, (name, m, label, kernel_label, error)
                     us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
                     row.append(f"{us:.1f} ({cublas / us:.2f}x)")
                 print(" | ".join(row) + " |", flush=True)

@@ -2,7 +2,8 @@
 # Re-runs docs/perf/2026-12-06-ccsr-densified-prefill.md on a lent GPU, from the repository root (output under $OUT).
 # "kernel": the GPU check of chunked-CSR bundles (scripts/gpu_sparse_check.py, decode buckets up to 8 and a prefill
 #   through chunked_csr_gemm), then exp_densified_prefill.py (chunked_csr_gemv and chunked_csr_gemm against cuBLAS at
-#   16-512 rows) and exp_fp32_x.py (the kernel at M 2-8 gathering float16 or float32 x).
+#   16-512 rows) and exp_fp32_x.py (the kernel at M 2-8 gathering float16 or float32 x; with ccsr_before.py beside
+#   it, a copy of the kernel module at 117de3c, that one too).
 # "prefill": the 70% magnitude-pruned llama2-7b, chunked CSR, --max-batch 4, for TARGET (default h100), benched at
 #   contexts 128 and 1024, batch 1 and 4; "prefill-dense": the same for the dense --max-batch 4 bundle.
 set -u
@@ -23,7 +24,7 @@ case "$1" in
           python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check --storage chunked_csr > "$OUT/check.log" 2>&1
           tail -n 2 "$OUT/check.log"
           python3 $HERE/exp_densified_prefill.py 2>&1 | tee "$OUT/prefill-kernel.log"
-          python3 $HERE/exp_fp32_x.py 2>&1 | tee "$OUT/fp32-x.log" ;;
+          python3 $HERE/exp_fp32_x.py $([ -f $HERE/ccsr_before.py ] && echo --before $HERE/ccsr_before.py) 2>&1 | tee "$OUT/fp32-x.log" ;;
   prefill) python3 -m fdpp.compiler.cli compile llama2-7b --weights random -t "$TARGET" --softmax synchronized --max-batch 4 \
              --sparsity 0.7 --prune magnitude --sparse-format chunked_csr -o /tmp/s70-gemm.fdpp > "$OUT/compile-s70.log" 2>&1
            tail -n 1 "$OUT/compile-s70.log"; grep -c chunked_csr_gemm "$OUT/compile-s70.log"; prefill_bench s70-gemm ;;

@@ -9,10 +9,11 @@ from fdpp.codegen.kernels import chunked_csr_linear as C
 
 variant, rest = sys.argv[1], sys.argv[3:]
 if variant != "nc":
-    for name in ("WORDS1_PTX", "WORDS2_PTX", "WORDS4_PTX"):
+    # the gathers' PTX constants (named WORDS<n>_PTX when this ran, COLUMN_WORDS<n>_PTX since)
+    for name in [n for n in dir(C) if n.endswith("_PTX") and "WORDS" in n]:
         ptx = getattr(C, name).value.replace("ld.global.nc", f"ld.global.{variant}")
         setattr(C, name, tl.constexpr(ptx))
-print(variant, C.WORDS4_PTX.value)
+print(variant, getattr(C, "COLUMN_WORDS4_PTX", getattr(C, "WORDS4_PTX", None)).value)
 import bench_chunked_csr as B
 sys.argv = ["bench_chunked_csr.py", *rest]
 raise SystemExit(B.main())
