@@ -31,19 +31,22 @@ SPARSE_EFFICIENCY = {
     "bitmap": {"bandwidth": 0.60, "decode_ops": {"gemv": 13.5, "gemm": 21.0}},
     "tiled_csl": {"bandwidth": 0.50, "decode_ops": {"gemv": 22.0, "gemm": 25.0}},
 }
-# Chunked CSR (docs/perf/2026-11-22-h200-chunked-csr.md and -interleaved.md, H200, Llama-2-7B shapes,
-# 50-90%): 66% of the bandwidth at M = 1; issue slots per stored entry for a group of R rows of x gathered
-# together (R = 1: ~11.5, 1.45 M entries/us; the 2-, 4- and 8-row groups load every row of a column at once,
+# Chunked CSR: 66% of the bandwidth at M = 1 (H200, docs/perf/2026-11-22-h200-chunked-csr.md and -interleaved.md);
+# issue slots per stored entry for a group of R rows of x gathered together (R = 1: ~11.5, 1.45 M entries/us on
+# the H200; R = 2, 4, 8 refitted to an H100's run of the kernel as bundles launch it, x written interleaved by
+# its producer, docs/perf/2026-12-06-ccsr-densified-prefill.md: the groups load every row of a column at once,
 # then convert and multiply each), and for R > 1 what x's producer pays to write x interleaved
 # (passes/interleave_sparse_inputs.py; an H100's RMSNorm over [R, 4096], measured in
 # docs/perf/2026-12-06-ccsr-producer-interleave.md), which replaced a separate interleave launch of 2.2-2.5 us.
 # An approximation: where the producer cannot write it so (o_proj's prefill, a norm with several readers), that
 # launch still runs.
-# For many rows (prefill) chunked_csr_gemm writes the weight out dense and multiplies on tensor cores; its
-# bandwidth and GEMM efficiencies are estimates (unmeasured when written).
-CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 23.5, 4: 30.0, 8: 43.0},
-                          "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.6,
-                          "densified_gemm_compute": 0.5}
+# For many rows (prefill) chunked_csr_gemm writes the weight out dense and multiplies on tensor cores. Fitted to
+# the same H100 run (Llama-2-7B's shapes, 16-512 rows): writing the dense copy takes its bytes at 68% of the
+# bandwidth plus ~10.5 us per 1,000 columns (one program walks each row: K, not N, sets how long the last
+# programs run), and the GEMM over it reaches ~40% of the tensor-core peak.
+CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
+                          "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.68,
+                          "densify_us_per_kilo_column": 10.5, "densified_gemm_compute": 0.4}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
@@ -95,12 +98,13 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
 
 def densified_gemm_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
     """Microseconds of chunked_csr_gemm: writing the weight out dense (the encoding read, the dense bytes
-    written), then a tensor-core GEMM over it (the dense weight and x read, out written, or the math)."""
+    written, and a term per column for the row-walking programs), then a tensor-core GEMM over it (the dense
+    weight and x read, out written, or the math)."""
     eff = CHUNKED_CSR_EFFICIENCY
     tile = sparse_tile("chunked_csr", k, density)
     dense_bytes = value_bytes * n * k
     densify_us = (encoded_bytes("chunked_csr", (n, k), density, tile, value_bytes) + dense_bytes) / \
-        (target.memory_bandwidth_gbs * 1e3 * eff["densify_bandwidth"])
+        (target.memory_bandwidth_gbs * 1e3 * eff["densify_bandwidth"]) + eff["densify_us_per_kilo_column"] * k / 1e3
     gemm_memory_us = (dense_bytes + value_bytes * (m * k + m * n)) / (target.memory_bandwidth_gbs * 1e3 * 0.75)
     gemm_compute_us = 2 * m * n * k / (target.tensor_tflops_fp16 * 1e6 * eff["densified_gemm_compute"])
     return densify_us + max(gemm_memory_us, gemm_compute_us) + 2 * LAUNCH_US

@@ -163,9 +163,9 @@ def test_chunked_csr_prefill_buckets_take_the_densified_gemm():
 
 def test_dataflow_takes_chunked_csr_for_batch_one_decode_only():
     """On the H200 cost model a 70% Llama-2-7B gate/up weight is stored as chunked CSR when the bundle decodes one
-    or two sequences, and stays dense when it decodes up to 8 (the format wins at M <= 2, about ties at 4 and
-    loses at 8, so the summed gain is under SPARSE_MIN_GAIN); each row bucket gets its own chunked-CSR choice,
-    since its launch depends on the rows."""
+    or two sequences, and stays dense when it decodes up to 16 (the format wins at M <= 4, about ties at 8 and
+    loses at 16, so the summed cost is higher); each row bucket gets its own chunked-CSR choice, since its launch
+    depends on the rows."""
     target = get_target("h200")
 
     def dense_cost(m: int) -> float:
@@ -177,6 +177,6 @@ def test_dataflow_takes_chunked_csr_for_batch_one_decode_only():
                                                                    (16, "chunked_csr_gemv")]
     two = choose_sparse_linear(11008, 4096, 0.3, "float16", "auto", [1, 2], (1, 2), target, dense_cost)
     assert two["format"] == "chunked_csr" and two["costs"]["chunked_csr"] < 0.9 * two["costs"]["dense"]
-    batched = choose_sparse_linear(11008, 4096, 0.3, "float16", "auto", [1, 2, 4, 8], (1, 2, 4, 8), target,
+    batched = choose_sparse_linear(11008, 4096, 0.3, "float16", "auto", [1, 2, 4, 8, 16], (1, 2, 4, 8, 16), target,
                                    dense_cost)
     assert batched["format"] == "dense"
