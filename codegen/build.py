@@ -38,6 +38,11 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+try:    # Gluon kernels (explicit layouts and shared memory) compile through their own source class
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+except ImportError:
+    GluonASTSource = GluonJITFunction = None
+
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.targets import Target
 from fdpp.runtime.kernel_binary import (
@@ -122,7 +127,8 @@ def compile_kernel(
         cached = cache.load(key, name)
         if cached is not None:
             return cached
-        source = ASTSource(fn, full_signature, constexprs=constexprs, attrs=attrs)
+        source_class = GluonASTSource if GluonJITFunction and isinstance(fn, GluonJITFunction) else ASTSource
+        source = source_class(fn, full_signature, constexprs=constexprs, attrs=attrs)
         gpu = GPUTarget(target.vendor, target.triton_arch, target.warp_size)
         try:
             compiled = triton.compile(source, target=gpu, options=options)

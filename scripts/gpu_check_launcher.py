@@ -25,7 +25,8 @@ from fdpp.runtime.kernel_binary import CompiledKernel, LaunchError, load_kernel
 _TMA_MIN_CAPABILITY = 90
 SCALE_ROWS_SHAPES = [(1, 1, 1), (7, 97, 128), (33, 256, 300), (54, 255, 255)]   # (rows, n_cols, row_stride)
 COPY_TILES_SHAPES = [(1, 8), (32, 64), (97, 200), (300, 520)]                     # (rows, cols), cols % 8 == 0
-KERNEL_NAMES = ("scale_rows", "copy_tiles", "copy_tiles_large")
+KERNEL_NAMES = ("scale_rows", "copy_tiles", "copy_tiles_large", "scatter_tile")
+SCATTER_TILE = {"ROWS": 64, "ENTRIES": 32, "COLUMNS": 128}     # codegen/kernels/_probe_gluon.py, restated
 ALPHA = 0.37
 
 
@@ -111,6 +112,18 @@ def check_copy_tiles(kernel: CudaKernel) -> str:
     return f"{len(COPY_TILES_SHAPES)} shapes, shared {kernel.kernel.shared_memory_bytes} bytes, scratch {scratch}"
 
 
+def check_scatter_tile(kernel: CudaKernel) -> str:
+    """Gluon's shared-memory scatter (built where triton has it): dense rows from (value, column) entries."""
+    rows, entries, columns = 4 * SCATTER_TILE["ROWS"], SCATTER_TILE["ENTRIES"], SCATTER_TILE["COLUMNS"]
+    picked = torch.rand(rows, columns).argsort(dim=1)[:, :entries].to(torch.int32)        # distinct per row
+    values = (torch.rand(rows, entries) + 0.5).half()                                     # no zeros
+    expected = torch.zeros(rows, columns, dtype=torch.float16).scatter_(1, picked.long(), values)
+    out = torch.full((rows, columns), float("nan"), device="cuda", dtype=torch.float16)
+    kernel((rows // SCATTER_TILE["ROWS"],), values.cuda(), picked.cuda(), out)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
+    return f"{rows} rows, shared {kernel.kernel.shared_memory_bytes} bytes"
+
+
 def check_copy_tiles_graph(kernel: CudaKernel) -> str:
     rows, cols = 97, 200
     x = torch.randn(rows, cols, device="cuda", dtype=torch.float16)
@@ -162,6 +175,8 @@ def main() -> None:
             results += [run_check("scale_rows", check_scale_rows, loaded),
                         run_check("scale_rows in a CUDA graph", check_scale_rows_graph, loaded),
                         run_check("misaligned pointer refused", check_misaligned_pointer_refused, loaded)]
+        elif name == "scatter_tile":
+            results.append(run_check(name, check_scatter_tile, loaded))
         elif major * 10 + minor >= _TMA_MIN_CAPABILITY:
             results += [run_check(name, check_copy_tiles, loaded),
                         run_check(f"{name} in a CUDA graph", check_copy_tiles_graph, loaded)]

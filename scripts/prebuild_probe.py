@@ -2,7 +2,8 @@
 
     python scripts/prebuild_probe.py out/probe_kernels [--targets h100,a100] [--nvidia-ptxas cuda12|triton]
 
-Writes DIR/<arch>/scale_rows.{json,cubin,ptx} (and copy_tiles*.* for sm_90+) plus DIR/BUILT_WITH, so a GPU box
+Writes DIR/<arch>/scale_rows.{json,cubin,ptx} (and copy_tiles*.* for sm_90+, scatter_tile.* where this triton's
+Gluon has a shared-memory scatter) plus DIR/BUILT_WITH, so a GPU box
 with another triton version, or none, can load and run exactly these code objects.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import triton
 
 from fdpp.codegen.build import compile_kernel
-from fdpp.codegen.kernels import _probe
+from fdpp.codegen.kernels import _probe, _probe_gluon
 from fdpp.compiler.targets import TARGETS, get_target
 from fdpp.runtime.kernel_binary import save_kernel
 
@@ -40,6 +41,10 @@ def main() -> None:
                                        name=name, nvidia_ptxas=args.nvidia_ptxas)
                         for name, constexprs in (("copy_tiles", _probe.COPY_TILES_CONSTEXPRS),
                                                  ("copy_tiles_large", _probe.COPY_TILES_LARGE_CONSTEXPRS))]
+        if target.vendor == "cuda" and _probe_gluon.GLUON_SHARED_SCATTER:
+            kernels.append(compile_kernel(_probe_gluon.scatter_tile_kernel, target, _probe_gluon.SCATTER_TILE_SIGNATURE,
+                                          _probe_gluon.SCATTER_TILE_CONSTEXPRS, name="scatter_tile",
+                                          num_warps=_probe_gluon.SCATTER_TILE_WARPS, nvidia_ptxas=args.nvidia_ptxas))
         for kernel in kernels:
             save_kernel(kernel, directory)
             print(f"{directory}/{kernel.code_object_member}: {kernel.toolchain}, "

@@ -15,7 +15,7 @@ import pytest
 
 from fdpp.codegen.build import KernelCache, compile_kernel
 from fdpp.codegen.elf import EM_AMDGPU, EM_CUDA, function_symbols, read_elf_arch
-from fdpp.codegen.kernels import _probe
+from fdpp.codegen.kernels import _probe, _probe_gluon
 from fdpp.compiler.errors import CompileError
 from fdpp.compiler.targets import TARGETS, get_target
 from fdpp.runtime.dims import always_multiple_of
@@ -36,6 +36,20 @@ def cache(tmp_path_factory) -> KernelCache:
 def build_probe(target_name: str, cache: KernelCache, **options) -> CompiledKernel:
     return compile_kernel(_probe.scale_rows_kernel, get_target(target_name), _probe.SIGNATURE, _probe.CONSTEXPRS,
                           name="scale_rows", cache=cache, **options)
+
+
+@pytest.mark.skipif(not _probe_gluon.GLUON_SHARED_SCATTER, reason="this triton's Gluon has no shared-memory scatter")
+def test_gluon_kernels_build_through_compile_kernel(cache):
+    """A Gluon kernel (explicit layouts, a shared-memory tile and its scatter) compiles through the same path as
+    the others into an sm_90 code object with its launch metadata."""
+    kernel = compile_kernel(_probe_gluon.scatter_tile_kernel, get_target("h100"), _probe_gluon.SCATTER_TILE_SIGNATURE,
+                            _probe_gluon.SCATTER_TILE_CONSTEXPRS, name="scatter_tile", cache=cache,
+                            num_warps=_probe_gluon.SCATTER_TILE_WARPS)
+    c = _probe_gluon.SCATTER_TILE_CONSTEXPRS
+    assert read_elf_arch(kernel.binary) == ("cuda", "sm_90") and kernel.symbol in function_symbols(kernel.binary)
+    assert kernel.shared_memory_bytes >= c["ROWS"] * c["COLUMNS"] * 2            # the fp16 tile
+    assert [p.name for p in kernel.params] == list(_probe_gluon.SCATTER_TILE_SIGNATURE)
+    assert "st.shared.b16" in kernel.ptx                                         # the scattered entries
 
 
 def elf_header_fields(data: bytes) -> tuple[int, int, int]:
