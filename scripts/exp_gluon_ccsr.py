@@ -1,0 +1,185 @@
+"""Experiment (architecture note 32): a chunked-CSR linear that scatters its nonzeros into a shared-memory tile with
+Gluon and multiplies the tile on tensor cores, Flash-LLM's design. Not used by bundles yet.
+
+Gluon's shared-memory scatter needs Triton >= 3.7, which the GPU machine lacks (3.6), so the kernels are built here
+and carried there as code objects, as bundles' kernels are:
+
+    python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr           # on the CPU machine: cubins for sm_90
+    python3 scripts/exp_gluon_ccsr.py check out/gluon_ccsr           # on an H100/H200: float64 check, timings
+
+`check` launches the cubins through runtime/cuda_launcher.py (no Triton kernel is compiled there), checks each
+against float64 on 70% Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as
+scripts/bench_sparse.py times (rotating copies, medians). The shipped CUDA-core kernel's numbers to compare with
+are in docs/perf/2026-12-06-ccsr-densified-prefill.md. Not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+SHAPES = {"o": (4096, 4096), "qkv": (12288, 4096)}
+ROWS_OF_X = (8, 16, 64)
+BLOCK_N = 64            # weight rows a program (16 a warp, 4 warps)
+TILE = 1024             # columns of the shared tile: a window of WINDOW columns, the rest takes masked entries
+WINDOW = 960            # columns of K a window covers
+STEP_CHUNKS = 1         # chunks of each row scattered per step (4 spilled registers)
+BK = 64                 # columns per MMA step
+
+
+def gluon_kernel():
+    """The kernel, defined only where Gluon has a shared-memory scatter (imported lazily: `check` needs no Triton)."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+    @gluon.jit
+    def chunked_csr_tile_mma_kernel(
+        x_ptr,              # [M, K] fp16, rows K apart
+        values_ptr,         # [N, L] fp16 chunked-CSR values (L = chunks_per_row * CHUNK), 0 = padding
+        offsets_ptr,        # [N, L] uint8 column minus chunk base
+        bases_ptr,          # [N, chunks_per_row] int32 chunk bases, ascending within a row, padding chunks 0
+        out_ptr,            # [M, N] fp16
+        M, N, K, chunks_per_row,
+        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr, CHUNK: gl.constexpr,
+        TILE: gl.constexpr, WINDOW: gl.constexpr, STEP_CHUNKS: gl.constexpr, BK: gl.constexpr,
+    ):
+        row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0])
+        tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        x_layout: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1], instr_shape=[16, 8])
+        first_row = gl.program_id(0) * BLOCK_N
+        rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, row_layout))         # [BLOCK_N]
+        row_ok = rows < N
+        # every chunk base of the program's rows; a padding chunk (index > 0, base 0) counts as far past K
+        chunk = gl.arange(0, CHUNKS_P2, layout=gl.SliceLayout(0, row_layout))                  # [CHUNKS_P2]
+        chunk_ok = gl.expand_dims(row_ok, 1) & gl.expand_dims(chunk < chunks_per_row, 0)
+        base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + gl.expand_dims(chunk, 0),
+                       mask=chunk_ok, other=0)
+        real = chunk_ok & ((gl.expand_dims(chunk, 0) == 0) | (base > 0))
+        base = gl.where(real, base, 1 << 30)
+        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+        m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, x_layout))                           # [BLOCK_M]
+        kk = gl.arange(0, BK, layout=gl.SliceLayout(1, x_layout))                               # [BK]
+        entry = gl.arange(0, STEP_CHUNKS * CHUNK, layout=gl.SliceLayout(0, row_layout))         # [STEP * CHUNK]
+        for w in range(0, K, WINDOW):
+            # each row's chunks that can reach this window: from the first not ending before it
+            first = gl.sum((base + 256 <= w).to(gl.int32), axis=1)                              # [BLOCK_N]
+            last = gl.sum((base < w + WINDOW).to(gl.int32), axis=1)
+            steps = gl.max(last - first, axis=0)
+            tile.store(gl.zeros([BLOCK_N, TILE], gl.float16, tile_layout))
+            gl.barrier()
+            for j in range(0, steps, STEP_CHUNKS):
+                c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)            # [BLOCK_N, E]
+                ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(last, 1))
+                at = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
+                value = gl.load(values_ptr + at, mask=ok, other=0.0)
+                offset = gl.load(offsets_ptr + at, mask=ok, other=0).to(gl.int32)
+                chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
+                column = chunk_base + offset - w
+                keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
+                # entries outside the window land in the tile's spare columns, which nothing reads
+                spare = WINDOW + gl.expand_dims(entry % (TILE - WINDOW), 0)
+                tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
+            gl.barrier()
+            for k0 in gl.static_range(0, WINDOW, BK):
+                a = tile.slice(k0, BK, 1).load(gl.DotOperandLayout(0, mma, 2))                 # [BLOCK_N, BK]
+                kcol = w + k0 + kk
+                xt = gl.load(x_ptr + gl.expand_dims(m, 0) * K + gl.expand_dims(kcol, 1),
+                             mask=gl.expand_dims(m < M, 0) & gl.expand_dims(kcol < K, 1), other=0.0)  # [BK, BLOCK_M]
+                acc = mma_v2(a, gl.convert_layout(xt, gl.DotOperandLayout(1, mma, 2)), acc)
+            gl.barrier()
+        out_rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+        out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
+        gl.store(out_ptr + gl.expand_dims(out_m, 0) * N + gl.expand_dims(out_rows, 1), acc.to(gl.float16),
+                 mask=gl.expand_dims(out_m < M, 0) & gl.expand_dims(out_rows < N, 1))
+
+    return chunked_csr_tile_mma_kernel
+
+
+SIGNATURE = {"x_ptr": "*fp16", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": "*fp16",
+             "M": "i32", "N": "i32", "K": "i32", "chunks_per_row": "i32"}
+
+
+def kernel_name(block_m: int, chunks_p2: int) -> str:
+    return f"ccsr_tile_mma_m{block_m}_c{chunks_p2}"
+
+
+def chunks_for(k: int) -> int:
+    """Chunks per row of the 70% weights `check` builds (pow2 bound), as encode_chunked_csr gives them."""
+    from fdpp.runtime.sparse_formats import chunked_csr_chunks
+    return 1 << (chunked_csr_chunks(k, 0.3) + 8 - 1).bit_length()      # margin over the expected count
+
+
+def build(directory: Path) -> None:
+    from fdpp.codegen.build import compile_kernel
+    from fdpp.compiler.targets import get_target
+    from fdpp.runtime.kernel_binary import save_kernel
+    fn = gluon_kernel()
+    for k in sorted({k for _, k in SHAPES.values()}):
+        for block_m in ROWS_OF_X:
+            constexprs = {"BLOCK_M": block_m, "BLOCK_N": BLOCK_N, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
+                          "TILE": TILE, "WINDOW": WINDOW, "STEP_CHUNKS": STEP_CHUNKS, "BK": BK}
+            built = compile_kernel(fn, get_target("h100"), SIGNATURE, constexprs,
+                                   name=kernel_name(block_m, constexprs["CHUNKS_P2"]), num_warps=4)
+            save_kernel(built, directory)
+            print(f"{built.name}: shared {built.shared_memory_bytes} bytes")
+    (directory / "constexprs.json").write_text(json.dumps({"BLOCK_N": BLOCK_N, "ROWS_OF_X": ROWS_OF_X}))
+
+
+def check(directory: Path) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_sparse as BENCH
+    import torch.nn.functional as F
+    from fdpp.runtime.cuda_launcher import CudaKernel
+    from fdpp.runtime.kernel_binary import load_kernel
+    print("| shape | M | cuBLAS us | tile MMA us (x cuBLAS) | rel. error |")
+    print("| --- | --- | --- | --- | --- |")
+    failed = 0
+    for name, (n, k) in SHAPES.items():
+        weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+        chunks = csr.tensors["bases"].shape[1]
+        for m in (1, 2, 4, 8, 16, 32, 64):
+            block_m = next(b for b in ROWS_OF_X if b >= m)
+            name_k = kernel_name(block_m, chunks_for(k))
+            if chunks > chunks_for(k):
+                print(f"| {name} | {m} | weight has {chunks} chunks a row, kernel built for {chunks_for(k)} |")
+                continue
+            kernel = CudaKernel(load_kernel(directory, name_k))
+            x = (torch.randn(m, k, device="cuda") * 0.5).half()
+            ref = x.double() @ weight.double().T
+            out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+
+            def run(t, out=out, kernel=kernel, x=x, m=m):
+                kernel(((n + BLOCK_N - 1) // BLOCK_N,), x, t["values"], t["offsets"], t["bases"], out, m, n, k,
+                       t["bases"].shape[1])
+                return out
+            error = BENCH.relative_error(run(csr_sets[0]), ref)
+            cublas = BENCH.time_us([lambda s=s, x=x: F.linear(x, s["w"]) for s in dense_sets])
+            us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
+            failed += error >= BENCH.MAX_ERROR
+            print(f"| {name} | {m} | {cublas:.1f} | {us:.1f} ({cublas / us:.2f}x) | {error:.2e} |", flush=True)
+        del dense_sets, csr_sets
+        torch.cuda.empty_cache()
+    print("FAIL" if failed else "PASS")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["build", "check"])
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args()
+    if args.mode == "build":
+        build(args.directory)
+        return 0
+    return check(args.directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
