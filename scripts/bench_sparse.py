@@ -106,6 +106,14 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+def checked_time_us(run, weight_sets: list, ref: torch.Tensor, what) -> float:
+    """Median microseconds of run(weight set) over the rotating sets (time_us), after checking run(the first set)
+    against the float64 reference; AssertionError naming `what` past MAX_ERROR."""
+    error = relative_error(run(weight_sets[0]), ref)
+    assert error < MAX_ERROR, (what, error)
+    return time_us([lambda t=t: run(t) for t in weight_sets])
+
+
 def sparse_configs(fmt: str, m: int, n: int, k: int, tiles: tuple, options) -> list[dict]:
     """Candidate configs of one format at M rows (a few: the budget is minutes). Per tile and kernel: the
     wrappers' default warps and split (or --warps / --splits), and half that split."""

@@ -41,8 +41,7 @@ def main() -> int:
                 return gemm(x, dense, block_m=64, block_n=64, block_k=64, num_stages=3)
             row = [f"| {name} | {m} | {cublas:.1f}"]
             for run in (gemv, densified):
-                assert BENCH.relative_error(run(csr_sets[0]), ref) < BENCH.MAX_ERROR, (name, m, run.__name__)
-                us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
+                us = BENCH.checked_time_us(run, csr_sets, ref, (name, m, run.__name__))
                 row.append(f"{us:.1f} ({cublas / us:.2f}x)")
             print(" | ".join(row) + " |", flush=True)
         del dense_sets, csr_sets
