@@ -1,7 +1,7 @@
 """Experiment (architecture note 32): a chunked-CSR linear that scatters its nonzeros into a shared-memory tile with
 Gluon and multiplies the tile on tensor cores, Flash-LLM's design. Not used by bundles yet.
 
-Gluon's shared-memory scatter needs Triton >= 3.7, which the GPU machine lacks (3.6), so the kernels are built here
+Gluon's shared-memory scatter is in Triton 3.9 here, not in the GPU machine's 3.6, so the kernels are built here
 and carried there as code objects, as bundles' kernels are:
 
     python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr           # on the CPU machine: cubins for sm_90

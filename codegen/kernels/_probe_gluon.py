@@ -1,4 +1,4 @@
-"""A probe of Gluon's shared-memory scatter (Triton >= 3.7 has it; the GPU machine's 3.6 does not), which a
+"""A probe of Gluon's shared-memory scatter (Triton 3.9 here has it; the GPU machine's 3.6 does not), which a
 Flash-LLM-style sparse kernel needs: nonzeros stored into a zeroed shared-memory tile, then read as dense. Built
 on the CPU machine by scripts/prebuild_probe.py and run on a GPU by scripts/gpu_check_launcher.py, not used by any
 model yet.
