@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {"o": (4096, 4096), "qkv": (12288, 4096)}
+SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 ROWS_OF_X = (8, 16, 64)
 BLOCK_N = 64            # weight rows a program (16 a warp, 4 warps)
 TILE = 1024             # columns of the shared tile: a window of WINDOW columns, the rest takes masked entries
