@@ -39,7 +39,6 @@ def launch_row_norm(kernel_name: str, kernel: triton.JITFunction, x: torch.Tenso
     block_h = block_h or block_for(hidden)
     require(block_h >= hidden, kernel_name, f"block_h={block_h} must cover the hidden size {hidden}")
 
-
     rows = as_rows(x, hidden)
     out = empty_output(kernel_name, rows.shape[0], hidden, out_rows_together, rows)
     has_residual = residual is not None

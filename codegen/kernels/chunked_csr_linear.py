@@ -61,9 +61,11 @@ def _column_words_ptx(words: int) -> tl.constexpr:
     first column plus an entry's offset times the bytes a column takes), in one read-only vector load, two for 8
     words. The address is one 32x32->64-bit multiply-add; the column stride is a constant operand, which ptxas
     folds into it."""
-    out = [f"${i}" for i in range(words)]
-    loads = [f"ld.global.nc{f'.v{min(words, 4)}' if words > 1 else ''}.b32 "
-             f"{{{', '.join(out[i:i + 4])}}}, [a+{4 * i}];".replace("{$0}", "$0") for i in range(0, words, 4)]
+    loads = []
+    for first in range(0, words, 4):
+        regs = [f"${i}" for i in range(first, min(first + 4, words))]
+        target = f".v{len(regs)}.b32 {{{', '.join(regs)}}}" if len(regs) > 1 else f".b32 {regs[0]}"
+        loads.append(f"ld.global.nc{target}, [a+{4 * first}];")
     return tl.constexpr(f"{{ .reg .b64 a; mad.wide.u32 a, ${words}, ${words + 1}, ${words + 2}; {' '.join(loads)} }}")
 
 
