@@ -178,6 +178,9 @@ def main() -> int:
     if args.mode == "build":
         build(args.directory)
         return 0
+    if not (args.directory / "constexprs.json").is_file():
+        raise SystemExit(f"exp_gluon_ccsr: {args.directory} holds no build; run `build {args.directory}` first "
+                         f"(on a machine whose Triton has Gluon's shared-memory scatter) and carry the folder")
     return check(args.directory)
 
 
