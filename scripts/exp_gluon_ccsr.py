@@ -118,8 +118,13 @@ def chunks_for(k: int) -> int:
 
 def build(directory: Path) -> None:
     from fdpp.codegen.build import compile_kernel
+    from fdpp.codegen.kernels._probe_gluon import GLUON_SHARED_SCATTER
     from fdpp.compiler.targets import get_target
     from fdpp.runtime.kernel_binary import save_kernel
+    if not GLUON_SHARED_SCATTER:
+        import triton
+        raise SystemExit(f"exp_gluon_ccsr: triton {triton.__version__}'s Gluon has no shared-memory scatter; "
+                         f"build on a machine with a newer triton (3.9 has it)")
     fn = gluon_kernel()
     for k in sorted({k for _, k in SHAPES.values()}):
         for block_m in ROWS_OF_X:
