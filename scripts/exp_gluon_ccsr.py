@@ -22,20 +22,34 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+SHAPES = {"o": (4096, 4096), "down": (4096, 11008), "qkv": (12288, 4096), "gate_up": (22016, 4096)}  # hardest first
 ROWS_OF_X = (8, 16, 64)
-BLOCK_N = 64            # weight rows a program (16 a warp, 4 warps)
-TILE = 1024             # columns of the shared tile: a window of WINDOW columns, the rest takes masked entries
-WINDOW = 960            # columns of K a window covers
-STEP_CHUNKS = 1         # chunks of each row scattered per step (4 spilled registers)
 BK = 64                 # columns per MMA step
+SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
+# Variants: weight rows a program (16 a warp), shared tile columns (a window of WINDOW columns of K, the rest
+# takes masked entries), shared-layout swizzle (1: none; 8: 16-byte vectors, 8 phases, so ldmatrix's 8 rows hit
+# different banks), x staged in shared memory by an async copy per window (XSMEM), chunks of each row scattered
+# per step (STEP_CHUNKS), and split-K (SPLIT programs share a row block's windows and add float32 results with
+# atomics into an output the host zeroes first and converts after; those two calls are in the timing).
+_BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1)
+VARIANTS = {
+    "n64_t1024": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "SWIZZLE": 1},
+    "n64_t1024_sw": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960},
+    "n64_t1024_s2": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "SPLIT": 2},
+    "n32_t1024": {**_BASE, "BLOCK_N": 32, "TILE": 1024, "WINDOW": 960},
+    "n32_t512": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448},
+    "n32_t512_s2": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "SPLIT": 2},
+    "n32_t512_x": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "XSMEM": 1},
+    "n32_t512_x_c2": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "XSMEM": 1, "STEP_CHUNKS": 2},
+    "n64_t1024_x_c2": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "XSMEM": 1, "STEP_CHUNKS": 2},
+}
 
 
 def gluon_kernel():
     """The kernel, defined only where Gluon has a shared-memory scatter (imported lazily: `check` needs no Triton)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
     @gluon.jit
     def chunked_csr_tile_mma_kernel(
@@ -44,14 +58,15 @@ def gluon_kernel():
         offsets_ptr,        # [N, L] uint8 column minus chunk base
         bases_ptr,          # [N, chunks_per_row] int32 chunk bases, ascending within a row, padding chunks 0
         out_ptr,            # [M, N] fp16
-        M, N, K, chunks_per_row,
-        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr, CHUNK: gl.constexpr,
+        M, N, chunks_per_row,
+        K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr, CHUNK: gl.constexpr,
         TILE: gl.constexpr, WINDOW: gl.constexpr, STEP_CHUNKS: gl.constexpr, BK: gl.constexpr,
+        WARPS: gl.constexpr, SPLIT: gl.constexpr, SWIZZLE: gl.constexpr, XSMEM: gl.constexpr,
     ):
-        row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0])
-        tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-        x_layout: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[4, 1], instr_shape=[16, 8])
+        row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [WARPS, 1], [1, 0])
+        tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+        x_layout: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, WARPS], [0, 1])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
         first_row = gl.program_id(0) * BLOCK_N
         rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, row_layout))         # [BLOCK_N]
         row_ok = rows < N
@@ -62,16 +77,29 @@ def gluon_kernel():
                        mask=chunk_ok, other=0)
         real = chunk_ok & ((gl.expand_dims(chunk, 0) == 0) | (base > 0))
         base = gl.where(real, base, 1 << 30)
-        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], gl.SwizzledSharedLayout(SWIZZLE, 1, SWIZZLE, [1, 0]))
+        if XSMEM:   # x's window, k-major ([TILE, BLOCK_M], k fastest): copied asynchronously while the scatter runs
+            x_window = gl.allocate_shared_memory(gl.float16, [TILE, BLOCK_M], gl.SwizzledSharedLayout(8, 1, 8, [0, 1]))
+            kx = gl.arange(0, TILE, layout=gl.SliceLayout(1, x_layout))                         # [TILE]
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
         m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, x_layout))                           # [BLOCK_M]
         kk = gl.arange(0, BK, layout=gl.SliceLayout(1, x_layout))                               # [BK]
         entry = gl.arange(0, STEP_CHUNKS * CHUNK, layout=gl.SliceLayout(0, row_layout))         # [STEP * CHUNK]
-        for w in range(0, K, WINDOW):
+        windows = gl.cdiv(K, WINDOW)
+        per_split = gl.cdiv(windows, SPLIT)
+        w_begin = gl.program_id(1) * per_split * WINDOW
+        w_end = gl.minimum(w_begin + per_split * WINDOW, K)
+        for w in range(w_begin, w_end, WINDOW):
             # each row's chunks that can reach this window: from the first not ending before it
             first = gl.sum((base + 256 <= w).to(gl.int32), axis=1)                              # [BLOCK_N]
             last = gl.sum((base < w + WINDOW).to(gl.int32), axis=1)
             steps = gl.max(last - first, axis=0)
+            if XSMEM:
+                kcol = w + kx
+                async_copy.async_load(
+                    x_window, x_ptr + gl.expand_dims(m, 0) * K + gl.expand_dims(kcol, 1),
+                    mask=gl.expand_dims(m < M, 0) & gl.expand_dims((kcol < K) & (kx < WINDOW), 1))
+                async_copy.commit_group()
             tile.store(gl.zeros([BLOCK_N, TILE], gl.float16, tile_layout))
             gl.barrier()
             for j in range(0, steps, STEP_CHUNKS):
@@ -86,28 +114,40 @@ def gluon_kernel():
                 # entries outside the window land in the tile's spare columns, which nothing reads
                 spare = WINDOW + gl.expand_dims(entry % (TILE - WINDOW), 0)
                 tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
+            if XSMEM:
+                async_copy.wait_group(0)
             gl.barrier()
             for k0 in gl.static_range(0, WINDOW, BK):
                 a = tile.slice(k0, BK, 1).load(gl.DotOperandLayout(0, mma, 2))                 # [BLOCK_N, BK]
-                kcol = w + k0 + kk
-                xt = gl.load(x_ptr + gl.expand_dims(m, 0) * K + gl.expand_dims(kcol, 1),
-                             mask=gl.expand_dims(m < M, 0) & gl.expand_dims(kcol < K, 1), other=0.0)  # [BK, BLOCK_M]
-                acc = mma_v2(a, gl.convert_layout(xt, gl.DotOperandLayout(1, mma, 2)), acc)
+                if XSMEM:
+                    b = x_window.slice(k0, BK, 0).load(gl.DotOperandLayout(1, mma, 2))         # [BK, BLOCK_M]
+                else:
+                    kcol = w + k0 + kk
+                    xt = gl.load(x_ptr + gl.expand_dims(m, 0) * K + gl.expand_dims(kcol, 1),
+                                 mask=gl.expand_dims(m < M, 0) & gl.expand_dims(kcol < K, 1), other=0.0)
+                    b = gl.convert_layout(xt, gl.DotOperandLayout(1, mma, 2))                  # [BK, BLOCK_M]
+                acc = mma_v2(a, b, acc)
             gl.barrier()
         out_rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
         out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
-        gl.store(out_ptr + gl.expand_dims(out_m, 0) * N + gl.expand_dims(out_rows, 1), acc.to(gl.float16),
-                 mask=gl.expand_dims(out_m < M, 0) & gl.expand_dims(out_rows < N, 1))
+        out_at = out_ptr + gl.expand_dims(out_m, 0) * N + gl.expand_dims(out_rows, 1)
+        out_ok = gl.expand_dims(out_m < M, 0) & gl.expand_dims(out_rows < N, 1)
+        if SPLIT == 1:
+            gl.store(out_at, acc.to(gl.float16), mask=out_ok)
+        else:
+            gl.atomic_add(out_at, acc, mask=out_ok, sem="relaxed")
 
     return chunked_csr_tile_mma_kernel
 
 
-SIGNATURE = {"x_ptr": "*fp16", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": "*fp16",
-             "M": "i32", "N": "i32", "K": "i32", "chunks_per_row": "i32"}
+def signature(split: int) -> dict[str, str]:
+    out = "*fp16" if split == 1 else "*fp32"
+    return {"x_ptr": "*fp16", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": out,
+            "M": "i32", "N": "i32", "chunks_per_row": "i32"}
 
 
-def kernel_name(block_m: int, chunks_p2: int) -> str:
-    return f"ccsr_tile_mma_m{block_m}_c{chunks_p2}"
+def kernel_name(variant: str, block_m: int, chunks_p2: int, k: int) -> str:
+    return f"ccsr_tile_mma_{variant}_m{block_m}_c{chunks_p2}_k{k}"
 
 
 def chunks_for(k: int) -> int:
@@ -126,15 +166,20 @@ def build(directory: Path) -> None:
         raise SystemExit(f"exp_gluon_ccsr: triton {triton.__version__}'s Gluon has no shared-memory scatter; "
                          f"build on a machine with a newer triton (3.9 has it)")
     fn = gluon_kernel()
-    for k in sorted({k for _, k in SHAPES.values()}):
-        for block_m in ROWS_OF_X:
-            constexprs = {"BLOCK_M": block_m, "BLOCK_N": BLOCK_N, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
-                          "TILE": TILE, "WINDOW": WINDOW, "STEP_CHUNKS": STEP_CHUNKS, "BK": BK}
-            built = compile_kernel(fn, get_target("h100"), SIGNATURE, constexprs,
-                                   name=kernel_name(block_m, constexprs["CHUNKS_P2"]), num_warps=4)
-            save_kernel(built, directory)
-            print(f"{built.name}: shared {built.shared_memory_bytes} bytes")
-    (directory / "constexprs.json").write_text(json.dumps({"BLOCK_N": BLOCK_N, "ROWS_OF_X": ROWS_OF_X}))
+    for variant, config in VARIANTS.items():
+        warps = config["BLOCK_N"] // 16
+        for k in sorted({k for _, k in SHAPES.values()}):
+            for block_m in ROWS_OF_X:
+                constexprs = {"K": k, "BLOCK_M": block_m, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
+                              "BK": BK, "WARPS": warps, **config}
+                built = compile_kernel(fn, get_target("h100"), signature(config["SPLIT"]), constexprs,
+                                       name=kernel_name(variant, block_m, constexprs["CHUNKS_P2"], k), num_warps=warps)
+                if built.shared_memory_bytes > SHARED_LIMIT:
+                    print(f"{built.name}: skipped, needs {built.shared_memory_bytes} bytes of shared memory")
+                    continue
+                save_kernel(built, directory)
+                print(f"{built.name}: shared {built.shared_memory_bytes} bytes")
+    (directory / "constexprs.json").write_text(json.dumps({"VARIANTS": VARIANTS, "ROWS_OF_X": ROWS_OF_X}))
 
 
 def check(directory: Path) -> int:
@@ -143,32 +188,49 @@ def check(directory: Path) -> int:
     import torch.nn.functional as F
     from fdpp.runtime.cuda_launcher import CudaKernel
     from fdpp.runtime.kernel_binary import load_kernel
-    print("| shape | M | cuBLAS us | tile MMA us (x cuBLAS) | rel. error |")
-    print("| --- | --- | --- | --- | --- |")
+    variants = json.loads((directory / "constexprs.json").read_text())["VARIANTS"]
+    print("| shape | M | cuBLAS us | " + " | ".join(f"{v} us (x cuBLAS)" for v in variants) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(variants))
     failed = 0
     for name, (n, k) in SHAPES.items():
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
         chunks = csr.tensors["bases"].shape[1]
-        for m in (1, 2, 4, 8, 16, 32, 64):
+        if chunks > chunks_for(k):
+            print(f"| {name} | weight has {chunks} chunks a row, kernels built for {chunks_for(k)} |")
+            continue
+        for m in (2, 4, 8, 16, 64):
             block_m = next(b for b in ROWS_OF_X if b >= m)
-            name_k = kernel_name(block_m, chunks_for(k))
-            if chunks > chunks_for(k):
-                print(f"| {name} | {m} | weight has {chunks} chunks a row, kernel built for {chunks_for(k)} |")
-                continue
-            kernel = CudaKernel(load_kernel(directory, name_k))
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
             ref = x.double() @ weight.double().T
-            out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-
-            def run(t, out=out, kernel=kernel, x=x, m=m):
-                kernel(((n + BLOCK_N - 1) // BLOCK_N,), x, t["values"], t["offsets"], t["bases"], out, m, n, k,
-                       t["bases"].shape[1])
-                return out
-            error = BENCH.relative_error(run(csr_sets[0]), ref)
             cublas = BENCH.time_us([lambda s=s, x=x: F.linear(x, s["w"]) for s in dense_sets])
-            us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
-            failed += error >= BENCH.MAX_ERROR
-            print(f"| {name} | {m} | {cublas:.1f} | {us:.1f} ({cublas / us:.2f}x) | {error:.2e} |", flush=True)
+            cells = []
+            for variant, config in variants.items():
+                kernel_path = directory / f"{kernel_name(variant, block_m, chunks_for(k), k)}.json"
+                if not kernel_path.is_file():
+                    cells.append("not built")
+                    continue
+                kernel = CudaKernel(load_kernel(directory, kernel_path.stem))
+                grid = ((n + config["BLOCK_N"] - 1) // config["BLOCK_N"], config["SPLIT"])
+                if config["SPLIT"] == 1:
+                    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+                else:
+                    out = torch.empty(m, n, device="cuda", dtype=torch.float32)
+
+                def run(t, out=out, kernel=kernel, x=x, m=m, grid=grid):
+                    if out.dtype == torch.float16:
+                        kernel(grid, x, t["values"], t["offsets"], t["bases"], out, m, n, t["bases"].shape[1])
+                        return out
+                    out.zero_()
+                    kernel(grid, x, t["values"], t["offsets"], t["bases"], out, m, n, t["bases"].shape[1])
+                    return out.half()
+                error = BENCH.relative_error(run(csr_sets[0]), ref)
+                if error >= BENCH.MAX_ERROR:
+                    failed += 1
+                    cells.append(f"error {error:.2e}")
+                    continue
+                us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
+                cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
+            print(f"| {name} | {m} | {cublas:.1f} | " + " | ".join(cells) + " |", flush=True)
         del dense_sets, csr_sets
         torch.cuda.empty_cache()
     print("FAIL" if failed else "PASS")
