@@ -29,19 +29,21 @@ SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
 # Variants: weight rows a program (16 a warp), shared tile columns (a window of WINDOW columns of K, the rest
 # takes masked entries), shared-layout swizzle (1: none; 8: 16-byte vectors, 8 phases, so ldmatrix's 8 rows hit
 # different banks), x staged in shared memory by an async copy per window (XSMEM), chunks of each row scattered
-# per step (STEP_CHUNKS), and split-K (SPLIT programs share a row block's windows and add float32 results with
-# atomics into an output the host zeroes first and converts after; those two calls are in the timing).
-_BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1)
+# per step (STEP_CHUNKS), the next step's entries loaded before the current ones are scattered (PREFETCH), and
+# split-K (SPLIT programs share a row block's windows and add float32 results with atomics into an output the host
+# zeroes first and converts after; those two calls are in the timing).
+_BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1, PREFETCH=0)
+_T512 = {**_BASE, "TILE": 512, "WINDOW": 448}
 VARIANTS = {
     "n64_t1024": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "SWIZZLE": 1},
     "n64_t1024_sw": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960},
-    "n64_t1024_s2": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "SPLIT": 2},
-    "n32_t1024": {**_BASE, "BLOCK_N": 32, "TILE": 1024, "WINDOW": 960},
-    "n32_t512": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448},
-    "n32_t512_s2": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "SPLIT": 2},
-    "n32_t512_x": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "XSMEM": 1},
-    "n32_t512_x_c2": {**_BASE, "BLOCK_N": 32, "TILE": 512, "WINDOW": 448, "XSMEM": 1, "STEP_CHUNKS": 2},
-    "n64_t1024_x_c2": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "XSMEM": 1, "STEP_CHUNKS": 2},
+    "n32_t512": {**_T512, "BLOCK_N": 32},
+    "n32_t512_x": {**_T512, "BLOCK_N": 32, "XSMEM": 1},
+    "n32_t512_x_c2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2},
+    "n32_t512_x_c2_p": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1},
+    "n32_t512_x_c2_s2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "SPLIT": 2},
+    "n16_t512_x_c2_p": {**_T512, "BLOCK_N": 16, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1},
+    "n16_t512_x_c2_p_s2": {**_T512, "BLOCK_N": 16, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1, "SPLIT": 2},
 }
 
 
@@ -50,6 +52,19 @@ def gluon_kernel():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+    @gluon.jit
+    def load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last, j, entry, chunks_per_row,
+                  CHUNK: gl.constexpr):
+        """Entries of chunks first+j.. of each row (STEP_CHUNKS of them, entry's width): values (0 where the row
+        has no such chunk) and absolute columns."""
+        c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)                    # [BLOCK_N, E]
+        ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(last, 1))
+        at = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
+        value = gl.load(values_ptr + at, mask=ok, other=0.0)
+        offset = gl.load(offsets_ptr + at, mask=ok, other=0).to(gl.int32)
+        chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
+        return value, chunk_base + offset
 
     @gluon.jit
     def chunked_csr_tile_mma_kernel(
@@ -62,6 +77,7 @@ def gluon_kernel():
         K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr, CHUNK: gl.constexpr,
         TILE: gl.constexpr, WINDOW: gl.constexpr, STEP_CHUNKS: gl.constexpr, BK: gl.constexpr,
         WARPS: gl.constexpr, SPLIT: gl.constexpr, SWIZZLE: gl.constexpr, XSMEM: gl.constexpr,
+        PREFETCH: gl.constexpr,
     ):
         row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [WARPS, 1], [1, 0])
         tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
@@ -102,18 +118,24 @@ def gluon_kernel():
                 async_copy.commit_group()
             tile.store(gl.zeros([BLOCK_N, TILE], gl.float16, tile_layout))
             gl.barrier()
+            if PREFETCH:    # registers hold the next step's entries while the current ones are scattered
+                value, column = load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last, 0, entry,
+                                          chunks_per_row, CHUNK)
             for j in range(0, steps, STEP_CHUNKS):
-                c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)            # [BLOCK_N, E]
-                ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(last, 1))
-                at = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
-                value = gl.load(values_ptr + at, mask=ok, other=0.0)
-                offset = gl.load(offsets_ptr + at, mask=ok, other=0).to(gl.int32)
-                chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
-                column = chunk_base + offset - w
-                keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
+                if PREFETCH:
+                    next_value, next_column = load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last,
+                                                        j + STEP_CHUNKS, entry, chunks_per_row, CHUNK)
+                else:
+                    value, column = load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last, j, entry,
+                                              chunks_per_row, CHUNK)
+                column = column - w
+                keep = (value != 0) & (column >= 0) & (column < WINDOW)
                 # entries outside the window land in the tile's spare columns, which nothing reads
                 spare = WINDOW + gl.expand_dims(entry % (TILE - WINDOW), 0)
                 tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
+                if PREFETCH:
+                    value = next_value
+                    column = next_column
             if XSMEM:
                 async_copy.wait_group(0)
             gl.barrier()
@@ -198,7 +220,7 @@ def check(directory: Path) -> int:
         if chunks > chunks_for(k):
             print(f"| {name} | weight has {chunks} chunks a row, kernels built for {chunks_for(k)} |")
             continue
-        for m in (2, 4, 8, 16, 64):
+        for m in (4, 8, 16, 64):
             block_m = next(b for b in ROWS_OF_X if b >= m)
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
             ref = x.double() @ weight.double().T
