@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 SHAPES = {"o": (4096, 4096), "down": (4096, 11008), "qkv": (12288, 4096), "gate_up": (22016, 4096)}  # hardest first
-ROWS_OF_X = (8, 16, 64)
+ROWS_OF_X = (8, 16, 64)      # x rows a program: the first kernel's
+PIPELINED_ROWS_OF_X = (16, 64)  # the pipelined kernel's (x is its MMA's M side, 16 at least)
 BK = 64                 # columns per MMA step
 SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
 # Variants: weight rows a program (16 a warp), shared tile columns (a window of WINDOW columns of K, the rest
@@ -34,16 +35,16 @@ SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
 # zeroes first and converts after; those two calls are in the timing).
 _BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1, PREFETCH=0)
 _T512 = {**_BASE, "TILE": 512, "WINDOW": 448}
+# The pipelined kernel's: weight rows a program (8 a warp), shared tile columns and window as above, S chunks of
+# each row staged a window, SC chunks scattered a step.
+_PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2)
 VARIANTS = {
-    "n64_t1024": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960, "SWIZZLE": 1},
-    "n64_t1024_sw": {**_BASE, "BLOCK_N": 64, "TILE": 1024, "WINDOW": 960},
-    "n32_t512": {**_T512, "BLOCK_N": 32},
-    "n32_t512_x": {**_T512, "BLOCK_N": 32, "XSMEM": 1},
-    "n32_t512_x_c2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2},
-    "n32_t512_x_c2_p": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1},
-    "n32_t512_x_c2_s2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "SPLIT": 2},
-    "n16_t512_x_c2_p": {**_T512, "BLOCK_N": 16, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1},
-    "n16_t512_x_c2_p_s2": {**_T512, "BLOCK_N": 16, "XSMEM": 1, "STEP_CHUNKS": 2, "PREFETCH": 1, "SPLIT": 2},
+    "n32_t512_x_c2_s2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "SPLIT": 2},   # 2026-12-07's best
+    "p_n16": {**_PIPE, "BLOCK_N": 16},
+    "p_n32": {**_PIPE, "BLOCK_N": 32},
+    "p_n64": {**_PIPE, "BLOCK_N": 64},
+    "p_n16_sc4": {**_PIPE, "BLOCK_N": 16, "SC": 4},
+    "p_n16_t1024": {**_PIPE, "BLOCK_N": 16, "TILE": 1024, "WINDOW": 960, "S": 16},
 }
 
 
@@ -162,6 +163,131 @@ def gluon_kernel():
     return chunked_csr_tile_mma_kernel
 
 
+def pipelined_kernel():
+    """Second design: x and each window's chunks are staged in shared memory by asynchronous copies one window
+    ahead, so the copies of window w + 1 run while window w is scattered and multiplied; out^T = x W^T puts the
+    weight rows on the MMA's N side (8 a warp), so a program of 16-32 rows still spreads over several warps."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+    @gluon.jit
+    def stage_window(x_ptr, values_ptr, offsets_ptr, bases_ptr, x_s, values_s, offsets_s, bases_s, buf, w,
+                     first_row, base, next_base, M, N, chunks_per_row,
+                     K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNK: gl.constexpr,
+                     TILE: gl.constexpr, WINDOW: gl.constexpr, S: gl.constexpr, WARPS: gl.constexpr):
+        """Queue the copies of window w (columns [w, w + WINDOW)) into buffer buf: x's window [BLOCK_M, TILE] and,
+        per row, up to S chunks from the first that reaches the window, with their bases."""
+        vec_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WARPS, 1], [1, 0])
+        base_layout: gl.constexpr = gl.BlockedLayout([1, 1], [32 // S, S], [WARPS, 1], [1, 0])
+        first = gl.sum((next_base <= w).to(gl.int32), axis=1)                                  # [BLOCK_N]
+        mx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, vec_layout))
+        kx = gl.arange(0, TILE, layout=gl.SliceLayout(0, vec_layout))
+        kcol = w + kx
+        async_copy.async_load(x_s.index(buf), x_ptr + gl.expand_dims(mx, 1) * K + gl.expand_dims(kcol, 0),
+                              mask=gl.expand_dims(mx < M, 1) & gl.expand_dims((kcol < K) & (kx < WINDOW), 0))
+        rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, vec_layout))
+        entry = gl.arange(0, S * CHUNK, layout=gl.SliceLayout(0, vec_layout))
+        c = gl.expand_dims(gl.convert_layout(first, gl.SliceLayout(1, vec_layout)), 1) + gl.expand_dims(entry // CHUNK, 0)
+        ok = gl.expand_dims(rows < N, 1) & (c < chunks_per_row)
+        at = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
+        async_copy.async_load(values_s.index(buf), values_ptr + at, mask=ok)
+        async_copy.async_load(offsets_s.index(buf), offsets_ptr + at, mask=ok)
+        brows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, base_layout))
+        bc = gl.expand_dims(gl.convert_layout(first, gl.SliceLayout(1, base_layout)), 1) + \
+            gl.expand_dims(gl.arange(0, S, layout=gl.SliceLayout(0, base_layout)), 0)
+        async_copy.async_load(bases_s.index(buf), bases_ptr + gl.expand_dims(brows, 1) * chunks_per_row + bc,
+                              mask=gl.expand_dims(brows < N, 1) & (bc < chunks_per_row))
+        async_copy.commit_group()
+
+    @gluon.jit
+    def chunked_csr_pipelined_kernel(
+        x_ptr, values_ptr, offsets_ptr, bases_ptr, out_ptr,   # as chunked_csr_tile_mma_kernel's
+        M, N, chunks_per_row,
+        K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr,
+        CHUNK: gl.constexpr, TILE: gl.constexpr, WINDOW: gl.constexpr, S: gl.constexpr, SC: gl.constexpr,
+        BK: gl.constexpr, WARPS: gl.constexpr,
+    ):
+        row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [WARPS, 1], [1, 0])
+        tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS], instr_shape=[16, 8])
+        swizzled: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+        plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])       # buffers: a leading index
+        first_row = gl.program_id(0) * BLOCK_N
+        rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, row_layout))         # [BLOCK_N]
+        row_ok = rows < N
+        chunk = gl.arange(0, CHUNKS_P2, layout=gl.SliceLayout(0, row_layout))                  # [CHUNKS_P2]
+        at = gl.expand_dims(rows, 1) * chunks_per_row + gl.expand_dims(chunk, 0)
+        chunk_ok = gl.expand_dims(row_ok, 1) & gl.expand_dims(chunk < chunks_per_row, 0)
+        base = gl.load(bases_ptr + at, mask=chunk_ok, other=0)
+        base = gl.where(chunk_ok & ((gl.expand_dims(chunk, 0) == 0) | (base > 0)), base, 1 << 30)  # padding: far
+        next_ok = gl.expand_dims(row_ok, 1) & gl.expand_dims(chunk + 1 < chunks_per_row, 0)
+        next_base = gl.load(bases_ptr + at + 1, mask=next_ok, other=0)
+        next_base = gl.where(next_base > 0, next_base, 1 << 30)     # a chunk's columns end before the next's base
+        x_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_M, TILE], swizzled)
+        x_s.index(0).store(gl.zeros([BLOCK_M, TILE], gl.float16, tile_layout))   # masked copies leave stale data
+        x_s.index(1).store(gl.zeros([BLOCK_M, TILE], gl.float16, tile_layout))
+        values_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, S * CHUNK], plain)
+        offsets_s = gl.allocate_shared_memory(gl.uint8, [2, BLOCK_N, S * CHUNK], plain)
+        bases_s = gl.allocate_shared_memory(gl.int32, [2, BLOCK_N, S], plain)
+        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], swizzled)
+        gl.barrier()
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+        entry = gl.arange(0, SC * CHUNK, layout=gl.SliceLayout(0, row_layout))                 # [SC * CHUNK]
+        spare = WINDOW + gl.expand_dims(entry % (TILE - WINDOW), 0)
+        stage_window(x_ptr, values_ptr, offsets_ptr, bases_ptr, x_s, values_s, offsets_s, bases_s, 0, 0,
+                     first_row, base, next_base, M, N, chunks_per_row,
+                     K, BLOCK_M, BLOCK_N, CHUNK, TILE, WINDOW, S, WARPS)
+        for wi in range(0, (K + WINDOW - 1) // WINDOW):
+            w = wi * WINDOW
+            buf = wi % 2
+            if w + WINDOW < K:
+                stage_window(x_ptr, values_ptr, offsets_ptr, bases_ptr, x_s, values_s, offsets_s, bases_s, 1 - buf,
+                             w + WINDOW, first_row, base, next_base, M, N, chunks_per_row,
+                             K, BLOCK_M, BLOCK_N, CHUNK, TILE, WINDOW, S, WARPS)
+                async_copy.wait_group(1)
+            else:
+                async_copy.wait_group(0)
+            first = gl.sum((next_base <= w).to(gl.int32), axis=1)                              # [BLOCK_N]
+            count = gl.sum((base < w + WINDOW).to(gl.int32), axis=1) - first                   # chunks reaching w
+            steps = gl.max(count, axis=0)
+            tile.store(gl.zeros([BLOCK_N, TILE], gl.float16, tile_layout))
+            gl.barrier()
+            for jj in gl.static_range(0, S, SC):
+                if jj < steps:
+                    c = jj + entry // CHUNK                                                    # [SC * CHUNK]
+                    ok = gl.expand_dims(c, 0) < gl.expand_dims(count, 1)                       # [BLOCK_N, E]
+                    value = values_s.index(buf).slice(jj * CHUNK, SC * CHUNK, 1).load(row_layout)
+                    offset = offsets_s.index(buf).slice(jj * CHUNK, SC * CHUNK, 1).load(row_layout).to(gl.int32)
+                    chunk_base = bases_s.index(buf).gather(gl.zeros([BLOCK_N, SC * CHUNK], gl.int32, row_layout)
+                                                           + gl.expand_dims(c, 0), 1)
+                    column = chunk_base + offset - w
+                    keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
+                    tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
+            for j in range(S, steps, SC):     # a window reached by more than S chunks: the rest from global memory
+                c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)
+                ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(first + count, 1))
+                at_j = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
+                value = gl.load(values_ptr + at_j, mask=ok, other=0.0)
+                offset = gl.load(offsets_ptr + at_j, mask=ok, other=0).to(gl.int32)
+                chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
+                column = chunk_base + offset - w
+                keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
+                tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
+            gl.barrier()
+            for k0 in gl.static_range(0, WINDOW, BK):
+                a = x_s.index(buf).slice(k0, BK, 1).load(gl.DotOperandLayout(0, mma, 2))       # [BLOCK_M, BK]
+                b = tile.slice(k0, BK, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [BK, BLOCK_N]
+                acc = mma_v2(a, b, acc)
+            gl.barrier()
+        out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
+        out_rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
+        gl.store(out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0), acc.to(gl.float16),
+                 mask=gl.expand_dims(out_m < M, 1) & gl.expand_dims(out_rows < N, 0))
+
+    return chunked_csr_pipelined_kernel
+
+
 def signature(split: int) -> dict[str, str]:
     out = "*fp16" if split == 1 else "*fp32"
     return {"x_ptr": "*fp16", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": out,
@@ -170,6 +296,10 @@ def signature(split: int) -> dict[str, str]:
 
 def kernel_name(variant: str, block_m: int, chunks_p2: int, k: int) -> str:
     return f"ccsr_tile_mma_{variant}_m{block_m}_c{chunks_p2}_k{k}"
+
+
+def rows_of_x(config: dict) -> tuple[int, ...]:
+    return PIPELINED_ROWS_OF_X if config.get("PIPELINED") else ROWS_OF_X
 
 
 def chunks_for(k: int) -> int:
@@ -187,14 +317,17 @@ def build(directory: Path) -> None:
         import triton
         raise SystemExit(f"exp_gluon_ccsr: triton {triton.__version__}'s Gluon has no shared-memory scatter; "
                          f"build on a machine with a newer triton (3.9 has it)")
-    fn = gluon_kernel()
+    windowed, pipelined = gluon_kernel(), pipelined_kernel()
     for variant, config in VARIANTS.items():
-        warps = config["BLOCK_N"] // 16
+        rows = rows_of_x(config)
+        config = dict(config)
+        fn = pipelined if config.pop("PIPELINED", 0) else windowed
+        warps = config["BLOCK_N"] // (8 if fn is pipelined else 16)
         for k in sorted({k for _, k in SHAPES.values()}):
-            for block_m in ROWS_OF_X:
+            for block_m in rows:
                 constexprs = {"K": k, "BLOCK_M": block_m, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
                               "BK": BK, "WARPS": warps, **config}
-                built = compile_kernel(fn, get_target("h100"), signature(config["SPLIT"]), constexprs,
+                built = compile_kernel(fn, get_target("h100"), signature(config.get("SPLIT", 1)), constexprs,
                                        name=kernel_name(variant, block_m, constexprs["CHUNKS_P2"], k), num_warps=warps)
                 if built.shared_memory_bytes > SHARED_LIMIT:
                     print(f"{built.name}: skipped, needs {built.shared_memory_bytes} bytes of shared memory")
@@ -221,19 +354,19 @@ def check(directory: Path) -> int:
             print(f"| {name} | weight has {chunks} chunks a row, kernels built for {chunks_for(k)} |")
             continue
         for m in (4, 8, 16, 64):
-            block_m = next(b for b in ROWS_OF_X if b >= m)
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
             ref = x.double() @ weight.double().T
             cublas = BENCH.time_us([lambda s=s, x=x: F.linear(x, s["w"]) for s in dense_sets])
             cells = []
             for variant, config in variants.items():
+                block_m = next(b for b in rows_of_x(config) if b >= m)
                 kernel_path = directory / f"{kernel_name(variant, block_m, chunks_for(k), k)}.json"
                 if not kernel_path.is_file():
                     cells.append("not built")
                     continue
                 kernel = CudaKernel(load_kernel(directory, kernel_path.stem))
-                grid = ((n + config["BLOCK_N"] - 1) // config["BLOCK_N"], config["SPLIT"])
-                if config["SPLIT"] == 1:
+                grid = ((n + config["BLOCK_N"] - 1) // config["BLOCK_N"], config.get("SPLIT", 1))
+                if grid[1] == 1:
                     out = torch.empty(m, n, device="cuda", dtype=torch.float16)
                 else:
                     out = torch.empty(m, n, device="cuda", dtype=torch.float32)

@@ -18,3 +18,4 @@ fi
 python3 scripts/gpu_check_launcher.py --from-dir out/probe_kernels > "$OUT/probe.log" 2>&1; tail -n 8 "$OUT/probe.log"
 CHECK_S=330; grep -q H200 "$OUT/gpu.txt" && CHECK_S=150
 timeout $CHECK_S python3 scripts/exp_gluon_ccsr.py check out/gluon_ccsr 2>&1 | tee "$OUT/gluon_check.log" | tail -n 30
+[ "${DENSIFY:-0}" = 1 ] && timeout 120 python3 docs/perf/2026-12-06-ccsr-densified-prefill/exp_densify.py 2>&1 | tee "$OUT/densify.log" | tail -n 12
