@@ -36,8 +36,8 @@ SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
 _BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1, PREFETCH=0)
 _T512 = {**_BASE, "TILE": 512, "WINDOW": 448}
 # The pipelined kernel's: weight rows a program (8 a warp), shared tile columns and window as above, S chunks of
-# each row staged a window, SC chunks scattered a step.
-_PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2)
+# each row staged a window, SC chunks scattered a step, VEC entries a thread.
+_PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2, VEC=1)
 VARIANTS = {
     "n32_t512_x_c2_s2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "SPLIT": 2},   # 2026-12-07's best
     "p_n16": {**_PIPE, "BLOCK_N": 16},
@@ -45,6 +45,8 @@ VARIANTS = {
     "p_n64": {**_PIPE, "BLOCK_N": 64},
     "p_n16_sc4": {**_PIPE, "BLOCK_N": 16, "SC": 4},
     "p_n16_t1024": {**_PIPE, "BLOCK_N": 16, "TILE": 1024, "WINDOW": 960, "S": 16},
+    "p_n16_v8": {**_PIPE, "BLOCK_N": 16, "VEC": 8},
+    "p_n32_v8": {**_PIPE, "BLOCK_N": 32, "VEC": 8},
 }
 
 
@@ -206,9 +208,10 @@ def pipelined_kernel():
         M, N, chunks_per_row,
         K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNKS_P2: gl.constexpr,
         CHUNK: gl.constexpr, TILE: gl.constexpr, WINDOW: gl.constexpr, S: gl.constexpr, SC: gl.constexpr,
-        BK: gl.constexpr, WARPS: gl.constexpr,
+        BK: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_E: gl.constexpr,
     ):
-        row_layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [WARPS, 1], [1, 0])
+        # a step's entries [BLOCK_N, SC * CHUNK]: VEC consecutive ones a thread, LANES_E threads along a row
+        row_layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_E, LANES_E], [WARPS, 1], [1, 0])
         tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS], instr_shape=[16, 8])
         swizzled: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
@@ -327,6 +330,8 @@ def build(directory: Path) -> None:
             for block_m in rows:
                 constexprs = {"K": k, "BLOCK_M": block_m, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
                               "BK": BK, "WARPS": warps, **config}
+                if fn is pipelined:
+                    constexprs["LANES_E"] = min(32, config["SC"] * 32 // config["VEC"])
                 built = compile_kernel(fn, get_target("h100"), signature(config.get("SPLIT", 1)), constexprs,
                                        name=kernel_name(variant, block_m, constexprs["CHUNKS_P2"], k), num_warps=warps)
                 if built.shared_memory_bytes > SHARED_LIMIT:
