@@ -1,5 +1,5 @@
-"""Experiment (architecture note 32): a chunked-CSR linear that scatters its nonzeros into a shared-memory tile with
-Gluon and multiplies the tile on tensor cores, Flash-LLM's design. Not used by bundles yet.
+"""Experiment (architecture note 32): chunked-CSR linears that scatter their nonzeros into a shared-memory tile with
+Gluon and multiply the tile on tensor cores, Flash-LLM's design. Not used by bundles.
 
 Gluon's shared-memory scatter is in Triton 3.9 here, not in the GPU machine's 3.6, so the kernels are built here
 and carried there as code objects, as bundles' kernels are:
@@ -7,10 +7,13 @@ and carried there as code objects, as bundles' kernels are:
     python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr           # on the CPU machine: cubins for sm_90
     python3 scripts/exp_gluon_ccsr.py check out/gluon_ccsr           # on an H100/H200: float64 check, timings
 
-`check` launches the cubins through runtime/cuda_launcher.py (no Triton kernel is compiled there), checks each
-against float64 on 70% Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as
-scripts/bench_sparse.py times (rotating copies, medians). The shipped CUDA-core kernel's numbers to compare with
-are in docs/perf/2026-12-06-ccsr-densified-prefill.md. Not yet run on a GPU.
+Two kernels: `gluon_kernel` (the first design: per window, load a chunk a row, wait, scatter, then multiply) and
+`pipelined_kernel` (a window's chunks and x copied to shared memory asynchronously one window ahead). VARIANTS
+lists what `build` compiles (the first design's other variants are at commit f48b9a3). `check` launches the
+cubins through runtime/cuda_launcher.py (no Triton kernel is compiled there), checks each against float64 on 70%
+Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as scripts/bench_sparse.py times
+(rotating copies, medians). Results: docs/perf/2026-12-07-gluon-ccsr.md (all exact; the best, p_n16_v8, at
+0.46-0.57x cuBLAS for M = 4-16).
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def gluon_kernel():
                        mask=chunk_ok, other=0)
         real = chunk_ok & ((gl.expand_dims(chunk, 0) == 0) | (base > 0))
         base = gl.where(real, base, 1 << 30)
-        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], gl.SwizzledSharedLayout(SWIZZLE, 1, SWIZZLE, [1, 0]))
+        tile_shared: gl.constexpr = gl.SwizzledSharedLayout(SWIZZLE, 1, SWIZZLE, [1, 0])
+        tile = gl.allocate_shared_memory(gl.float16, [BLOCK_N, TILE], tile_shared)
         if XSMEM:   # x's window, k-major ([TILE, BLOCK_M], k fastest): copied asynchronously while the scatter runs
             x_window = gl.allocate_shared_memory(gl.float16, [TILE, BLOCK_M], gl.SwizzledSharedLayout(8, 1, 8, [0, 1]))
             kx = gl.arange(0, TILE, layout=gl.SliceLayout(1, x_layout))                         # [TILE]
@@ -190,7 +194,8 @@ def pipelined_kernel():
                               mask=gl.expand_dims(mx < M, 1) & gl.expand_dims((kcol < K) & (kx < WINDOW), 0))
         rows = first_row + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, vec_layout))
         entry = gl.arange(0, S * CHUNK, layout=gl.SliceLayout(0, vec_layout))
-        c = gl.expand_dims(gl.convert_layout(first, gl.SliceLayout(1, vec_layout)), 1) + gl.expand_dims(entry // CHUNK, 0)
+        first_v = gl.convert_layout(first, gl.SliceLayout(1, vec_layout))
+        c = gl.expand_dims(first_v, 1) + gl.expand_dims(entry // CHUNK, 0)                      # [BLOCK_N, S * CHUNK]
         ok = gl.expand_dims(rows < N, 1) & (c < chunks_per_row)
         at = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
         async_copy.async_load(values_s.index(buf), values_ptr + at, mask=ok)
