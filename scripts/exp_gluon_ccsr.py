@@ -50,6 +50,11 @@ VARIANTS = {
     "p_n16_t1024": {**_PIPE, "BLOCK_N": 16, "TILE": 1024, "WINDOW": 960, "S": 16},
     "p_n16_v8": {**_PIPE, "BLOCK_N": 16, "VEC": 8},
     "p_n32_v8": {**_PIPE, "BLOCK_N": 32, "VEC": 8},
+    # Tiled-CSL (tiled_csl_kernel): a 128-row tile row a program, split-K SPLIT, CAP entries of a tile staged
+    "t_s1": {"TILED_CSL": 1, "SPLIT": 1, "WARPS": 4, "CAP": 4096},
+    "t_s2": {"TILED_CSL": 1, "SPLIT": 2, "WARPS": 4, "CAP": 4096},
+    "t_s4": {"TILED_CSL": 1, "SPLIT": 4, "WARPS": 4, "CAP": 4096},
+    "t_s4_w8": {"TILED_CSL": 1, "SPLIT": 4, "WARPS": 8, "CAP": 4096},
 }
 
 
@@ -296,8 +301,109 @@ def pipelined_kernel():
     return chunked_csr_pipelined_kernel
 
 
-def signature(split: int) -> dict[str, str]:
+def tiled_csl_kernel():
+    """Third design (architecture note 32's next step): the pipeline over Tiled-CSL. A program owns a 128-row tile
+    row (and, split-K, a share of its tiles along K); each tile's entries are one contiguous range, copied to shared
+    memory asynchronously a tile ahead, and an entry's high half is its slot in the swizzled 128 x 64 tile, the flat
+    index that SwizzledSharedLayout(8, 1, 8) stores (row, column) at, so the scatter needs no arithmetic."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+    @gluon.jit
+    def stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, buf, tile, kt, M,
+                   K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, WARPS: gl.constexpr):
+        """Queue the copies of tile `tile` (column tile kt of its row): its entries (up to CAP) and x's 64 columns."""
+        flat: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS], [0])
+        x_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+        begin = gl.load(tile_offsets_ptr + tile) * 4
+        count = gl.load(tile_offsets_ptr + tile + 1) * 4 - begin
+        i = gl.arange(0, CAP, layout=flat)
+        async_copy.async_load(entries_s.index(buf), entries_ptr + begin + i, mask=i < count)
+        mx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))
+        kcol = kt * 64 + gl.arange(0, 64, layout=gl.SliceLayout(0, x_layout))
+        async_copy.async_load(x_s.index(buf), x_ptr + gl.expand_dims(mx, 1) * K + gl.expand_dims(kcol, 0),
+                              mask=gl.expand_dims(mx < M, 1) & gl.expand_dims(kcol < K, 0))
+        async_copy.commit_group()
+
+    @gluon.jit
+    def tiled_csl_pipelined_kernel(
+        x_ptr,              # [M, K] fp16
+        entries_ptr,        # [E] int32 Tiled-CSL entries: slot << 16 | fp16 bits
+        tile_offsets_ptr,   # [T + 2] int32 entries / 4 before each tile, tiles row-major
+        out_ptr,            # [M, N] fp16 (SPLIT 1) or fp32 zeroed (SPLIT > 1, atomics)
+        M, N,
+        K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, SPLIT: gl.constexpr, WARPS: gl.constexpr,
+    ):
+        SUB: gl.constexpr = 4 * 32 * WARPS               # entries a scatter step: 4 a thread (one 16-byte read)
+        KT: gl.constexpr = (K + 63) // 64                 # tiles along K
+        flat: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS], [0])
+        tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS], instr_shape=[16, 8])
+        swizzled: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+        plain1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        row_tile = gl.program_id(0)
+        per_split = (KT + SPLIT - 1) // SPLIT
+        kt_begin = gl.program_id(1) * per_split
+        kt_end = gl.minimum(kt_begin + per_split, KT)
+        entries_s = gl.allocate_shared_memory(gl.int32, [2, CAP], plain1)
+        x_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_M, 64], swizzled)
+        x_s.index(0).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))   # masked copies leave stale data
+        x_s.index(1).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))
+        # the tile's 8,192 slots, then 8,192 spare ones that entries past the tile's count are sent to
+        slots = gl.allocate_shared_memory(gl.float16, [16384], plain1)
+        tile_view = slots.reinterpret(gl.float16, [256, 64], swizzled).slice(0, 128, 0)
+        acc = gl.zeros([BLOCK_M, 128], gl.float32, mma)
+        gl.barrier()
+        if kt_begin < kt_end:
+            stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, 0, row_tile * KT + kt_begin, kt_begin,
+                       M, K, BLOCK_M, CAP, WARPS)
+        for kt in range(kt_begin, kt_end):
+            buf = (kt - kt_begin) % 2
+            tile = row_tile * KT + kt
+            if kt + 1 < kt_end:
+                stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, 1 - buf, tile + 1, kt + 1,
+                           M, K, BLOCK_M, CAP, WARPS)
+                async_copy.wait_group(1)
+            else:
+                async_copy.wait_group(0)
+            count = gl.load(tile_offsets_ptr + tile + 1) * 4 - gl.load(tile_offsets_ptr + tile) * 4
+            tile_view.store(gl.zeros([128, 64], gl.float16, tile_layout))
+            gl.barrier()
+            for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
+                if piece < count:
+                    j = piece + gl.arange(0, SUB, layout=flat)
+                    entry = entries_s.index(buf).slice(piece, SUB).load(flat)                  # [SUB]
+                    value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
+                    slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
+            for more in range(CAP, count, SUB):   # a tile denser than CAP entries: the rest from global memory
+                j = more + gl.arange(0, SUB, layout=flat)
+                entry = gl.load(entries_ptr + gl.load(tile_offsets_ptr + tile) * 4 + j, mask=j < count, other=0)
+                value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
+                slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
+            gl.barrier()
+            for k0 in gl.static_range(0, 64, 16):
+                a = x_s.index(buf).slice(k0, 16, 1).load(gl.DotOperandLayout(0, mma, 2))      # [BLOCK_M, 16]
+                b = tile_view.slice(k0, 16, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [16, 128]
+                acc = mma_v2(a, b, acc)
+            gl.barrier()
+        out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
+        out_rows = row_tile * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
+        out_at = out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0)
+        out_ok = gl.expand_dims(out_m < M, 1) & gl.expand_dims(out_rows < N, 0)
+        if SPLIT == 1:
+            gl.store(out_at, acc.to(gl.float16), mask=out_ok)
+        else:
+            gl.atomic_add(out_at, acc, mask=out_ok, sem="relaxed")
+
+    return tiled_csl_pipelined_kernel
+
+
+def signature(split: int, tiled_csl: bool = False) -> dict[str, str]:
     out = "*fp16" if split == 1 else "*fp32"
+    if tiled_csl:
+        return {"x_ptr": "*fp16", "entries_ptr": "*i32", "tile_offsets_ptr": "*i32", "out_ptr": out,
+                "M": "i32", "N": "i32"}
     return {"x_ptr": "*fp16", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": out,
             "M": "i32", "N": "i32", "chunks_per_row": "i32"}
 
@@ -307,7 +413,7 @@ def kernel_name(variant: str, block_m: int, chunks_p2: int, k: int) -> str:
 
 
 def rows_of_x(config: dict) -> tuple[int, ...]:
-    return PIPELINED_ROWS_OF_X if config.get("PIPELINED") else ROWS_OF_X
+    return PIPELINED_ROWS_OF_X if config.get("PIPELINED") or config.get("TILED_CSL") else ROWS_OF_X
 
 
 def chunks_for(k: int) -> int:
@@ -325,26 +431,37 @@ def build(directory: Path) -> None:
         import triton
         raise SystemExit(f"exp_gluon_ccsr: triton {triton.__version__}'s Gluon has no shared-memory scatter; "
                          f"build on a machine with a newer triton (3.9 has it)")
-    windowed, pipelined = gluon_kernel(), pipelined_kernel()
+    windowed, pipelined, tiled = gluon_kernel(), pipelined_kernel(), tiled_csl_kernel()
     for variant, config in VARIANTS.items():
         rows = rows_of_x(config)
         config = dict(config)
-        fn = pipelined if config.pop("PIPELINED", 0) else windowed
-        warps = config["BLOCK_N"] // (8 if fn is pipelined else 16)
+        fn = tiled if config.pop("TILED_CSL", 0) else pipelined if config.pop("PIPELINED", 0) else windowed
+        warps = config.pop("WARPS", None) or config["BLOCK_N"] // (8 if fn is pipelined else 16)
         for k in sorted({k for _, k in SHAPES.values()}):
             for block_m in rows:
-                constexprs = {"K": k, "BLOCK_M": block_m, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
-                              "BK": BK, "WARPS": warps, **config}
+                if fn is tiled:
+                    constexprs = {"K": k, "BLOCK_M": block_m, "WARPS": warps, **config}
+                else:
+                    constexprs = {"K": k, "BLOCK_M": block_m, "CHUNKS_P2": chunks_for(k), "CHUNK": 32,
+                                  "BK": BK, "WARPS": warps, **config}
                 if fn is pipelined:
                     constexprs["LANES_E"] = min(32, config["SC"] * 32 // config["VEC"])
-                built = compile_kernel(fn, get_target("h100"), signature(config.get("SPLIT", 1)), constexprs,
-                                       name=kernel_name(variant, block_m, constexprs["CHUNKS_P2"], k), num_warps=warps)
+                built = compile_kernel(fn, get_target("h100"), signature(config.get("SPLIT", 1), fn is tiled),
+                                       constexprs, name=kernel_name(variant, block_m, chunks_for(k), k),
+                                       num_warps=warps)
                 if built.shared_memory_bytes > SHARED_LIMIT:
                     print(f"{built.name}: skipped, needs {built.shared_memory_bytes} bytes of shared memory")
                     continue
                 save_kernel(built, directory)
                 print(f"{built.name}: shared {built.shared_memory_bytes} bytes")
     (directory / "constexprs.json").write_text(json.dumps({"VARIANTS": VARIANTS, "ROWS_OF_X": ROWS_OF_X}))
+
+
+def tiled_csl_sets(weight: torch.Tensor, bench) -> list[dict[str, torch.Tensor]]:
+    """Rotating copies of weight's Tiled-CSL tensors on the GPU (encoded on the CPU, as bench_sparse does)."""
+    from fdpp.runtime.sparse_formats import encode_tiled_csl
+    encoded = encode_tiled_csl(weight.cpu())
+    return bench.copies({part: t.cuda() for part, t in encoded.tensors.items()}, encoded.nbytes)
 
 
 def check(directory: Path) -> int:
@@ -359,6 +476,7 @@ def check(directory: Path) -> int:
     failed = 0
     for name, (n, k) in SHAPES.items():
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+        tcsl_sets = tiled_csl_sets(weight, BENCH)
         chunks = csr.tensors["bases"].shape[1]
         if chunks > chunks_for(k):
             print(f"| {name} | weight has {chunks} chunks a row, kernels built for {chunks_for(k)} |")
@@ -375,28 +493,34 @@ def check(directory: Path) -> int:
                     cells.append("not built")
                     continue
                 kernel = CudaKernel(load_kernel(directory, kernel_path.stem))
-                grid = ((n + config["BLOCK_N"] - 1) // config["BLOCK_N"], config.get("SPLIT", 1))
-                if grid[1] == 1:
-                    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-                else:
-                    out = torch.empty(m, n, device="cuda", dtype=torch.float32)
+                tiled = bool(config.get("TILED_CSL"))
+                rows_a_program = 128 if tiled else config["BLOCK_N"]
+                grid = ((n + rows_a_program - 1) // rows_a_program, config.get("SPLIT", 1))
+                out = torch.empty(m, n, device="cuda", dtype=torch.float16 if grid[1] == 1 else torch.float32)
 
-                def run(t, out=out, kernel=kernel, x=x, m=m, grid=grid):
-                    if out.dtype == torch.float16:
+                def launch(t, out=out, kernel=kernel, x=x, m=m, grid=grid, tiled=tiled):
+                    if tiled:
+                        kernel(grid, x, t["entries"], t["tile_offsets"], out, m, n)
+                    else:
                         kernel(grid, x, t["values"], t["offsets"], t["bases"], out, m, n, t["bases"].shape[1])
+
+                def run(t, out=out, launch=launch):
+                    if out.dtype == torch.float16:
+                        launch(t)
                         return out
                     out.zero_()
-                    kernel(grid, x, t["values"], t["offsets"], t["bases"], out, m, n, t["bases"].shape[1])
+                    launch(t)
                     return out.half()
-                error = BENCH.relative_error(run(csr_sets[0]), ref)
+                sets = tcsl_sets if tiled else csr_sets
+                error = BENCH.relative_error(run(sets[0]), ref)
                 if error >= BENCH.MAX_ERROR:
                     failed += 1
                     cells.append(f"error {error:.2e}")
                     continue
-                us = BENCH.time_us([lambda t=t: run(t) for t in csr_sets])
+                us = BENCH.time_us([lambda t=t: run(t) for t in sets])
                 cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
             print(f"| {name} | {m} | {cublas:.1f} | " + " | ".join(cells) + " |", flush=True)
-        del dense_sets, csr_sets
+        del dense_sets, csr_sets, tcsl_sets
         torch.cuda.empty_cache()
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0
