@@ -58,11 +58,28 @@ VARIANTS = {
 }
 
 
+def _store_out():
+    """The kernels' shared epilogue: a [rows of x, weight rows] accumulator (either orientation, as out_at and
+    out_ok give it) stored as fp16, or added with float32 atomics where SPLIT programs share the output."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def store_out(out_at, out_ok, acc, SPLIT: gl.constexpr):
+        if SPLIT == 1:
+            gl.store(out_at, acc.to(gl.float16), mask=out_ok)
+        else:
+            gl.atomic_add(out_at, acc, mask=out_ok, sem="relaxed")
+
+    return store_out
+
+
 def gluon_kernel():
     """The kernel, defined only where Gluon has a shared-memory scatter (imported lazily: `check` needs no Triton)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+    store_out = _store_out()
 
     @gluon.jit
     def load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last, j, entry, chunks_per_row,
@@ -166,10 +183,7 @@ def gluon_kernel():
         out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
         out_at = out_ptr + gl.expand_dims(out_m, 0) * N + gl.expand_dims(out_rows, 1)
         out_ok = gl.expand_dims(out_m < M, 0) & gl.expand_dims(out_rows < N, 1)
-        if SPLIT == 1:
-            gl.store(out_at, acc.to(gl.float16), mask=out_ok)
-        else:
-            gl.atomic_add(out_at, acc, mask=out_ok, sem="relaxed")
+        store_out(out_at, out_ok, acc, SPLIT)
 
     return chunked_csr_tile_mma_kernel
 
@@ -309,6 +323,13 @@ def tiled_csl_kernel():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+    store_out = _store_out()
+
+    @gluon.jit
+    def scatter_entries(slots, entry, j, count):
+        """Entries j (< count are real) into the tile's flat slots; the rest into spare slots past the tile."""
+        value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
+        slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
 
     @gluon.jit
     def stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, buf, tile, kt, M,
@@ -373,14 +394,11 @@ def tiled_csl_kernel():
             for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
                 if piece < count:
                     j = piece + gl.arange(0, SUB, layout=flat)
-                    entry = entries_s.index(buf).slice(piece, SUB).load(flat)                  # [SUB]
-                    value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
-                    slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
+                    scatter_entries(slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count)
             for more in range(CAP, count, SUB):   # a tile denser than CAP entries: the rest from global memory
                 j = more + gl.arange(0, SUB, layout=flat)
                 entry = gl.load(entries_ptr + gl.load(tile_offsets_ptr + tile) * 4 + j, mask=j < count, other=0)
-                value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
-                slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
+                scatter_entries(slots, entry, j, count)
             gl.barrier()
             for k0 in gl.static_range(0, 64, 16):
                 a = x_s.index(buf).slice(k0, 16, 1).load(gl.DotOperandLayout(0, mma, 2))      # [BLOCK_M, 16]
@@ -391,10 +409,7 @@ def tiled_csl_kernel():
         out_rows = row_tile * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
         out_at = out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0)
         out_ok = gl.expand_dims(out_m < M, 1) & gl.expand_dims(out_rows < N, 0)
-        if SPLIT == 1:
-            gl.store(out_at, acc.to(gl.float16), mask=out_ok)
-        else:
-            gl.atomic_add(out_at, acc, mask=out_ok, sem="relaxed")
+        store_out(out_at, out_ok, acc, SPLIT)
 
     return tiled_csl_pipelined_kernel
 
