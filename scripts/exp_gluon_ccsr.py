@@ -332,13 +332,18 @@ def tiled_csl_kernel():
         slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
 
     @gluon.jit
-    def stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, buf, tile, kt, M,
+    def tile_entries(tile_offsets_ptr, tile, ok):
+        """(first entry, entries) of tile `tile` (0, 0 where not ok)."""
+        begin = gl.load(tile_offsets_ptr + tile, mask=ok, other=0) * 4
+        return begin, gl.load(tile_offsets_ptr + tile + 1, mask=ok, other=0) * 4 - begin
+
+    @gluon.jit
+    def stage_tile(x_ptr, entries_ptr, x_s, entries_s, buf, begin, count, kt, M,
                    K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, WARPS: gl.constexpr):
-        """Queue the copies of tile `tile` (column tile kt of its row): its entries (up to CAP) and x's 64 columns."""
+        """Queue the copies of a tile (column tile kt of its row; `count` entries from `begin`): its entries (up
+        to CAP) and x's 64 columns."""
         flat: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS], [0])
         x_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
-        begin = gl.load(tile_offsets_ptr + tile) * 4
-        count = gl.load(tile_offsets_ptr + tile + 1) * 4 - begin
         i = gl.arange(0, CAP, layout=flat)
         async_copy.async_load(entries_s.index(buf), entries_ptr + begin + i, mask=i < count)
         mx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))
@@ -376,19 +381,20 @@ def tiled_csl_kernel():
         tile_view = slots.reinterpret(gl.float16, [256, 64], swizzled).slice(0, 128, 0)
         acc = gl.zeros([BLOCK_M, 128], gl.float32, mma)
         gl.barrier()
+        # each tile's offsets are read once, a tile ahead, and carried to the tile's own iteration
+        begin, count = tile_entries(tile_offsets_ptr, row_tile * KT + kt_begin, kt_begin < kt_end)
         if kt_begin < kt_end:
-            stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, 0, row_tile * KT + kt_begin, kt_begin,
-                       M, K, BLOCK_M, CAP, WARPS)
+            stage_tile(x_ptr, entries_ptr, x_s, entries_s, 0, begin, count, kt_begin, M, K, BLOCK_M, CAP, WARPS)
         for kt in range(kt_begin, kt_end):
             buf = (kt - kt_begin) % 2
             tile = row_tile * KT + kt
+            next_begin, next_count = tile_entries(tile_offsets_ptr, tile + 1, kt + 1 < kt_end)
             if kt + 1 < kt_end:
-                stage_tile(x_ptr, entries_ptr, tile_offsets_ptr, x_s, entries_s, 1 - buf, tile + 1, kt + 1,
+                stage_tile(x_ptr, entries_ptr, x_s, entries_s, 1 - buf, next_begin, next_count, kt + 1,
                            M, K, BLOCK_M, CAP, WARPS)
                 async_copy.wait_group(1)
             else:
                 async_copy.wait_group(0)
-            count = gl.load(tile_offsets_ptr + tile + 1) * 4 - gl.load(tile_offsets_ptr + tile) * 4
             tile_view.store(gl.zeros([128, 64], gl.float16, tile_layout))
             gl.barrier()
             for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
@@ -397,7 +403,7 @@ def tiled_csl_kernel():
                     scatter_entries(slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count)
             for more in range(CAP, count, SUB):   # a tile denser than CAP entries: the rest from global memory
                 j = more + gl.arange(0, SUB, layout=flat)
-                entry = gl.load(entries_ptr + gl.load(tile_offsets_ptr + tile) * 4 + j, mask=j < count, other=0)
+                entry = gl.load(entries_ptr + begin + j, mask=j < count, other=0)
                 scatter_entries(slots, entry, j, count)
             gl.barrier()
             for k0 in gl.static_range(0, 64, 16):
@@ -405,6 +411,8 @@ def tiled_csl_kernel():
                 b = tile_view.slice(k0, 16, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [16, 128]
                 acc = mma_v2(a, b, acc)
             gl.barrier()
+            begin = next_begin
+            count = next_count
         out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
         out_rows = row_tile * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
         out_at = out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0)
