@@ -35,26 +35,25 @@ SHARED_LIMIT = 227 << 10  # an H100's or H200's shared memory a block
 # different banks), x staged in shared memory by an async copy per window (XSMEM), chunks of each row scattered
 # per step (STEP_CHUNKS), the next step's entries loaded before the current ones are scattered (PREFETCH), and
 # split-K (SPLIT programs share a row block's windows and add float32 results with atomics into an output the host
-# zeroes first and converts after; those two calls are in the timing).
+# zeroes first and converts after; those two calls are in the timing, and a `k` figure times the kernel alone).
 _BASE = dict(SPLIT=1, SWIZZLE=8, XSMEM=0, STEP_CHUNKS=1, PREFETCH=0)
 _T512 = {**_BASE, "TILE": 512, "WINDOW": 448}
 # The pipelined kernel's: weight rows a program (8 a warp), shared tile columns and window as above, S chunks of
 # each row staged a window, SC chunks scattered a step, VEC entries a thread.
 _PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2, VEC=1)
+# Run 1 measured the first design's variants (commit f48b9a3), run 2 the pipelined ones and run 3 the Tiled-CSL
+# ones as of commit 09b6035; this set is run 4's: the best of runs 2 and 3 again, and Tiled-CSL variants with more
+# copies in flight (more programs: SPLIT; a deeper pipeline: STAGES tiles' copies, a power of two).
+_TCSL = dict(TILED_CSL=1, WARPS=4, CAP=4096, STAGES=2)     # 52 KB of shared memory at M <= 16
 VARIANTS = {
-    "n32_t512_x_c2_s2": {**_T512, "BLOCK_N": 32, "XSMEM": 1, "STEP_CHUNKS": 2, "SPLIT": 2},   # 2026-12-07's best
-    "p_n16": {**_PIPE, "BLOCK_N": 16},
-    "p_n32": {**_PIPE, "BLOCK_N": 32},
-    "p_n64": {**_PIPE, "BLOCK_N": 64},
-    "p_n16_sc4": {**_PIPE, "BLOCK_N": 16, "SC": 4},
-    "p_n16_t1024": {**_PIPE, "BLOCK_N": 16, "TILE": 1024, "WINDOW": 960, "S": 16},
-    "p_n16_v8": {**_PIPE, "BLOCK_N": 16, "VEC": 8},
-    "p_n32_v8": {**_PIPE, "BLOCK_N": 32, "VEC": 8},
-    # Tiled-CSL (tiled_csl_kernel): a 128-row tile row a program, split-K SPLIT, CAP entries of a tile staged
-    "t_s1": {"TILED_CSL": 1, "SPLIT": 1, "WARPS": 4, "CAP": 4096},
-    "t_s2": {"TILED_CSL": 1, "SPLIT": 2, "WARPS": 4, "CAP": 4096},
-    "t_s4": {"TILED_CSL": 1, "SPLIT": 4, "WARPS": 4, "CAP": 4096},
-    "t_s4_w8": {"TILED_CSL": 1, "SPLIT": 4, "WARPS": 8, "CAP": 4096},
+    "p_n16_v8": {**_PIPE, "BLOCK_N": 16, "VEC": 8},      # run 2's best
+    # Tiled-CSL (tiled_csl_kernel): a 128-row tile row a program, split-K SPLIT
+    "t_s4": {**_TCSL, "SPLIT": 4},                       # run 3's best
+    "t_s8": {**_TCSL, "SPLIT": 8},
+    "t_s16": {**_TCSL, "SPLIT": 16},
+    "t_s4_4st": {**_TCSL, "SPLIT": 4, "STAGES": 4},
+    "t_s8_4st": {**_TCSL, "SPLIT": 8, "STAGES": 4},
+    "t_s16_4st": {**_TCSL, "SPLIT": 16, "STAGES": 4},
 }
 
 
@@ -326,10 +325,12 @@ def tiled_csl_kernel():
     store_out = _store_out()
 
     @gluon.jit
-    def scatter_entries(slots, entry, j, count):
-        """Entries j (< count are real) into the tile's flat slots; the rest into spare slots past the tile."""
-        value = (entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
-        slots.scatter(value, gl.where(j < count, (entry >> 16) & 0xFFFF, 8192 + j % 8192), 0)
+    def scatter_entries(slots, entry, j, count, last):
+        """Entries j into the tile's 8,192 flat slots. Those past the tile's count (stale or zero-filled) write the
+        tile's last entry again: the same bits to the same slot, so the race is harmless and no spare slots are
+        needed (a count is a multiple of 4 and a thread holds 4 entries, so a thread's are all real or none)."""
+        entry = gl.where(j < count, entry, last)
+        slots.scatter((entry & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True), (entry >> 16) & 0xFFFF, 0)
 
     @gluon.jit
     def tile_entries(tile_offsets_ptr, tile, ok):
@@ -338,18 +339,22 @@ def tiled_csl_kernel():
         return begin, gl.load(tile_offsets_ptr + tile + 1, mask=ok, other=0) * 4 - begin
 
     @gluon.jit
-    def stage_tile(x_ptr, entries_ptr, x_s, entries_s, buf, begin, count, kt, M,
+    def stage_tile(x_ptr, entries_ptr, x_s, entries_s, buf, begin, count, kt, ok, M,
                    K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, WARPS: gl.constexpr):
         """Queue the copies of a tile (column tile kt of its row; `count` entries from `begin`): its entries (up
-        to CAP) and x's 64 columns."""
+        to CAP, in pieces of one 16-byte copy a thread) and x's 64 columns, as one commit group. Where not ok the
+        group is empty, so every iteration commits one group and waits for a fixed count."""
+        SUB: gl.constexpr = 4 * 32 * WARPS
         flat: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS], [0])
         x_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
-        i = gl.arange(0, CAP, layout=flat)
-        async_copy.async_load(entries_s.index(buf), entries_ptr + begin + i, mask=i < count)
+        i = gl.arange(0, SUB, layout=flat)
+        for piece in gl.static_range(0, CAP, SUB):
+            async_copy.async_load(entries_s.index(buf).slice(piece, SUB), entries_ptr + begin + piece + i,
+                                  mask=ok & (piece + i < count))
         mx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))
         kcol = kt * 64 + gl.arange(0, 64, layout=gl.SliceLayout(0, x_layout))
         async_copy.async_load(x_s.index(buf), x_ptr + gl.expand_dims(mx, 1) * K + gl.expand_dims(kcol, 0),
-                              mask=gl.expand_dims(mx < M, 1) & gl.expand_dims(kcol < K, 0))
+                              mask=ok & gl.expand_dims(mx < M, 1) & gl.expand_dims(kcol < K, 0))
         async_copy.commit_group()
 
     @gluon.jit
@@ -360,9 +365,11 @@ def tiled_csl_kernel():
         out_ptr,            # [M, N] fp16 (SPLIT 1) or fp32 zeroed (SPLIT > 1, atomics)
         M, N,
         K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, SPLIT: gl.constexpr, WARPS: gl.constexpr,
+        STAGES: gl.constexpr,
     ):
         SUB: gl.constexpr = 4 * 32 * WARPS               # entries a scatter step: 4 a thread (one 16-byte read)
         KT: gl.constexpr = (K + 63) // 64                 # tiles along K
+        gl.static_assert(CAP % SUB == 0)
         flat: gl.constexpr = gl.BlockedLayout([4], [32], [WARPS], [0])
         tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS], instr_shape=[16, 8])
@@ -372,47 +379,46 @@ def tiled_csl_kernel():
         per_split = (KT + SPLIT - 1) // SPLIT
         kt_begin = gl.program_id(1) * per_split
         kt_end = gl.minimum(kt_begin + per_split, KT)
-        entries_s = gl.allocate_shared_memory(gl.int32, [2, CAP], plain1)
-        x_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_M, 64], swizzled)
-        x_s.index(0).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))   # masked copies leave stale data
-        x_s.index(1).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))
-        # the tile's 8,192 slots, then 8,192 spare ones that entries past the tile's count are sent to
-        slots = gl.allocate_shared_memory(gl.float16, [16384], plain1)
-        tile_view = slots.reinterpret(gl.float16, [256, 64], swizzled).slice(0, 128, 0)
+        first = row_tile * KT                             # the program's tile row's first tile
+        entries_s = gl.allocate_shared_memory(gl.int32, [STAGES, CAP], plain1)
+        x_s = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, 64], swizzled)
+        for s in gl.static_range(STAGES):     # x's masked-off rows must read as zeros
+            x_s.index(s).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))
+        tile_view = gl.allocate_shared_memory(gl.float16, [128, 64], swizzled)
+        slots = tile_view.reinterpret(gl.float16, [8192], plain1)     # the same bytes, by Tiled-CSL slot
         acc = gl.zeros([BLOCK_M, 128], gl.float32, mma)
         gl.barrier()
-        # each tile's offsets are read once, a tile ahead, and carried to the tile's own iteration
-        begin, count = tile_entries(tile_offsets_ptr, row_tile * KT + kt_begin, kt_begin < kt_end)
-        if kt_begin < kt_end:
-            stage_tile(x_ptr, entries_ptr, x_s, entries_s, 0, begin, count, kt_begin, M, K, BLOCK_M, CAP, WARPS)
+        for early in gl.static_range(STAGES - 1):        # the first STAGES - 1 tiles' copies
+            ok = kt_begin + early < kt_end
+            begin, count = tile_entries(tile_offsets_ptr, first + kt_begin + early, ok)
+            stage_tile(x_ptr, entries_ptr, x_s, entries_s, early, begin, count, kt_begin + early, ok, M,
+                       K, BLOCK_M, CAP, WARPS)
         for kt in range(kt_begin, kt_end):
-            buf = (kt - kt_begin) % 2
-            tile = row_tile * KT + kt
-            next_begin, next_count = tile_entries(tile_offsets_ptr, tile + 1, kt + 1 < kt_end)
-            if kt + 1 < kt_end:
-                stage_tile(x_ptr, entries_ptr, x_s, entries_s, 1 - buf, next_begin, next_count, kt + 1,
-                           M, K, BLOCK_M, CAP, WARPS)
-                async_copy.wait_group(1)
-            else:
-                async_copy.wait_group(0)
+            buf = (kt - kt_begin) % STAGES
+            # this tile's offsets and last entry (L2 hits: read when its copy was queued) load while it waits
+            begin, count = tile_entries(tile_offsets_ptr, first + kt, True)
+            last = gl.load(entries_ptr + begin + count - 1, mask=count > 0, other=0)
+            ahead = kt + STAGES - 1
+            ahead_begin, ahead_count = tile_entries(tile_offsets_ptr, first + ahead, ahead < kt_end)
+            stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
+                       ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
+            async_copy.wait_group(STAGES - 1)
             tile_view.store(gl.zeros([128, 64], gl.float16, tile_layout))
             gl.barrier()
             for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
                 if piece < count:
                     j = piece + gl.arange(0, SUB, layout=flat)
-                    scatter_entries(slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count)
+                    scatter_entries(slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count, last)
             for more in range(CAP, count, SUB):   # a tile denser than CAP entries: the rest from global memory
                 j = more + gl.arange(0, SUB, layout=flat)
                 entry = gl.load(entries_ptr + begin + j, mask=j < count, other=0)
-                scatter_entries(slots, entry, j, count)
+                scatter_entries(slots, entry, j, count, last)
             gl.barrier()
             for k0 in gl.static_range(0, 64, 16):
                 a = x_s.index(buf).slice(k0, 16, 1).load(gl.DotOperandLayout(0, mma, 2))      # [BLOCK_M, 16]
                 b = tile_view.slice(k0, 16, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [16, 128]
                 acc = mma_v2(a, b, acc)
             gl.barrier()
-            begin = next_begin
-            count = next_count
         out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
         out_rows = row_tile * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
         out_at = out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0)
@@ -541,7 +547,11 @@ def check(directory: Path) -> int:
                     cells.append(f"error {error:.2e}")
                     continue
                 us = BENCH.time_us([lambda t=t: run(t) for t in sets])
-                cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
+                cell = f"{us:.1f} ({cublas / us:.2f}x)"
+                if out.dtype != torch.float16:   # split-K: also the kernel alone, without zeroing and converting
+                    alone = BENCH.time_us([lambda t=t: launch(t) for t in sets])
+                    cell += f" k {alone:.1f} ({cublas / alone:.2f}x)"
+                cells.append(cell)
             print(f"| {name} | {m} | {cublas:.1f} | " + " | ".join(cells) + " |", flush=True)
         del dense_sets, csr_sets, tcsl_sets
         torch.cuda.empty_cache()
