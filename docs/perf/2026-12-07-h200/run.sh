@@ -1,0 +1,22 @@
+#!/bin/bash
+# The H200 call of docs/perf/2026-12-07-h200.md, from the repository root (output under $OUT): a dense llama2-7b
+# bundle at --max-batch 32 for h200 compiles in the background while the decode attention table runs (issue 5's
+# shapes and adversarial lengths); then the bundle is benched at batch 1, 8 and 32 beside Hugging Face generate
+# (eager and static cache; issue 4). The batch-1 bundles of the same record ran through
+# docs/perf/2026-12-07-gluon-ccsr/run.sh.
+set -u
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
+export PYTHONPATH=/tmp/pkg TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
+fdcc() { python3 -m fdpp.compiler.cli "$@"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
+python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" >> "$OUT/gpu.txt"
+fdcc compile llama2-7b --weights random -t h200 --softmax synchronized --max-batch 32 -o /tmp/dense32.fdpp \
+  > "$OUT/compile-dense32.log" 2>&1 &
+timeout 200 python3 scripts/bench_attention.py --out "$OUT/attention" --batches 1 8 32 --lengths 1024 4096 16384 32768 \
+  --adversarial 8x1,8x7,8x97,8x4097 > "$OUT/attention.log" 2>&1
+grep -E "^\| (mha|gqa)" "$OUT/attention.log" | cut -c1-150
+wait
+tail -n 1 "$OUT/compile-dense32.log"
+fdcc bench /tmp/dense32.fdpp --batch 1 --batch 8 --batch 32 --context 128 --new-tokens 256 --out "$OUT/dense32" \
+  > "$OUT/bench-dense32.log" 2>&1
+tail -n 16 "$OUT/bench-dense32.log"
