@@ -42,18 +42,21 @@ _T512 = {**_BASE, "TILE": 512, "WINDOW": 448}
 # each row staged a window, SC chunks scattered a step, VEC entries a thread.
 _PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2, VEC=1)
 # Run 1 measured the first design's variants (commit f48b9a3), run 2 the pipelined ones and run 3 the Tiled-CSL
-# ones as of commit 09b6035; this set is run 4's: the best of runs 2 and 3 again, and Tiled-CSL variants with more
-# copies in flight (more programs: SPLIT; a deeper pipeline: STAGES tiles' copies, a power of two).
-_TCSL = dict(TILED_CSL=1, WARPS=4, CAP=4096, STAGES=2)     # 52 KB of shared memory at M <= 16
+# ones as of commit 09b6035, run 4 Tiled-CSL variants with more copies in flight (more programs: SPLIT; a deeper
+# pipeline: STAGES tiles' copies, a power of two; commit d27c0f5; the best chunked-CSR one, p_n16_v8, beside them).
+# This set is run 5's: run 4's best three again, two tiles (TWO_TILES: one zeroed while the other is filled and
+# multiplied, two barriers a tile instead of three; 69 KB, three programs a multiprocessor) and 8 warps.
+_TCSL = dict(TILED_CSL=1, WARPS=4, CAP=4096, STAGES=2, TWO_TILES=0)     # 52 KB of shared memory at M <= 16
 VARIANTS = {
-    "p_n16_v8": {**_PIPE, "BLOCK_N": 16, "VEC": 8},      # run 2's best
     # Tiled-CSL (tiled_csl_kernel): a 128-row tile row a program, split-K SPLIT
-    "t_s4": {**_TCSL, "SPLIT": 4},                       # run 3's best
+    "t_s4": {**_TCSL, "SPLIT": 4},
     "t_s8": {**_TCSL, "SPLIT": 8},
     "t_s16": {**_TCSL, "SPLIT": 16},
-    "t_s4_4st": {**_TCSL, "SPLIT": 4, "STAGES": 4},
-    "t_s8_4st": {**_TCSL, "SPLIT": 8, "STAGES": 4},
-    "t_s16_4st": {**_TCSL, "SPLIT": 16, "STAGES": 4},
+    "t_s4_2t": {**_TCSL, "SPLIT": 4, "TWO_TILES": 1},
+    "t_s8_2t": {**_TCSL, "SPLIT": 8, "TWO_TILES": 1},
+    "t_s16_2t": {**_TCSL, "SPLIT": 16, "TWO_TILES": 1},
+    "t_s8_w8": {**_TCSL, "SPLIT": 8, "WARPS": 8},
+    "t_s16_w8": {**_TCSL, "SPLIT": 16, "WARPS": 8},
 }
 
 
@@ -365,7 +368,7 @@ def tiled_csl_kernel():
         out_ptr,            # [M, N] fp16 (SPLIT 1) or fp32 zeroed (SPLIT > 1, atomics)
         M, N,
         K: gl.constexpr, BLOCK_M: gl.constexpr, CAP: gl.constexpr, SPLIT: gl.constexpr, WARPS: gl.constexpr,
-        STAGES: gl.constexpr,
+        STAGES: gl.constexpr, TWO_TILES: gl.constexpr,
     ):
         SUB: gl.constexpr = 4 * 32 * WARPS               # entries a scatter step: 4 a thread (one 16-byte read)
         KT: gl.constexpr = (K + 63) // 64                 # tiles along K
@@ -384,8 +387,11 @@ def tiled_csl_kernel():
         x_s = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, 64], swizzled)
         for s in gl.static_range(STAGES):     # x's masked-off rows must read as zeros
             x_s.index(s).store(gl.zeros([BLOCK_M, 64], gl.float16, tile_layout))
-        tile_view = gl.allocate_shared_memory(gl.float16, [128, 64], swizzled)
-        slots = tile_view.reinterpret(gl.float16, [8192], plain1)     # the same bytes, by Tiled-CSL slot
+        # the 128 x 64 tile (two with TWO_TILES: one filled and multiplied while the other is zeroed), viewed
+        # by Tiled-CSL slot (reinterpret) for the scatter
+        tiles = gl.allocate_shared_memory(gl.float16, [2 if TWO_TILES else 1, 128, 64], swizzled)
+        if TWO_TILES:
+            tiles.index(0).store(gl.zeros([128, 64], gl.float16, tile_layout))
         acc = gl.zeros([BLOCK_M, 128], gl.float32, mma)
         gl.barrier()
         for early in gl.static_range(STAGES - 1):        # the first STAGES - 1 tiles' copies
@@ -395,30 +401,45 @@ def tiled_csl_kernel():
                        K, BLOCK_M, CAP, WARPS)
         for kt in range(kt_begin, kt_end):
             buf = (kt - kt_begin) % STAGES
+            tile_buf = (kt - kt_begin) % 2          # TWO_TILES: the tile this iteration fills
             # this tile's offsets and last entry (L2 hits: read when its copy was queued) load while it waits
             begin, count = tile_entries(tile_offsets_ptr, first + kt, True)
             last = gl.load(entries_ptr + begin + count - 1, mask=count > 0, other=0)
             ahead = kt + STAGES - 1
             ahead_begin, ahead_count = tile_entries(tile_offsets_ptr, first + ahead, ahead < kt_end)
-            stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
-                       ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
-            async_copy.wait_group(STAGES - 1)
-            tile_view.store(gl.zeros([128, 64], gl.float16, tile_layout))
-            gl.barrier()
+            if TWO_TILES:
+                # the refilled buffers were read in the last iteration, so the copy is queued after the barrier
+                async_copy.wait_group(STAGES - 2)
+                gl.barrier()
+                stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
+                           ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
+                target = tiles.index(tile_buf)
+                target_slots = target.reinterpret(gl.float16, [8192], plain1)
+            else:
+                stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
+                           ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
+                async_copy.wait_group(STAGES - 1)
+                target = tiles.index(0)
+                target_slots = target.reinterpret(gl.float16, [8192], plain1)
+                target.store(gl.zeros([128, 64], gl.float16, tile_layout))
+                gl.barrier()
             for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
                 if piece < count:
                     j = piece + gl.arange(0, SUB, layout=flat)
-                    scatter_entries(slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count, last)
+                    scatter_entries(target_slots, entries_s.index(buf).slice(piece, SUB).load(flat), j, count, last)
             for more in range(CAP, count, SUB):   # a tile denser than CAP entries: the rest from global memory
                 j = more + gl.arange(0, SUB, layout=flat)
                 entry = gl.load(entries_ptr + begin + j, mask=j < count, other=0)
-                scatter_entries(slots, entry, j, count, last)
+                scatter_entries(target_slots, entry, j, count, last)
             gl.barrier()
             for k0 in gl.static_range(0, 64, 16):
                 a = x_s.index(buf).slice(k0, 16, 1).load(gl.DotOperandLayout(0, mma, 2))      # [BLOCK_M, 16]
-                b = tile_view.slice(k0, 16, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [16, 128]
+                b = target.slice(k0, 16, 1).permute([1, 0]).load(gl.DotOperandLayout(1, mma, 2))  # [16, 128]
                 acc = mma_v2(a, b, acc)
-            gl.barrier()
+            if TWO_TILES:    # zero the other tile for the next iteration (its last reader passed this one's barrier)
+                tiles.index(1 - tile_buf).store(gl.zeros([128, 64], gl.float16, tile_layout))
+            else:
+                gl.barrier()
         out_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
         out_rows = row_tile * 128 + gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
         out_at = out_ptr + gl.expand_dims(out_m, 1) * N + gl.expand_dims(out_rows, 0)
