@@ -7,13 +7,14 @@ and carried there as code objects, as bundles' kernels are:
     python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr           # on the CPU machine: cubins for sm_90
     python3 scripts/exp_gluon_ccsr.py check out/gluon_ccsr           # on an H100/H200: float64 check, timings
 
-Two kernels: `gluon_kernel` (the first design: per window, load a chunk a row, wait, scatter, then multiply) and
-`pipelined_kernel` (a window's chunks and x copied to shared memory asynchronously one window ahead). VARIANTS
-lists what `build` compiles (the first design's other variants are at commit f48b9a3). `check` launches the
+Three kernels: `gluon_kernel` (the first design: per window, load a chunk a row, wait, scatter, then multiply),
+`pipelined_kernel` (a window's chunks and x copied to shared memory asynchronously one window ahead) and
+`tiled_csl_kernel` (the same pipeline over Tiled-CSL, whose entries name their swizzled slot in the shared tile).
+VARIANTS lists what `build` compiles (earlier runs' sets are at the commits its comment names). `check` launches the
 cubins through runtime/cuda_launcher.py (no Triton kernel is compiled there), checks each against float64 on 70%
 Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as scripts/bench_sparse.py times
-(rotating copies, medians). Results: docs/perf/2026-12-07-gluon-ccsr.md (all exact; the best, p_n16_v8, at
-0.46-0.57x cuBLAS for M = 4-16).
+(rotating copies, medians). Results: docs/perf/2026-12-07-gluon-ccsr.md (all exact; chunked CSR at best
+0.46-0.57x cuBLAS for M = 4-16; Tiled-CSL at best 0.82-1.02x alone at M = 4-8, 0.72-0.84x with split-K's glue).
 """
 
 from __future__ import annotations
