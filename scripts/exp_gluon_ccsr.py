@@ -45,8 +45,9 @@ _PIPE = dict(PIPELINED=1, TILE=512, WINDOW=448, S=8, SC=2, VEC=1)
 # Run 1 measured the first design's variants (commit f48b9a3), run 2 the pipelined ones and run 3 the Tiled-CSL
 # ones as of commit 09b6035, run 4 Tiled-CSL variants with more copies in flight (more programs: SPLIT; a deeper
 # pipeline: STAGES tiles' copies, a power of two; commit d27c0f5; the best chunked-CSR one, p_n16_v8, beside them).
-# This set is run 5's: run 4's best three again, two tiles (TWO_TILES: one zeroed while the other is filled and
-# multiplied, two barriers a tile instead of three; 69 KB, three programs a multiprocessor) and 8 warps.
+# This set is for a run 5, built and not yet run (the session's device time ran out): run 4's best three again,
+# two tiles (TWO_TILES: one zeroed while the other is filled and multiplied, two barriers a tile instead of three;
+# 69 KB, three programs a multiprocessor) and 8 warps.
 _TCSL = dict(TILED_CSL=1, WARPS=4, CAP=4096, STAGES=2, TWO_TILES=0)     # 52 KB of shared memory at M <= 16
 VARIANTS = {
     # Tiled-CSL (tiled_csl_kernel): a 128-row tile row a program, split-K SPLIT

@@ -1,7 +1,8 @@
 #!/bin/bash
-# The last H200 call of docs/perf/2026-12-07-h200.md, from the repository root (output under $OUT): with the Gluon
+# Prepared for docs/perf/2026-12-07-h200.md and not run: the session's device time ran out (asks got no machine).
+# From the repository root (output under $OUT): with the Gluon
 # cubins carried (out/gluon_ccsr, built here by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`),
-# docs/perf/2026-12-07-gluon-ccsr.md's run 5; then a dense llama2-7b bundle at --max-batch 32 for the GPU lent,
+# docs/perf/2026-12-07-gluon-ccsr.md's run 5 (not run yet); then a dense llama2-7b bundle at --max-batch 32 for the GPU lent,
 # benched at batch 1, 8 and 32 beside Hugging Face generate (eager and static cache; issue 4). ATTENTION=1 also
 # runs the decode attention table (issue 5's shapes) while the bundle compiles. The batch-1 bundles of the same
 # record ran through docs/perf/2026-12-07-gluon-ccsr/run.sh.
