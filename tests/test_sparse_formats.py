@@ -216,3 +216,45 @@ def test_chunked_csr_decoder_refuses_inconsistent_tensors():
     far[0, 0] = 10_000
     with pytest.raises(SparseFormatError, match="outside"):
         decode(enc.meta(), dict(enc.tensors, bases=far))
+
+
+def _gluon_swizzled_tile_offsets():
+    """{flat offset: (row, column)} where Gluon's SwizzledSharedLayout(8, 1, 8, [1, 0]) keeps a 128 x 64 fp16 tile's
+    elements (its linear layout, evaluated without compiling a kernel), or None where this Triton lacks Gluon."""
+    try:
+        import triton.experimental.gluon.language as gl
+        from triton._C.libtriton import gluon_ir, ir
+        from triton.experimental.gluon.language._semantic import GluonSemantic
+    except ImportError:
+        return None
+    context = ir.context()
+    ir.load_dialects(context)
+    semantic = GluonSemantic(gluon_ir.GluonOpBuilder(context))
+    layout = gl.to_linear_layout(gl.SwizzledSharedLayout(8, 1, 8, [1, 0]), [128, 64], _semantic=semantic).value
+    where = {}
+    for offset in range(128 * 64):                   # a linear layout: XOR of the bases of the offset's set bits
+        row = column = 0
+        for bit, (r, c) in enumerate(layout.offset_bases):
+            if offset >> bit & 1:
+                row, column = row ^ r, column ^ c
+        where[offset] = (row, column)
+    return where
+
+
+def test_tiled_csl_locations_are_where_gluons_swizzled_tile_keeps_the_element():
+    """scripts/exp_gluon_ccsr.py's Tiled-CSL kernel scatters each entry's value to the flat offset its high half
+    names in a tile laid out SwizzledSharedLayout(8, 1, 8, [1, 0]) (architecture note 32): that is only right if
+    the layout keeps (row, column) exactly at Flash-LLM's location row * 64 + (column ^ ((row % 8) << 3))."""
+    where = _gluon_swizzled_tile_offsets()
+    if where is None:
+        pytest.skip("this Triton has no Gluon")
+    assert sorted(where.values()) == [(r, c) for r in range(128) for c in range(64)]
+    w = _sparse((128, 64), 0.6, seed=11)
+    entries = encode_tiled_csl(w).tensors["entries"].to(torch.int64) & 0xFFFFFFFF
+    tile = torch.zeros(128, 64, dtype=torch.float16)
+    for entry in entries.tolist():                   # scatter as the kernel does, then read through the layout
+        row, column = where[entry >> 16]
+        bits = entry & 0xFFFF
+        tile[row, column] = torch.tensor([bits - (1 << 16) if bits >= 1 << 15 else bits],
+                                         dtype=torch.int16).view(torch.float16)[0]
+    assert _same_bits(tile, w)
