@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fdpp.codegen.kernels._probe_gluon import GLUON_SHARED_SCATTER
 from fdpp.runtime import sparse_formats
 from fdpp.runtime.sparse_formats import (CHUNKED_CSR_SPAN, SparseFormatError, decode, encode_bitmap,
                                          encode_chunked_csr, encode_tiled_csl, encoded_bytes)
@@ -220,13 +221,10 @@ def test_chunked_csr_decoder_refuses_inconsistent_tensors():
 
 def _gluon_swizzled_tile_offsets():
     """{flat offset: (row, column)} where Gluon's SwizzledSharedLayout(8, 1, 8, [1, 0]) keeps a 128 x 64 fp16 tile's
-    elements (its linear layout, evaluated without compiling a kernel), or None where this Triton lacks Gluon."""
-    try:
-        import triton.experimental.gluon.language as gl
-        from triton._C.libtriton import gluon_ir, ir
-        from triton.experimental.gluon.language._semantic import GluonSemantic
-    except ImportError:
-        return None
+    elements (its linear layout, evaluated without compiling a kernel)."""
+    import triton.experimental.gluon.language as gl
+    from triton._C.libtriton import gluon_ir, ir
+    from triton.experimental.gluon.language._semantic import GluonSemantic
     context = ir.context()
     ir.load_dialects(context)
     semantic = GluonSemantic(gluon_ir.GluonOpBuilder(context))
@@ -241,13 +239,12 @@ def _gluon_swizzled_tile_offsets():
     return where
 
 
+@pytest.mark.skipif(not GLUON_SHARED_SCATTER, reason="this triton's Gluon has no shared-memory scatter")
 def test_tiled_csl_locations_are_where_gluons_swizzled_tile_keeps_the_element():
     """scripts/exp_gluon_ccsr.py's Tiled-CSL kernel scatters each entry's value to the flat offset its high half
     names in a tile laid out SwizzledSharedLayout(8, 1, 8, [1, 0]) (architecture note 32): that is only right if
     the layout keeps (row, column) exactly at Flash-LLM's location row * 64 + (column ^ ((row % 8) << 3))."""
     where = _gluon_swizzled_tile_offsets()
-    if where is None:
-        pytest.skip("this Triton has no Gluon")
     assert sorted(where.values()) == [(r, c) for r in range(128) for c in range(64)]
     w = _sparse((128, 64), 0.6, seed=11)
     entries = encode_tiled_csl(w).tensors["entries"].to(torch.int64) & 0xFFFFFFFF
