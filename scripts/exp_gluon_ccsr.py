@@ -14,7 +14,7 @@ VARIANTS lists what `build` compiles (earlier runs' sets are at the commits its 
 cubins through runtime/cuda_launcher.py (no Triton kernel is compiled there), checks each against float64 on 70%
 Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as scripts/bench_sparse.py times
 (rotating copies, medians). Results: docs/perf/2026-12-07-gluon-ccsr.md (all exact; chunked CSR at best
-0.46-0.57x cuBLAS for M = 4-16; Tiled-CSL at best 0.82-1.02x alone at M = 4-8, 0.72-0.84x with split-K's glue).
+0.46-0.57x cuBLAS for M = 4-16; Tiled-CSL at best 0.82-1.02x alone at M = 4-8, 0.76-0.86x with split-K's glue).
 """
 
 from __future__ import annotations
