@@ -28,6 +28,11 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(as_int), b.view(as_int))
 
 
+def _fp16_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """int32 tensor of fp16 bit patterns (0..0xFFFF) -> the float16 values they encode."""
+    return ((bits ^ 0x8000) - 0x8000).to(torch.int16).view(torch.float16)
+
+
 def _tiled_csl_by_the_spec(entries: torch.Tensor, offsets: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Decode entry by entry: tile t = i * (K_pad / 64) + j covers rows 128i.., columns 64j..; an entry's high
     16 bits are row * 64 + (col ^ ((row % 8) << 3)), its low 16 bits the fp16 value."""
@@ -44,7 +49,7 @@ def _tiled_csl_by_the_spec(entries: torch.Tensor, offsets: torch.Tensor, n: int,
                 out[128 * i + row, 64 * j + col] = bits
             else:        # a padding entry: zero, at a position whose weight is zero
                 assert out[128 * i + row, 64 * j + col] == 0
-    return ((out ^ 0x8000) - 0x8000).to(torch.int16).view(torch.float16)[:n, :k]
+    return _fp16_from_bits(out)[:n, :k]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -248,10 +253,7 @@ def test_tiled_csl_locations_are_where_gluons_swizzled_tile_keeps_the_element():
     assert sorted(where.values()) == [(r, c) for r in range(128) for c in range(64)]
     w = _sparse((128, 64), 0.6, seed=11)
     entries = encode_tiled_csl(w).tensors["entries"].to(torch.int64) & 0xFFFFFFFF
-    tile = torch.zeros(128, 64, dtype=torch.float16)
+    tile = torch.zeros(128, 64, dtype=torch.int32)
     for entry in entries.tolist():                   # scatter as the kernel does, then read through the layout
-        row, column = where[entry >> 16]
-        bits = entry & 0xFFFF
-        tile[row, column] = torch.tensor([bits - (1 << 16) if bits >= 1 << 15 else bits],
-                                         dtype=torch.int16).view(torch.float16)[0]
-    assert _same_bits(tile, w)
+        tile[where[entry >> 16]] = entry & 0xFFFF
+    assert _same_bits(_fp16_from_bits(tile), w)
