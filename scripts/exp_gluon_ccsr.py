@@ -413,18 +413,16 @@ def tiled_csl_kernel():
                 # the refilled buffers were read in the last iteration, so the copy is queued after the barrier
                 async_copy.wait_group(STAGES - 2)
                 gl.barrier()
-                stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
-                           ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
+            stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
+                       ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
+            if TWO_TILES:
                 target = tiles.index(tile_buf)
-                target_slots = target.reinterpret(gl.float16, [8192], plain1)
             else:
-                stage_tile(x_ptr, entries_ptr, x_s, entries_s, (kt - kt_begin + STAGES - 1) % STAGES, ahead_begin,
-                           ahead_count, ahead, ahead < kt_end, M, K, BLOCK_M, CAP, WARPS)
                 async_copy.wait_group(STAGES - 1)
                 target = tiles.index(0)
-                target_slots = target.reinterpret(gl.float16, [8192], plain1)
                 target.store(gl.zeros([128, 64], gl.float16, tile_layout))
                 gl.barrier()
+            target_slots = target.reinterpret(gl.float16, [8192], plain1)
             for piece in gl.static_range(0, CAP, SUB):      # only the pieces holding entries
                 if piece < count:
                     j = piece + gl.arange(0, SUB, layout=flat)
