@@ -78,17 +78,16 @@ def _store_out():
     return store_out
 
 
-def gluon_kernel():
-    """The kernel, defined only where Gluon has a shared-memory scatter (imported lazily: `check` needs no Triton)."""
+def _load_step():
+    """The chunked-CSR kernels' direct read of a step's entries from global memory (the first design's every step,
+    the pipelined kernel's chunks past what it staged)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
-    store_out = _store_out()
 
     @gluon.jit
     def load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, last, j, entry, chunks_per_row,
                   CHUNK: gl.constexpr):
-        """Entries of chunks first+j.. of each row (STEP_CHUNKS of them, entry's width): values (0 where the row
+        """Entries of chunks first+j.. of each row (as many as entry spans): values (0 where the row
         has no such chunk) and absolute columns."""
         c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)                    # [BLOCK_N, E]
         ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(last, 1))
@@ -97,6 +96,17 @@ def gluon_kernel():
         offset = gl.load(offsets_ptr + at, mask=ok, other=0).to(gl.int32)
         chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
         return value, chunk_base + offset
+
+    return load_step
+
+
+def gluon_kernel():
+    """The kernel, defined only where Gluon has a shared-memory scatter (imported lazily: `check` needs no Triton)."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+    store_out = _store_out()
+    load_step = _load_step()
 
     @gluon.jit
     def chunked_csr_tile_mma_kernel(
@@ -199,6 +209,7 @@ def pipelined_kernel():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+    load_step = _load_step()
 
     @gluon.jit
     def stage_window(x_ptr, values_ptr, offsets_ptr, bases_ptr, x_s, values_s, offsets_s, bases_s, buf, w,
@@ -296,14 +307,10 @@ def pipelined_kernel():
                     keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
                     tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
             for j in range(S, steps, SC):     # a window reached by more than S chunks: the rest from global memory
-                c = gl.expand_dims(first + j, 1) + gl.expand_dims(entry // CHUNK, 0)
-                ok = gl.expand_dims(row_ok, 1) & (c < gl.expand_dims(first + count, 1))
-                at_j = gl.expand_dims(rows, 1) * (chunks_per_row * CHUNK) + c * CHUNK + gl.expand_dims(entry % CHUNK, 0)
-                value = gl.load(values_ptr + at_j, mask=ok, other=0.0)
-                offset = gl.load(offsets_ptr + at_j, mask=ok, other=0).to(gl.int32)
-                chunk_base = gl.load(bases_ptr + gl.expand_dims(rows, 1) * chunks_per_row + c, mask=ok, other=0)
-                column = chunk_base + offset - w
-                keep = ok & (value != 0) & (column >= 0) & (column < WINDOW)
+                value, column = load_step(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, first, first + count, j,
+                                          entry, chunks_per_row, CHUNK)
+                column = column - w
+                keep = (value != 0) & (column >= 0) & (column < WINDOW)    # value is 0 where a chunk is missing
                 tile.scatter(gl.where(keep, value, 0.0), gl.where(keep, column, spare), 1)
             gl.barrier()
             for k0 in gl.static_range(0, WINDOW, BK):
