@@ -263,14 +263,26 @@ def _tune_shape(text: str) -> tuple[int, int, bool]:
 @click.option("--rows", "rows", type=int, multiple=True, default=(1, 2, 4, 8, 16, 32, 64, 128), show_default=True,
               help="Row counts (batch x tokens) to measure.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
+@click.option("--sparsity", type=float, default=None,
+              help="Also measure the chunked-CSR sparse kernel's configs (up to 8 rows) on weights magnitude-pruned "
+                   "to this fraction (0-1), for bundles compiled with --sparsity.")
+@click.option("--sparse-only", is_flag=True, help="With --sparsity: measure only the sparse kernel's configs.")
+@click.option("--base", type=click.Path(dir_okay=False), default=None,
+              help="A profile for the same target whose measurements are kept where this run has none for the "
+                   "same shape and row count (e.g. compiler/profiles/h200.json).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Profile JSON to write.")
-def tune(target, model, shapes, rows, dtype, output):
+def tune(target, model, shapes, rows, dtype, sparsity, sparse_only, base, output):
     """Measure every linear-kernel candidate on this GPU and write a profile for `fdcc compile --profile`."""
     from fdpp.compiler.sources import BUILTINS
     from fdpp.compiler.targets import get_target
-    from fdpp.compiler.tune import model_linear_shapes, tune as run_tune
+    from fdpp.compiler.tune import load_profile, merged_profile, model_linear_shapes, tune as run_tune
 
     get_target(target)
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise CompileError(f"--sparsity {sparsity}: give the fraction of weights pruned, between 0 and 1 (e.g. 0.7)")
+    if sparse_only and sparsity is None:
+        raise CompileError("--sparse-only measures the sparse kernel: give --sparsity too")
+    base_profile = load_profile(base, target) if base else None
     wanted = [_tune_shape(s) for s in shapes]
     if model:
         if model not in BUILTINS:
@@ -278,9 +290,12 @@ def tune(target, model, shapes, rows, dtype, output):
         wanted += model_linear_shapes(BUILTINS[model].config)
     if not wanted:
         raise CompileError("give --model NAME or --shape N:K")
-    profile = run_tune(target, sorted(set(wanted)), sorted(set(rows)), dtype, _say)
+    profile = run_tune(target, sorted(set(wanted)), sorted(set(rows)), dtype, _say, sparsity, dense=not sparse_only)
+    if base_profile:
+        profile = merged_profile(base_profile, profile)
     Path(output).write_text(json.dumps(profile, indent=1))
-    _say(f"wrote {output}: {len(profile['entries'])} measurements on {profile['gpu']}")
+    _say(f"wrote {output}: {len(profile['entries'])} dense and {len(profile.get('sparse_entries', []))} sparse "
+         f"measurements on {profile['gpu']}")
 
 
 def _interrupt_on_sigterm(signum, frame) -> None:

@@ -8,6 +8,13 @@ with our fused epilogues) and the vendor GEMM through torch. Timing: CUDA-graph 
 of one launch per weight copy, the copies together far larger than L2 (graph_time_us), each candidate
 checked against torch first (a wrong candidate is never chosen). `vendor_us` is plain cuBLAS on the same
 weights (for a gated shape, without the activation that our fused kernels also do).
+
+With a sparsity, the chunked-CSR kernel's configs too (`sparse_entries`): for each shape a random weight pruned
+by magnitude within each row to that sparsity and encoded, each config of CHUNKED_CSR_GRID (and the wrapper's
+default) checked against torch and timed the same way over rotating copies of the encoding, for up to 8 rows
+(the kernel gathers at most 8 rows of x together; past that the dataflow densifies). The profile records the
+fastest config per shape, row count and density; the dataflow uses it for the layers it stores in that
+format (passes/sparse_choice.py measured_sparse_config).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ SPREAD_MAX_ROWS = 16
 GEMV_GRID = {"block_n": (2, 4, 8), "block_k": (512, 1024), "num_warps": (4, 8)}
 GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many rows
 FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
+CHUNKED_CSR_GRID = {"block_n": (2, 4, 8), "chunks": (4, 8, 16, 32), "num_warps": (4, 8)}
+SPARSE_MAX_ROWS = 8          # chunked-CSR configs are measured up to this many rows
 MAX_ERROR = 5e-3             # a candidate's relative error against float32 torch, at most
 ROTATION_BYTES = 512 << 20   # weight copies rotated per timing: several times any L2
 
@@ -104,10 +113,17 @@ def time_candidate(kernel: str, config: dict, x: torch.Tensor, weights: list[tor
                    reference: torch.Tensor) -> float | None:
     """graph_time_us of one candidate on x, or None when the compiler or the GPU refuses it or its output on
     weights[0] is further than MAX_ERROR (relative) from reference (so a wrong candidate is never chosen)."""
-    run = _runner(kernel, config, x, gated)
+    return checked_time_us(_runner(kernel, config, x, gated), weights, reference)
+
+
+def checked_time_us(run: Callable[[object], torch.Tensor], weights: list, reference: torch.Tensor,
+                    time_us=None) -> float | None:
+    """time_us (default graph_time_us) of run over the rotating weights (tensors, or dicts of an encoding's
+    tensors), or None when the compiler or the GPU refuses it or run(weights[0]) is further than MAX_ERROR
+    (relative) from reference."""
     try:
         error = float((run(weights[0]).float() - reference).norm() / reference.norm())
-        return graph_time_us(run, weights) if error < MAX_ERROR else None
+        return (time_us or graph_time_us)(run, weights) if error < MAX_ERROR else None
     except Exception:
         return None
 
@@ -126,8 +142,9 @@ def rotating_weights(n: int, k: int, dtype: torch.dtype, total_bytes: int = ROTA
 
 
 def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int], dtype: str,
-         say: Callable[[str], None]) -> dict:
-    """Measure and return the profile (a JSON-ready dict). Every candidate is checked against a float32 torch
+         say: Callable[[str], None], sparsity: float | None = None, dense: bool = True) -> dict:
+    """Measure and return the profile (a JSON-ready dict): the dense candidates (unless not `dense`) and, with a
+    sparsity, the chunked-CSR configs (tune_chunked_csr). Every candidate is checked against a float32 torch
     reference before it is timed (a wrong one is never chosen); timings by graph_time_us."""
     import triton
     from fdpp.runtime.reference_ops import fused_linear
@@ -137,7 +154,7 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
     torch_dtype = getattr(torch, dtype)
     multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
     entries = []
-    for n, k, gated in shapes:
+    for n, k, gated in shapes if dense else []:
         weights = rotating_weights(n, k, torch_dtype)
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
@@ -153,10 +170,107 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
             say(f"[{n}, {k}]{' gated' if gated else ''} M={m}: {kernel} {config} {us:.1f} us "
                 f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)")
         del weights
+    sparse = tune_chunked_csr(shapes, rows, sparsity, dtype, say) if sparsity is not None else []
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
             "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "timing": "cuda-graph replay over rotating weights",
-            "entries": entries}
+            "entries": entries, **({"sparsity": sparsity, "sparse_entries": sparse} if sparsity is not None else {})}
+
+
+def magnitude_pruned(n: int, k: int, sparsity: float, dtype: torch.dtype, seed: int = 0,
+                     device: str = "cuda") -> torch.Tensor:
+    """Random [N, K] (scaled like a trained layer) with the round(sparsity * K) smallest |w| of every row zeroed:
+    magnitude pruning within each output row, as passes/prune_weights.py prunes."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    weight = torch.randn(n, k, device=device, generator=generator) * k ** -0.5
+    dropped = round(sparsity * k)
+    if dropped:
+        weight.scatter_(1, weight.abs().topk(dropped, dim=1, largest=False).indices, 0.0)
+    return weight.to(dtype)
+
+
+def chunked_csr_candidates(n: int, chunks_per_row: int, m: int) -> list[dict]:
+    """The wrapper's default config for weight rows n and m rows of x, then CHUNKED_CSR_GRID's others (rows of x
+    gathered together, entries per load and pipelining as the default has them; split-K 1, which the fused
+    epilogues need)."""
+    from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
+    default = default_chunked_csr_config(n, chunks_per_row, m)
+    grid = [{**default, "block_n": bn, "chunks": ch, "num_warps": w, "split_k": 1}
+            for bn, ch, w in itertools.product(*CHUNKED_CSR_GRID.values())]
+    return [default] + [config for config in grid if config != default]
+
+
+def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
+                        config: dict) -> Callable[[dict], torch.Tensor]:
+    """One launch of the chunked-CSR kernel on an encoding's tensors, x laid out as bundles' producers write it
+    (rows of x side by side when the config gathers several), the gated shapes with their SiLU epilogue."""
+    from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, interleave_rows
+    ready = interleave_rows(x, config["rows"]) if config["rows"] > 1 else None
+    return lambda t: chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], shape,
+                                        gated="silu" if gated else None, x_interleaved=ready, **config)
+
+
+def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], sparsity: float, dtype: str,
+                     say: Callable[[str], None], device: str = "cuda", time_us=None) -> list[dict]:
+    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates) per shape and row count (up to
+    SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's `sparse_entries`: the fastest
+    config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
+    time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
+    from fdpp.runtime.reference_ops import fused_linear
+    from fdpp.runtime.sparse_formats import encode_chunked_csr
+
+    torch_dtype = getattr(torch, dtype)
+    entries = []
+    for n, k, gated in shapes:
+        weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)
+        encoded = encode_chunked_csr(weight.cpu())
+        first = {part: t.to(device) for part, t in encoded.tensors.items()}
+        copies = max(2, min(32, -(-ROTATION_BYTES // encoded.nbytes)))
+        encodings = [first] + [{part: t.clone() for part, t in first.items()} for _ in range(copies - 1)]
+        dense = [weight] + [weight.clone() for _ in range(max(2, min(32, -(-ROTATION_BYTES // (2 * n * k)))) - 1)]
+        chunks_per_row = encoded.tile[0]
+        for m in (m for m in rows if m <= SPARSE_MAX_ROWS):
+            x = torch.randn(m, k, device=device, dtype=torch_dtype)
+            reference = fused_linear(x.float(), weight.float(), gated="silu" if gated else None)
+            candidates = chunked_csr_candidates(n, chunks_per_row, m)
+            timed = [(us, config) for config in candidates
+                     if (us := checked_time_us(_chunked_csr_runner(x, (n, k), gated, config), encodings,
+                                               reference, time_us)) is not None]
+            if not timed:
+                raise CompileError(f"fdcc tune: no chunked-CSR config ran correctly for [{n}, {k}] at M={m}")
+            us, config = min(timed, key=lambda t: t[0])
+            default_us = next((t for t, c in timed if c == candidates[0]), None)
+            vendor_us = (time_us or graph_time_us)(lambda w: torch.nn.functional.linear(x, w), dense)
+            entries.append({"format": "chunked_csr", "n": n, "k": k, "gated": gated, "m": m,
+                            "density": encoded.nnz / (n * k), "config": config, "us": us, "default_us": default_us,
+                            "vendor_us": vendor_us, "encoded_bytes": encoded.nbytes,
+                            "candidates": [{"config": c, "us": t} for t, c in timed]})
+            say(f"[{n}, {k}]{' gated' if gated else ''} M={m} chunked CSR at {sparsity:.0%}: {config} {us:.1f} us "
+                f"(default {default_us and f'{default_us:.1f}'} us; {vendor_us / us:.2f}x cuBLAS dense "
+                f"{vendor_us:.1f} us; {len(timed)}/{len(candidates)} configs ran)")
+        del weight, dense, encodings, first
+        torch.cuda.empty_cache()
+    return entries
+
+
+def merged_profile(base: dict, measured: dict) -> dict:
+    """measured, plus base's entries (same target) that measured has no entry for: a dense entry is keyed by
+    shape and row count, a sparse one also by format and density (to 3 places)."""
+    def dense_key(e):
+        return e["n"], e["k"], e.get("gated", False), e["m"]
+
+    def sparse_key(e):
+        return e["format"], e["n"], e["k"], e.get("gated", False), e["m"], round(e["density"], 3)
+
+    out = dict(measured)
+    new_dense = {dense_key(e) for e in measured["entries"]}
+    new_sparse = {sparse_key(e) for e in measured.get("sparse_entries", [])}
+    out["entries"] = [e for e in base["entries"] if dense_key(e) not in new_dense] + measured["entries"]
+    out["sparse_entries"] = ([e for e in base.get("sparse_entries", []) if sparse_key(e) not in new_sparse]
+                             + measured.get("sparse_entries", []))
+    out["base"] = {"gpu": base["gpu"], "torch": base.get("torch"), "triton": base.get("triton"),
+                   "entries_kept": len(out["entries"]) - len(measured["entries"])}
+    return out
 
 
 SHIPPED_PROFILES = Path(__file__).parent / "profiles"
@@ -184,6 +298,13 @@ def load_profile(path: str | Path, target_name: str) -> dict:
         problem = _entry_problem(entry)
         if problem:
             raise CompileError(f"profile {path}: entry {index} {problem}; rerun fdcc tune or fix the entry")
+    sparse = profile.get("sparse_entries", [])
+    if not isinstance(sparse, list):
+        raise CompileError(f"profile {path}: sparse_entries must be a list; rerun fdcc tune or fix the profile")
+    for index, entry in enumerate(sparse):
+        problem = _sparse_entry_problem(entry)
+        if problem:
+            raise CompileError(f"profile {path}: sparse entry {index} {problem}; rerun fdcc tune or fix the entry")
     return profile
 
 
@@ -202,4 +323,20 @@ def _entry_problem(entry) -> str | None:
         return f"names kernel '{entry['kernel']}'; known: {', '.join(LINEAR_KERNELS)}"
     if min(entry["n"], entry["k"], entry["m"]) < 1 or not isinstance(entry.get("gated", False), bool):
         return "needs n, k, m >= 1 and a boolean 'gated'"
+    return None
+
+
+def _sparse_entry_problem(entry) -> str | None:
+    """Why a sparse profile entry cannot drive the dataflow, or None (the fields sparse_choice reads, typed)."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if entry.get("format") != "chunked_csr":
+        return f"names format {entry.get('format')!r}; only chunked_csr configs are measured"
+    for field, kind in {"n": int, "k": int, "m": int, "config": dict, "us": (int, float),
+                        "density": (int, float)}.items():
+        if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
+            return f"needs '{field}' ({kind.__name__ if isinstance(kind, type) else 'number'})"
+    if min(entry["n"], entry["k"], entry["m"]) < 1 or not 0 < entry["density"] <= 1 \
+            or not isinstance(entry.get("gated", False), bool):
+        return "needs n, k, m >= 1, a density in (0, 1] and a boolean 'gated'"
     return None

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
-from fdpp.passes.sparse_choice import choose_sparse_linear
+from fdpp.passes.sparse_choice import choose_sparse_linear, measured_sparse_config
 from fdpp.runtime.schema import KernelChoice
 
 LAUNCH_US = 3.0
@@ -207,7 +207,11 @@ def _sparse_decision(node: Node, graph: Graph, ctx: PassContext, max_rows: int) 
     """Dense or a sparse encoding for a pruned linear, and its sparse kernels (passes/sparse_choice.py)."""
     opts = ctx.options
     n, k = graph.node(node.inputs[1]).type.shape
-    return choose_sparse_linear(n, k, node.attr("pruned")["density"], opts.dtype, opts.sparse_format,
+    density, gated = node.attr("pruned")["density"], bool(node.attrs.get("gated"))
+    return choose_sparse_linear(n, k, density, opts.dtype, opts.sparse_format,
                                 row_buckets(max_rows), opts.batch_buckets(), ctx.target,
                                 lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile),
-                                epilogue=bool(node.attrs.get("gated") or node.attrs.get("residual")))
+                                epilogue=gated or bool(node.attrs.get("residual")),
+                                measured=lambda fmt, m: measured_sparse_config(opts.profile, fmt, n, k, gated,
+                                                                               density, m),
+                                gpu=(opts.profile or {}).get("gpu", ""))

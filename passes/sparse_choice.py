@@ -149,13 +149,30 @@ def rows_free(kernel: str) -> bool:
     return kernel != "chunked_csr_gemv"
 
 
+MEASURED_DENSITY_SLACK = 0.05     # a profile's sparse config stands for layers within this density of its own
+
+
+def measured_sparse_config(profile: dict | None, fmt: str, n: int, k: int, gated: bool, density: float,
+                           m: int) -> dict | None:
+    """The profile's sparse entry (`fdcc tune --sparsity`) for format fmt, weight [N, K] (gated: stacked gate/up),
+    exactly m rows, measured at the density nearest this layer's and within MEASURED_DENSITY_SLACK; else None."""
+    near = [e for e in (profile or {}).get("sparse_entries", [])
+            if (e["format"], e["n"], e["k"], e.get("gated", False), e["m"]) == (fmt, n, k, gated, m)
+            and abs(e["density"] - density) <= MEASURED_DENSITY_SLACK]
+    return min(near, key=lambda e: abs(e["density"] - density)) if near else None
+
+
 def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],
-                         decode_buckets: tuple[int, ...], target, dense_cost, epilogue: bool = False) -> dict:
+                         decode_buckets: tuple[int, ...], target, dense_cost, epilogue: bool = False,
+                         measured=None, gpu: str = "") -> dict:
     """The encoding of one pruned weight [N, K] and its kernel per row bucket.
 
     forced: "auto", or a format ("bitmap", "tiled_csl", "chunked_csr", "dense") to use whatever the costs.
     epilogue: the linear has a gated or residual epilogue, which only dense and chunked CSR have.
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
+    measured(fmt, m) -> a profile's sparse entry (measured_sparse_config) or None: where the chosen kernel is
+    the CUDA-core chunked-CSR one and an entry exists, its measured config replaces the wrapper's default
+    (the format and kernel are still chosen by the cost model); gpu names the profile's GPU in the reason.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
     "costs" (per format, summed over the decode buckets)}.
     """
@@ -185,10 +202,13 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         best = min(costs, key=costs.get)
         reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
                   + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
+        entry = measured(chosen, m) if measured and best == "chunked_csr_gemv" else None
+        if entry:
+            reason = f"profile ({gpu}): {entry['us']:.1f}us at density {entry['density']:.3f}; {reason}"
         # buckets with one kernel share a choice, except chunked CSR's: its rows per program follow the bucket
         if choices and choices[-1].kernel == best and rows_free(best):
             choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)
         else:
-            choices.append(KernelChoice(m, best, {}, reason))
+            choices.append(KernelChoice(m, best, dict(entry["config"]) if entry else {}, reason))
     result["choices"] = tuple(choices)
     return result

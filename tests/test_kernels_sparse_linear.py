@@ -430,3 +430,39 @@ def test_sparse_kernels_cross_compile_for_cuda_and_hip():
     # 2 formats x CUDA/tensor cores, chunked CSR and its interleaving of x's rows, the split-K sum, and chunked
     # CSR's prefill path (the dense copy and the GEMM over it)
     assert "9 specs" in child.stdout
+
+
+def test_tune_keeps_the_fastest_correct_chunked_csr_config(monkeypatch):
+    """`fdcc tune --sparsity`'s measurement on small shapes (plain and gated), with a stand-in timer that ranks
+    configs by their chunks per step (more is faster): each candidate runs and is checked first, so a wrong one
+    is never kept (the candidate with 32 chunks is broken here on purpose), rows past SPARSE_MAX_ROWS are not
+    measured, and the entry records the fastest correct config, the default's time, the density and every
+    candidate timed."""
+    import fdpp.compiler.tune as tune
+
+    monkeypatch.setattr(tune, "CHUNKED_CSR_GRID", {"block_n": (2,), "chunks": (4, 8, 32), "num_warps": (4,)})
+    runner = tune._chunked_csr_runner
+
+    def ranked(x, shape, gated, config):
+        run = runner(x, shape, gated, config)
+        wrong = lambda t: run(t) * 2                                           # noqa: E731
+        chosen = wrong if config["chunks"] == 32 else lambda t: run(t)
+        chosen.chunks = config["chunks"]
+        return chosen
+
+    def stand_in_timer(run, weights):
+        run(weights[0])
+        return 100.0 / run.chunks if hasattr(run, "chunks") else 1.0           # the vendor GEMM: 1 us
+
+    monkeypatch.setattr(tune, "_chunked_csr_runner", ranked)
+    said = []
+    entries = tune.tune_chunked_csr([(48, 512, False), (64, 320, True)], [1, 16], 0.7, "float32", said.append,
+                                    device=DEVICE, time_us=stand_in_timer)
+    assert [(e["n"], e["k"], e["gated"], e["m"]) for e in entries] == [(48, 512, False, 1), (64, 320, True, 1)]
+    for entry in entries:
+        timed = {c["config"]["chunks"]: c["us"] for c in entry["candidates"]}
+        assert timed == {8: 12.5, 4: 25.0}                                   # the wrong config was never timed
+        assert entry["config"]["chunks"] == 8 and entry["us"] == 12.5 and entry["default_us"] == 12.5
+        assert entry["vendor_us"] == 1.0 and entry["format"] == "chunked_csr"
+        assert abs(entry["density"] - 0.3) < 0.01
+    assert len(said) == 2 and "2/3 configs ran" in said[0]

@@ -104,3 +104,101 @@ def test_spread_candidates_match_the_multiprocessors():
     assert all(c["block_n"] >= -(-4096 // c["spread"]) for c in spread_candidates(4096, 132))
     assert not any(c["spread"] == 64 for c in spread_candidates(4096, 64))     # 4096 / 64 = 64 tiles of 64 already
     assert spread_candidates(100, 132) == []                                     # more programs than features
+
+
+def _sparse_entry(n, k, m, config, density=0.3, gated=False, us=2.0):
+    return {"format": "chunked_csr", "n": n, "k": k, "gated": gated, "m": m, "density": density, "config": config,
+            "us": us}
+
+
+def test_measured_sparse_configs_replace_the_chunked_csr_defaults():
+    """A profile's chunked-CSR entry gives its config to the CUDA-core chunked-CSR choice of exactly its row
+    bucket (the format is still the cost model's choice), for the same shape and gating at a density within
+    MEASURED_DENSITY_SLACK; other buckets keep the wrapper's defaults."""
+    from fdpp.passes.sparse_choice import choose_sparse_linear, measured_sparse_config
+    measured_config = {"rows": 1, "block_n": 4, "chunks": 16, "split_k": 1, "vector": 8, "num_warps": 8,
+                       "prefetch": True}
+    profile = _profile([], target="h200")
+    profile["sparse_entries"] = [_sparse_entry(4096, 4096, 1, measured_config, density=0.31),
+                                 _sparse_entry(4096, 4096, 1, {**measured_config, "chunks": 4}, density=0.5)]
+    assert measured_sparse_config(profile, "chunked_csr", 4096, 4096, False, 0.3, 1)["config"] == measured_config
+    assert measured_sparse_config(profile, "chunked_csr", 4096, 4096, False, 0.48, 1)["config"]["chunks"] == 4
+    assert measured_sparse_config(profile, "chunked_csr", 4096, 4096, False, 0.4, 1) is None      # too far off
+    assert measured_sparse_config(profile, "chunked_csr", 4096, 4096, True, 0.3, 1) is None       # not gated
+    assert measured_sparse_config(profile, "chunked_csr", 4096, 4096, False, 0.3, 2) is None      # other rows
+    assert measured_sparse_config(None, "chunked_csr", 4096, 4096, False, 0.3, 1) is None
+    chosen = choose_sparse_linear(
+        4096, 4096, 0.3, "float16", "chunked_csr", [1, 2], (1,), get_target("h200"), lambda m: 12.0,
+        measured=lambda fmt, m: measured_sparse_config(profile, fmt, 4096, 4096, False, 0.3, m), gpu="test GPU")
+    one, two = chosen["choices"]
+    assert (one.kernel, one.config) == ("chunked_csr_gemv", measured_config)
+    assert one.reason.startswith("profile (test GPU): 2.0us at density 0.310")
+    assert (two.kernel, two.config) == ("chunked_csr_gemv", {}) and not two.reason.startswith("profile")
+
+
+def test_compiled_plans_launch_the_measured_sparse_config():
+    """Through the whole pipeline: a pruned tiny Llama compiled with a profile that measured its o_proj shape at
+    one row gets that config in the o_proj's one-row choices (decode and prefill, both layers; the launch specs
+    and the interleave pass merge it over the defaults), and every other pruned linear keeps the defaults."""
+    from fdpp.compiler.ir import Op
+    from fdpp.passes.pass_manager import PassContext, PassManager
+    from fdpp.passes.pipeline import PIPELINE
+    from helpers import compile_options, tiny_llama, trace_tiny
+
+    model, _ = tiny_llama()
+    graph = trace_tiny(model)
+    measured_config = {"rows": 1, "block_n": 4, "chunks": 16, "split_k": 1, "vector": 8, "num_warps": 8,
+                       "prefetch": True}
+    profile = _profile([])
+    profile["sparse_entries"] = [_sparse_entry(64, 64, 1, measured_config, density=0.3)]   # o_proj [64, 64]
+    options = compile_options("float16", sparsity=0.7, prune="magnitude", sparse_format="chunked_csr",
+                              profile=profile)
+    after = PassManager(list(PIPELINE)).run(graph, PassContext(options, get_target("h200")))
+    seen = {}
+    for n in after.nodes:
+        if n.op is Op.LINEAR and n.attrs.get("sparse_format", {}).get("format") == "chunked_csr":
+            layer = n.attr("pruned")["weight"].split(".")[-2]                 # o_proj, down_proj, ...
+            for choice in n.attr("kernels"):
+                if choice["kernel"] == "chunked_csr_gemv":
+                    seen.setdefault((layer, choice["max_rows"]), []).append(choice["config"])
+    assert len(seen[("o_proj", 1)]) == 4 and all(c == measured_config for c in seen[("o_proj", 1)])
+    others = [c for key, configs in seen.items() if key != ("o_proj", 1) for c in configs]
+    assert len(others) > 10 and not any("block_n" in c for c in others)      # the wrapper's defaults
+
+
+def test_sparse_profile_entries_are_checked_and_merged(tmp_path):
+    from fdpp.compiler.tune import merged_profile
+    path = tmp_path / "p.json"
+    good = _sparse_entry(64, 32, 1, {"block_n": 2})
+    for bad, words in (({**good, "format": "bitmap"}, "sparse entry 1 names format 'bitmap'"),
+                       ({**good, "density": "0.3"}, "sparse entry 1 needs 'density'"),
+                       ({**good, "density": 1.5}, "sparse entry 1 needs n, k, m >= 1, a density in (0, 1]")):
+        profile = _profile([])
+        profile["sparse_entries"] = [good, bad]
+        path.write_text(json.dumps(profile))
+        with pytest.raises(CompileError, match=re.escape(words)):
+            load_profile(path, "h200")
+    base = _profile([_entry(64, 32, 1, "gemv", 3.0), _entry(64, 32, 2, "gemv", 3.5)])
+    base["sparse_entries"] = [good, _sparse_entry(64, 32, 2, {"block_n": 8})]
+    measured = {**_profile([_entry(64, 32, 2, "flat_gemm", 3.1)]), "gpu": "new GPU",
+                "sparse_entries": [_sparse_entry(64, 32, 1, {"block_n": 4})]}
+    merged = merged_profile(base, measured)
+    assert sorted((e["m"], e["kernel"]) for e in merged["entries"]) == [(1, "gemv"), (2, "flat_gemm")]
+    assert sorted((e["m"], e["config"]["block_n"]) for e in merged["sparse_entries"]) == [(1, 4), (2, 8)]
+    assert merged["gpu"] == "new GPU" and merged["base"] == {"gpu": "test GPU", "torch": None, "triton": None,
+                                                             "entries_kept": 1}
+    path.write_text(json.dumps(merged))
+    assert load_profile(path, "h200")["sparse_entries"] == merged["sparse_entries"]
+
+
+def test_tune_refuses_bad_sparse_options(tmp_path):
+    def tune(*args):
+        return subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "tune", "-t", "h200", "--model",
+                               "llama2-7b", "-o", str(tmp_path / "p.json"), *args], capture_output=True, text=True,
+                              timeout=300)
+    for args, words in ((["--sparsity", "1.5"], "--sparsity 1.5: give the fraction of weights pruned"),
+                        (["--sparse-only"], "--sparse-only measures the sparse kernel: give --sparsity too"),
+                        (["--sparsity", "0.7", "--base", str(tmp_path / "none.json")], "cannot read profile")):
+        done = tune(*args)
+        assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
