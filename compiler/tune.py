@@ -137,8 +137,13 @@ def graph_time_us(launch: Callable[[torch.Tensor], object], weights: list[torch.
 
 def rotating_weights(n: int, k: int, dtype: torch.dtype, total_bytes: int = ROTATION_BYTES) -> list[torch.Tensor]:
     """Random [N, K] weight copies (scaled like a trained layer) adding up to at least total_bytes."""
-    copies = max(2, min(32, -(-total_bytes // (n * k * dtype.itemsize))))
-    return [torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5 for _ in range(copies)]
+    return [torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5
+            for _ in range(rotation_copies(n * k * dtype.itemsize, total_bytes))]
+
+
+def rotation_copies(nbytes: int, total_bytes: int = ROTATION_BYTES) -> int:
+    """How many copies of nbytes of weights to rotate through: together at least total_bytes (2 to 32)."""
+    return max(2, min(32, -(-total_bytes // max(nbytes, 1))))
 
 
 def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int], dtype: str,
@@ -225,9 +230,9 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)
         encoded = encode_chunked_csr(weight.cpu())
         first = {part: t.to(device) for part, t in encoded.tensors.items()}
-        copies = max(2, min(32, -(-ROTATION_BYTES // encoded.nbytes)))
-        encodings = [first] + [{part: t.clone() for part, t in first.items()} for _ in range(copies - 1)]
-        dense = [weight] + [weight.clone() for _ in range(max(2, min(32, -(-ROTATION_BYTES // (2 * n * k)))) - 1)]
+        encodings = [first] + [{part: t.clone() for part, t in first.items()}
+                               for _ in range(rotation_copies(encoded.nbytes) - 1)]
+        dense = [weight] + [weight.clone() for _ in range(rotation_copies(weight.nbytes) - 1)]
         chunks_per_row = encoded.tile[0]
         for m in (m for m in rows if m <= SPARSE_MAX_ROWS):
             x = torch.randn(m, k, device=device, dtype=torch_dtype)
