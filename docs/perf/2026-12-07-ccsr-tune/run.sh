@@ -4,7 +4,8 @@
 #   - `fdcc tune --sparsity 0.7 --sparse-only` measures the chunked-CSR kernel's configs at one row for Llama-2-7B's
 #     four pruned shapes and writes a profile (the shipped one's dense entries kept);
 #   - meanwhile the CPU builds the dense llama2-7b bundle and the 70% one with the default configs;
-#   - then the 70% bundle with the measured configs (`--profile`), and two rounds of the three benched at batch 1.
+#   - then the 70% bundle with the measured configs (`--profile`), and two rounds of the three benched at batch 1
+#     (ROUNDS=1: one).
 # "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
 # batch 1, 8 and 32 beside Hugging Face generate (issue 4). "gluon": run 5 of docs/perf/2026-12-07-gluon-ccsr.md
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
@@ -35,7 +36,7 @@ case "$1" in
     fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude --profile "$OUT/profile-s70.json" \
       -o /tmp/s70t.fdpp > "$OUT/compile-s70t.log" 2>&1; tail -n 1 "$OUT/compile-s70t.log"
     fdcc inspect /tmp/s70t.fdpp > "$OUT/inspect-s70t.txt" 2>&1
-    round 1; round 2 ;;
+    round 1; [ "${ROUNDS:-2}" = 1 ] || round 2 ;;
   round) round "$2" ;;
   batch32)
     fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp > "$OUT/compile-dense32.log" 2>&1
