@@ -210,7 +210,7 @@ def _sparse_decision(node: Node, graph: Graph, ctx: PassContext, max_rows: int) 
     density, gated = node.attr("pruned")["density"], bool(node.attrs.get("gated"))
     return choose_sparse_linear(n, k, density, opts.dtype, opts.sparse_format,
                                 row_buckets(max_rows), opts.batch_buckets(), ctx.target,
-                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile),
+                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile, gated),
                                 epilogue=gated or bool(node.attrs.get("residual")),
                                 measured=lambda fmt, m: measured_sparse_config(opts.profile, fmt, n, k, gated,
                                                                                density, m),

@@ -170,9 +170,10 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     forced: "auto", or a format ("bitmap", "tiled_csl", "chunked_csr", "dense") to use whatever the costs.
     epilogue: the linear has a gated or residual epilogue, which only dense and chunked CSR have.
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
-    measured(fmt, m) -> a profile's sparse entry (measured_sparse_config) or None: where the chosen kernel is
-    the CUDA-core chunked-CSR one and an entry exists, its measured config replaces the wrapper's default
-    (the format and kernel are still chosen by the cost model); gpu names the profile's GPU in the reason.
+    measured(fmt, m) -> a profile's sparse entry (measured_sparse_config) or None: where one exists, its time
+    replaces the cost model's for the CUDA-core chunked-CSR kernel at m rows (in the format's total, the kernel
+    choice and the expected speedup), and its config replaces the wrapper's default in that choice; gpu names
+    the profile's GPU in the reason.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
     "costs" (per format, summed over the decode buckets)}.
     """
@@ -181,10 +182,16 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     if forced not in ("auto", "dense", *formats):
         raise CompileError(f"--sparse-format {forced}: its kernels have no gated or residual epilogue, which this "
                            f"linear has; use auto, chunked_csr or dense")
+    def kernel_costs(fmt: str, m: int) -> tuple[dict[str, float], dict | None]:
+        costs = _sparse_kernels(fmt, m, n, k, density, target, value_bytes)
+        entry = measured(fmt, m) if measured and "chunked_csr_gemv" in costs else None
+        if entry:
+            costs["chunked_csr_gemv"] = entry["us"]
+        return costs, entry
+
     total = {"dense": sum(dense_cost(m) for m in decode_buckets)}
     for fmt in formats:
-        total[fmt] = sum(min(_sparse_kernels(fmt, m, n, k, density, target, value_bytes).values())
-                         for m in decode_buckets)
+        total[fmt] = sum(min(kernel_costs(fmt, m)[0].values()) for m in decode_buckets)
     best = min(total, key=total.get)
     if best != "dense" and total[best] > (1 - SPARSE_MIN_GAIN) * total["dense"]:
         best = "dense"
@@ -194,17 +201,16 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     if chosen == "dense":
         return result
     result["tile"] = list(sparse_tile(chosen, k, density))
-    one = min(_sparse_kernels(chosen, 1, n, k, density, target, value_bytes).values())
-    result["expected_speedup"] = round(dense_cost(1) / one, 2)
+    result["expected_speedup"] = round(dense_cost(1) / min(kernel_costs(chosen, 1)[0].values()), 2)
     choices: list[KernelChoice] = []
     for m in row_buckets:
-        costs = _sparse_kernels(chosen, m, n, k, density, target, value_bytes)
+        costs, entry = kernel_costs(chosen, m)
         best = min(costs, key=costs.get)
+        entry = entry if best == "chunked_csr_gemv" else None
         reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
                   + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
-        entry = measured(chosen, m) if measured and best == "chunked_csr_gemv" else None
         if entry:
-            reason = f"profile ({gpu}): {entry['us']:.1f}us at density {entry['density']:.3f}; {reason}"
+            reason = f"profile ({gpu}, chunked_csr_gemv measured at density {entry['density']:.3f}): {reason}"
         # buckets with one kernel share a choice, except chunked CSR's: its rows per program follow the bucket
         if choices and choices[-1].kernel == best and rows_free(best):
             choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)

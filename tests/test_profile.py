@@ -113,8 +113,8 @@ def _sparse_entry(n, k, m, config, density=0.3, gated=False, us=2.0):
 
 def test_measured_sparse_configs_replace_the_chunked_csr_defaults():
     """A profile's chunked-CSR entry gives its config to the CUDA-core chunked-CSR choice of exactly its row
-    bucket (the format is still the cost model's choice), for the same shape and gating at a density within
-    MEASURED_DENSITY_SLACK; other buckets keep the wrapper's defaults."""
+    bucket, and its time to the costs (and the expected speedup), for the same shape and gating at a density
+    within MEASURED_DENSITY_SLACK; other buckets keep the wrapper's defaults and the cost model."""
     from fdpp.passes.sparse_choice import choose_sparse_linear, measured_sparse_config
     measured_config = {"rows": 1, "block_n": 4, "chunks": 16, "split_k": 1, "vector": 8, "num_warps": 8,
                        "prefetch": True}
@@ -132,7 +132,8 @@ def test_measured_sparse_configs_replace_the_chunked_csr_defaults():
         measured=lambda fmt, m: measured_sparse_config(profile, fmt, 4096, 4096, False, 0.3, m), gpu="test GPU")
     one, two = chosen["choices"]
     assert (one.kernel, one.config) == ("chunked_csr_gemv", measured_config)
-    assert one.reason.startswith("profile (test GPU): 2.0us at density 0.310")
+    assert one.reason.startswith("profile (test GPU, chunked_csr_gemv measured at density 0.310): ")
+    assert "chunked_csr_gemv 2.0us" in one.reason and chosen["expected_speedup"] == 6.0     # 12 us dense / 2 us
     assert (two.kernel, two.config) == ("chunked_csr_gemv", {}) and not two.reason.startswith("profile")
 
 
