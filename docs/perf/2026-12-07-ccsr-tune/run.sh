@@ -5,7 +5,7 @@
 #     four pruned shapes and writes a profile (the shipped one's dense entries kept);
 #   - meanwhile the CPU builds the dense llama2-7b bundle and the 70% one with the default configs;
 #   - then the 70% bundle with the measured configs (`--profile`), and two rounds of the three benched at batch 1
-#     (ROUNDS=1: one).
+#     (ROUNDS=1: one). LEAN=1 leaves out the 70% bundle with the default configs; TUNE_S caps the tune's seconds.
 # "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
 # batch 1, 8 and 32 beside Hugging Face generate (issue 4). "gluon": run 5 of docs/perf/2026-12-07-gluon-ccsr.md
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
@@ -19,19 +19,22 @@ bench() {  # bench <label> <bundle>
   fdcc bench "$2" --batch 1 --context 128 --new-tokens 256 --no-hf --out "$OUT/$1" > "$OUT/bench-$1.log" 2>&1
   printf '%-16s ' "$1"; grep -E "^ +1 +128 " "$OUT/bench-$1.log" || tail -n 3 "$OUT/bench-$1.log"
 }
-round() { bench "dense-$1" /tmp/dense.fdpp; bench "s70-default-$1" /tmp/s70.fdpp; bench "s70-tuned-$1" /tmp/s70t.fdpp; }
+round() {
+  bench "dense-$1" /tmp/dense.fdpp; [ -f /tmp/s70.fdpp ] && bench "s70-default-$1" /tmp/s70.fdpp
+  bench "s70-tuned-$1" /tmp/s70t.fdpp
+}
 case "$1" in
   main)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
     python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" \
       >> "$OUT/gpu.txt"; cat "$OUT/gpu.txt"
     fdcc compile "${COMMON[@]}" --max-batch 1 -o /tmp/dense.fdpp > "$OUT/compile-dense.log" 2>&1 &
-    fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude -o /tmp/s70.fdpp \
-      > "$OUT/compile-s70.log" 2>&1 &
-    timeout 260 python3 -m fdpp.compiler.cli tune -t "$TARGET" --shape 12288:4096 --shape 4096:4096 \
+    [ "${LEAN:-0}" = 1 ] || fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude \
+      -o /tmp/s70.fdpp > "$OUT/compile-s70.log" 2>&1 &
+    timeout "${TUNE_S:-260}" python3 -m fdpp.compiler.cli tune -t "$TARGET" --shape 12288:4096 --shape 4096:4096 \
       --shape 22016:4096:gated --shape 4096:11008 --rows 1 --sparsity 0.7 --sparse-only \
       --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-s70.json" 2>&1 | tee "$OUT/tune.log"
-    wait; tail -n 1 "$OUT/compile-dense.log" "$OUT/compile-s70.log"
+    wait; tail -n 1 "$OUT"/compile-*.log
     [ -f "$OUT/profile-s70.json" ] || exit 1
     fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude --profile "$OUT/profile-s70.json" \
       -o /tmp/s70t.fdpp > "$OUT/compile-s70t.log" 2>&1; tail -n 1 "$OUT/compile-s70t.log"
