@@ -6,7 +6,7 @@
 #   - meanwhile the CPU builds the dense llama2-7b bundle and the 70% one with the default configs;
 #   - then the 70% bundle with the measured configs (`--profile`), and two rounds of the three benched at batch 1
 #     (ROUNDS=1: one). LEAN=1 leaves out the 70% bundle with the default configs; TUNE_S caps the tune's seconds.
-# "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
+# "tune": the tune step alone. "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
 # batch 1, 8 and 32 beside Hugging Face generate (issue 4). "gluon": run 5 of docs/perf/2026-12-07-gluon-ccsr.md
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
 set -u
@@ -31,9 +31,7 @@ case "$1" in
     fdcc compile "${COMMON[@]}" --max-batch 1 -o /tmp/dense.fdpp > "$OUT/compile-dense.log" 2>&1 &
     [ "${LEAN:-0}" = 1 ] || fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude \
       -o /tmp/s70.fdpp > "$OUT/compile-s70.log" 2>&1 &
-    timeout "${TUNE_S:-260}" python3 -m fdpp.compiler.cli tune -t "$TARGET" --shape 12288:4096 --shape 4096:4096 \
-      --shape 22016:4096:gated --shape 4096:11008 --rows 1 --sparsity 0.7 --sparse-only \
-      --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-s70.json" 2>&1 | tee "$OUT/tune.log"
+    bash "$0" tune
     wait; tail -n 1 "$OUT"/compile-*.log
     [ -f "$OUT/profile-s70.json" ] || exit 1
     fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude --profile "$OUT/profile-s70.json" \
@@ -41,6 +39,11 @@ case "$1" in
     fdcc inspect /tmp/s70t.fdpp > "$OUT/inspect-s70t.txt" 2>&1
     round 1; [ "${ROUNDS:-2}" = 1 ] || round 2 ;;
   round) round "$2" ;;
+  tune)
+    [ -f "$OUT/gpu.txt" ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
+    timeout "${TUNE_S:-260}" python3 -m fdpp.compiler.cli tune -t "$TARGET" --shape 12288:4096 --shape 4096:4096 \
+      --shape 22016:4096:gated --shape 4096:11008 --rows 1 --sparsity 0.7 --sparse-only \
+      --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-s70.json" 2>&1 | tee "$OUT/tune.log" ;;
   batch32)
     fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp > "$OUT/compile-dense32.log" 2>&1
     tail -n 1 "$OUT/compile-dense32.log"
