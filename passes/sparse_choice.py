@@ -182,6 +182,7 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     if forced not in ("auto", "dense", *formats):
         raise CompileError(f"--sparse-format {forced}: its kernels have no gated or residual epilogue, which this "
                            f"linear has; use auto, chunked_csr or dense")
+
     def kernel_costs(fmt: str, m: int) -> tuple[dict[str, float], dict | None]:
         costs = _sparse_kernels(fmt, m, n, k, density, target, value_bytes)
         entry = measured(fmt, m) if measured and "chunked_csr_gemv" in costs else None

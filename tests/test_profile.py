@@ -203,3 +203,43 @@ def test_tune_refuses_bad_sparse_options(tmp_path):
         done = tune(*args)
         assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_measured_sparse_config_reaches_the_compiled_kernel(tmp_path):
+    """`fdcc compile --profile` with a sparse entry for the tiny Llama's o_proj: the bundle's o_proj launches run
+    a kernel compiled with the measured constexprs and warps (and a grid of its rows a program), the other pruned
+    linears' the defaults; `fdcc inspect` counts the two o_proj as measured."""
+    from fdpp.runtime.bundle import read_bundle
+    from helpers import tiny_llama
+
+    _, model_dir = tiny_llama(tmp_path / "model")
+    measured_config = {"rows": 1, "block_n": 8, "chunks": 32, "split_k": 1, "vector": 8, "num_warps": 8,
+                       "prefetch": True}
+    profile = _profile([], target="h100")
+    profile["sparse_entries"] = [_sparse_entry(64, 64, 1, measured_config, density=0.3, us=1.0)]
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    bundle_path = tmp_path / "b.fdpp"
+    cli = [sys.executable, "-m", "fdpp.compiler.cli"]
+    done = subprocess.run([*cli, "compile", str(model_dir), "-t", "h100", "--sparsity", "0.7", "--prune", "magnitude",
+                           "--sparse-format", "chunked_csr",
+                           "--max-batch", "1", "--softmax", "synchronized", "--profile", str(tmp_path / "p.json"),
+                           "-o", str(bundle_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bundle = read_bundle(bundle_path)
+    binaries = {k["name"]: k for k in bundle.manifest.kernels}
+    seen = {}
+    for step in bundle.plan.steps:
+        for choice in step.kernels:
+            if choice.kernel == "chunked_csr_gemv" and choice.max_rows == 1:
+                weight = next(a[1] for a in choice.launches[0]["args"] if str(a[1]).endswith("chunked_csr.values"))
+                binary = binaries[choice.launches[0]["kernel"]]
+                seen[weight.split(".")[-4]] = seen.get(weight.split(".")[-4], []) + [
+                    (binary["constexprs"]["BLOCK_N"], binary["constexprs"]["CHUNKS"], binary["num_warps"])]
+    assert set(seen) == {"q_proj+k_proj+v_proj", "o_proj", "gate_proj+up_proj", "down_proj"}
+    assert seen["o_proj"] == [(8, 32, 8)] * 2
+    assert all(block_n != 8 or name == "gate_proj+up_proj" for name, launches in seen.items() if name != "o_proj"
+               for block_n, chunks, warps in launches)
+    assert all((chunks, warps) == (8, 4) for name, launches in seen.items() if name != "o_proj"
+               for _, chunks, warps in launches)
+    shown = subprocess.run([*cli, "inspect", str(bundle_path)], capture_output=True, text=True, timeout=300).stdout
+    assert "measured profile for 2 of 9 linears" in shown
