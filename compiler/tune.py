@@ -225,6 +225,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
     from fdpp.runtime.sparse_formats import encode_chunked_csr
 
     torch_dtype = getattr(torch, dtype)
+    time_us = time_us or graph_time_us
     entries = []
     for n, k, gated in shapes:
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)
@@ -245,7 +246,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
                 raise CompileError(f"fdcc tune: no chunked-CSR config ran correctly for [{n}, {k}] at M={m}")
             us, config = min(timed, key=lambda t: t[0])
             default_us = next((t for t, c in timed if c == candidates[0]), None)
-            vendor_us = (time_us or graph_time_us)(lambda w: torch.nn.functional.linear(x, w), dense)
+            vendor_us = time_us(lambda w: torch.nn.functional.linear(x, w), dense)
             entries.append({"format": "chunked_csr", "n": n, "k": k, "gated": gated, "m": m,
                             "density": encoded.nnz / (n * k), "config": config, "us": us, "default_us": default_us,
                             "vendor_us": vendor_us, "encoded_bytes": encoded.nbytes,

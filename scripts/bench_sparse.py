@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import triton
 
 from fdpp.compiler.bench import copy_bandwidth_gbs
+from fdpp.compiler.tune import magnitude_pruned
 from fdpp.codegen.kernels.linear import gemm, gemv
 from fdpp.codegen.kernels.sparse_linear import default_num_warps, default_split_k, sparse_linear
 from fdpp.passes.select_kernels import flat_gemm_config
@@ -78,14 +79,8 @@ def time_us(calls: list) -> float:
 
 
 def pruned_weight(n: int, k: int, sparsity: float, seed: int) -> torch.Tensor:
-    """Random float16 [N, K] (scaled like a trained layer) with the smallest |w| of each row zeroed."""
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    w = torch.randn(n, k, device=DEVICE, generator=g) * k ** -0.5
-    dropped = int(round(sparsity * k))
-    if dropped:
-        smallest = w.abs().topk(dropped, dim=1, largest=False).indices
-        w.scatter_(1, smallest, 0.0)
-    return w.half()
+    """Random float16 [N, K] (scaled like a trained layer) with the smallest |w| of each row zeroed, on DEVICE."""
+    return magnitude_pruned(n, k, sparsity, torch.float16, seed, device=DEVICE)
 
 
 def copies(tensors: dict[str, torch.Tensor], nbytes: int) -> list[dict[str, torch.Tensor]]:

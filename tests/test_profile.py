@@ -232,9 +232,10 @@ def test_a_measured_sparse_config_reaches_the_compiled_kernel(tmp_path):
         for choice in step.kernels:
             if choice.kernel == "chunked_csr_gemv" and choice.max_rows == 1:
                 weight = next(a[1] for a in choice.launches[0]["args"] if str(a[1]).endswith("chunked_csr.values"))
+                layer = weight.split(".")[-4]                                  # o_proj, down_proj, ...
                 binary = binaries[choice.launches[0]["kernel"]]
-                seen[weight.split(".")[-4]] = seen.get(weight.split(".")[-4], []) + [
-                    (binary["constexprs"]["BLOCK_N"], binary["constexprs"]["CHUNKS"], binary["num_warps"])]
+                seen.setdefault(layer, []).append(
+                    (binary["constexprs"]["BLOCK_N"], binary["constexprs"]["CHUNKS"], binary["num_warps"]))
     assert set(seen) == {"q_proj+k_proj+v_proj", "o_proj", "gate_proj+up_proj", "down_proj"}
     assert seen["o_proj"] == [(8, 32, 8)] * 2
     assert all(block_n != 8 or name == "gate_proj+up_proj" for name, launches in seen.items() if name != "o_proj"
