@@ -9,6 +9,10 @@
 # "tune": the tune step alone. "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
 # batch 1, 8 and 32 beside Hugging Face generate (issue 4). "gluon": run 5 of docs/perf/2026-12-07-gluon-ccsr.md
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
+# "auto": "main" on an H200; on an H100 (whose one-row run is in the record) the tune at rows 1 and 2 with
+# "batch32" built meanwhile (H100_MODE=batch32: "batch32" alone; skip: nothing). TUNE_ROWS and TUNE_BASE (a profile
+# to keep entries from, default the shipped one) change the tune step's row counts and base. Every mode packs the bench folders and the profile into $OUT/results.tgz at the
+# end, because only 8 files come back from a call.
 set -u
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
 export PYTHONPATH=/tmp/pkg TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
@@ -23,7 +27,16 @@ round() {
   bench "dense-$1" /tmp/dense.fdpp; [ -f /tmp/s70.fdpp ] && bench "s70-default-$1" /tmp/s70.fdpp
   bench "s70-tuned-$1" /tmp/s70t.fdpp
 }
+pack() { (cd "$OUT" && tar czf results.tgz --remove-files $(ls -d */ profile-*.json tune.log compile-*.log 2>/dev/null) 2>/dev/null); ls "$OUT"; }
 case "$1" in
+  auto)
+    if grep -q H200 <(nvidia-smi --query-gpu=name --format=csv,noheader); then ROUNDS=1 bash "$0" main
+    elif [ "${H100_MODE:-tune}" = skip ]; then nvidia-smi --query-gpu=name --format=csv,noheader
+    elif [ "${H100_MODE:-tune}" = batch32 ]; then BENCH_S=420 bash "$0" batch32
+    else
+      fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp > "$OUT/compile-dense32.log" 2>&1 &
+      TUNE_ROWS="1 2" TUNE_S=330 bash "$0" tune; wait; BENCH_S=200 bash "$0" batch32
+    fi; pack ;;
   main)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
     python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" \
@@ -42,12 +55,13 @@ case "$1" in
   tune)
     [ -f "$OUT/gpu.txt" ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
     timeout "${TUNE_S:-260}" python3 -m fdpp.compiler.cli tune -t "$TARGET" --shape 12288:4096 --shape 4096:4096 \
-      --shape 22016:4096:gated --shape 4096:11008 --rows 1 --sparsity 0.7 --sparse-only \
-      --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-s70.json" 2>&1 | tee "$OUT/tune.log" ;;
+      --shape 22016:4096:gated --shape 4096:11008 $(printf -- '--rows %s ' ${TUNE_ROWS:-1}) --sparsity 0.7 --sparse-only \
+      --base "${TUNE_BASE:-compiler/profiles/$TARGET.json}" -o "$OUT/profile-s70.json" 2>&1 | tee "$OUT/tune.log" ;;
   batch32)
-    fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp > "$OUT/compile-dense32.log" 2>&1
+    [ -f /tmp/dense32.fdpp ] || fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp \
+      > "$OUT/compile-dense32.log" 2>&1
     tail -n 1 "$OUT/compile-dense32.log"
-    fdcc bench /tmp/dense32.fdpp --batch 1 --batch 8 --batch 32 --context 128 --new-tokens 256 --out "$OUT/dense32" \
+    timeout "${BENCH_S:-560}" python3 -m fdpp.compiler.cli bench /tmp/dense32.fdpp --batch 1 --batch 8 --batch 32 --context 128 --new-tokens 256 --out "$OUT/dense32" \
       > "$OUT/bench-dense32.log" 2>&1
     tail -n 16 "$OUT/bench-dense32.log" ;;
   gluon)
