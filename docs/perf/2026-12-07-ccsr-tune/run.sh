@@ -9,6 +9,8 @@
 # "tune": the tune step alone. "round N": another round on the same warm machine. "batch32": the dense bundle at --max-batch 32, benched at
 # batch 1, 8 and 32 beside Hugging Face generate (issue 4). "gluon": run 5 of docs/perf/2026-12-07-gluon-ccsr.md
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
+# "shipped" (on an H100): a plain 70% compile, which takes compiler/profiles/h100.json's measured sparse configs,
+# against one given the profile before them (h100-profile-before.json, default configs), and dense; two rounds.
 # "auto": "main" on an H200; on an H100 (whose one-row run is in the record) the tune at rows 1 and 2 with
 # "batch32" built meanwhile (H100_MODE=batch32: "batch32" alone; skip: nothing). TUNE_ROWS and TUNE_BASE (a profile
 # to keep entries from, default the shipped one) change the tune step's row counts and base. Every mode packs the bench folders and the profile into $OUT/results.tgz at the
@@ -51,6 +53,16 @@ case "$1" in
       -o /tmp/s70t.fdpp > "$OUT/compile-s70t.log" 2>&1; tail -n 1 "$OUT/compile-s70t.log"
     fdcc inspect /tmp/s70t.fdpp > "$OUT/inspect-s70t.txt" 2>&1
     round 1; [ "${ROUNDS:-2}" = 1 ] || round 2 ;;
+  shipped)  # the shipped profile's sparse entries (a plain compile) against the profile before them, two rounds
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
+    fdcc compile "${COMMON[@]}" --max-batch 1 -o /tmp/dense.fdpp > "$OUT/compile-dense.log" 2>&1 &
+    fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude \
+      --profile docs/perf/2026-12-07-ccsr-tune/h100-profile-before.json -o /tmp/s70.fdpp > "$OUT/compile-s70.log" 2>&1 &
+    fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude -o /tmp/s70t.fdpp \
+      > "$OUT/compile-s70t.log" 2>&1
+    wait; tail -n 1 "$OUT"/compile-*.log
+    fdcc inspect /tmp/s70t.fdpp | grep -i -E "profile|measured" | head -n 4
+    round 1; round 2; pack ;;
   round) round "$2" ;;
   tune)
     [ -f "$OUT/gpu.txt" ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
