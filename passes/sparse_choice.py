@@ -150,6 +150,10 @@ def rows_free(kernel: str) -> bool:
 
 
 MEASURED_DENSITY_SLACK = 0.05     # a profile's sparse config stands for layers within this density of its own
+# A measured config replaces the wrapper's default only if it beat the default by more than this in the tune: run
+# to run, the same pair differed by up to ~3% between H100 machines, and the down projection's config that won by
+# 2.9% in the tune ran 3.5% slower in the model step (docs/perf/2026-12-07-ccsr-tune.md).
+MIN_CONFIG_GAIN = 0.04
 
 
 def measured_sparse_config(profile: dict | None, fmt: str, n: int, k: int, gated: bool, density: float,
@@ -162,6 +166,16 @@ def measured_sparse_config(profile: dict | None, fmt: str, n: int, k: int, gated
     return min(near, key=lambda e: abs(e["density"] - density)) if near else None
 
 
+def measured_time_and_config(entry: dict) -> tuple[float, dict, bool]:
+    """(microseconds, config, whether the measured config is kept) of a profile's sparse entry: its best config,
+    unless the wrapper's default (the entry's default_us, when recorded) came within MIN_CONFIG_GAIN of it; then
+    the default's time and config ({}: the wrapper decides)."""
+    default_us = entry.get("default_us")
+    if default_us is not None and default_us <= entry["us"] * (1 + MIN_CONFIG_GAIN):
+        return default_us, {}, False
+    return entry["us"], dict(entry["config"]), True
+
+
 def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str, row_buckets: list[int],
                          decode_buckets: tuple[int, ...], target, dense_cost, epilogue: bool = False,
                          measured=None, gpu: str = "") -> dict:
@@ -172,8 +186,9 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
     measured(fmt, m) -> a profile's sparse entry (measured_sparse_config) or None: where one exists, its time
     replaces the cost model's for the CUDA-core chunked-CSR kernel at m rows (in the format's total, the kernel
-    choice and the expected speedup), and its config replaces the wrapper's default in that choice; gpu names
-    the profile's GPU in the reason.
+    choice and the expected speedup), and its config replaces the wrapper's default in that choice unless the
+    default measured within MIN_CONFIG_GAIN of it (measured_time_and_config); gpu names the profile's GPU in the
+    reason.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
     "costs" (per format, summed over the decode buckets)}.
     """
@@ -187,7 +202,7 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         costs = _sparse_kernels(fmt, m, n, k, density, target, value_bytes)
         entry = measured(fmt, m) if measured and "chunked_csr_gemv" in costs else None
         if entry:
-            costs["chunked_csr_gemv"] = entry["us"]
+            costs["chunked_csr_gemv"] = measured_time_and_config(entry)[0]
         return costs, entry
 
     total = {"dense": sum(dense_cost(m) for m in decode_buckets)}
@@ -210,12 +225,15 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         entry = entry if best == "chunked_csr_gemv" else None
         reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
                   + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
+        config = {}
         if entry:
-            reason = f"profile ({gpu}, chunked_csr_gemv measured at density {entry['density']:.3f}): {reason}"
+            _, config, kept = measured_time_and_config(entry)
+            reason = (f"profile ({gpu}, chunked_csr_gemv measured at density {entry['density']:.3f}"
+                      f"{'' if kept else ', default config within the noise of the best'}): {reason}")
         # buckets with one kernel share a choice, except chunked CSR's: its rows per program follow the bucket
         if choices and choices[-1].kernel == best and rows_free(best):
             choices[-1] = KernelChoice(m, best, {}, choices[-1].reason)
         else:
-            choices.append(KernelChoice(m, best, dict(entry["config"]) if entry else {}, reason))
+            choices.append(KernelChoice(m, best, config, reason))
     result["choices"] = tuple(choices)
     return result

@@ -137,6 +137,25 @@ def test_measured_sparse_configs_replace_the_chunked_csr_defaults():
     assert (two.kernel, two.config) == ("chunked_csr_gemv", {}) and not two.reason.startswith("profile")
 
 
+def test_a_measured_config_within_the_noise_of_the_default_is_not_taken():
+    """Where the tune timed the wrapper's default within MIN_CONFIG_GAIN of the best config, the choice keeps the
+    default config ({}) and the default's time, and says so; a bigger win takes the measured config."""
+    from fdpp.passes.sparse_choice import MIN_CONFIG_GAIN, choose_sparse_linear
+    best = {"rows": 1, "block_n": 4, "chunks": 8, "split_k": 1, "vector": 8, "num_warps": 4, "prefetch": True}
+
+    def choice(default_us):
+        entry = {**_sparse_entry(4096, 4096, 1, best, us=8.0), "default_us": default_us}
+        chosen = choose_sparse_linear(4096, 4096, 0.3, "float16", "chunked_csr", [1], (1,), get_target("h100"),
+                                      lambda m: 16.0, measured=lambda fmt, m: entry, gpu="test GPU")
+        return chosen["choices"][0], chosen["expected_speedup"]
+
+    near, speedup = choice(8.0 * (1 + MIN_CONFIG_GAIN / 2))
+    assert near.config == {} and "default config within the noise of the best" in near.reason
+    assert speedup == round(16.0 / (8.0 * (1 + MIN_CONFIG_GAIN / 2)), 2)
+    far, speedup = choice(8.0 * (1 + 2 * MIN_CONFIG_GAIN))
+    assert far.config == best and "within the noise" not in far.reason and speedup == 2.0
+
+
 def test_compiled_plans_launch_the_measured_sparse_config():
     """Through the whole pipeline: a pruned tiny Llama compiled with a profile that measured its o_proj shape at
     one row gets that config in the o_proj's one-row choices (decode and prefill, both layers; the launch specs
