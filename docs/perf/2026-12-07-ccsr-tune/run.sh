@@ -11,10 +11,11 @@
 # (needs out/gluon_ccsr carried, built by `python3 scripts/exp_gluon_ccsr.py build out/gluon_ccsr`).
 # "shipped" (on an H100): a plain 70% compile, which takes compiler/profiles/h100.json's measured sparse configs,
 # against one given the profile before them (h100-profile-before.json, default configs), and dense; two rounds.
-# "auto": "main" on an H200; on an H100 (whose one-row run is in the record) the tune at rows 1 and 2 with
-# "batch32" built meanwhile (H100_MODE=batch32: "batch32" alone; skip: nothing). TUNE_ROWS and TUNE_BASE (a profile
-# to keep entries from, default the shipped one) change the tune step's row counts and base. Every mode packs the bench folders and the profile into $OUT/results.tgz at the
-# end, because only 8 files come back from a call.
+# "auto": "main" on an H200; on an H100 (whose runs are in the record) nothing but the GPU's name, unless
+#   H100_MODE=tune (the tune at rows 1 and 2 with "batch32" built meanwhile) or batch32 ("batch32" alone).
+# TUNE_ROWS and TUNE_BASE (a profile to keep entries from; default the shipped one) change the tune step's row
+# counts and base. "auto" and "shipped" pack the bench folders, compile logs and profile into $OUT/results.tgz at
+# the end, because a call brings back at most 8 files.
 set -u
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/fdpp
 export PYTHONPATH=/tmp/pkg TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
@@ -33,8 +34,8 @@ pack() { (cd "$OUT" && tar czf results.tgz --remove-files $(ls -d */ profile-*.j
 case "$1" in
   auto)
     if grep -q H200 <(nvidia-smi --query-gpu=name --format=csv,noheader); then ROUNDS=1 bash "$0" main
-    elif [ "${H100_MODE:-tune}" = skip ]; then nvidia-smi --query-gpu=name --format=csv,noheader
-    elif [ "${H100_MODE:-tune}" = batch32 ]; then BENCH_S=420 bash "$0" batch32
+    elif [ "${H100_MODE:-skip}" = skip ]; then nvidia-smi --query-gpu=name --format=csv,noheader
+    elif [ "${H100_MODE}" = batch32 ]; then BENCH_S=420 bash "$0" batch32
     else
       fdcc compile "${COMMON[@]}" --max-batch 32 -o /tmp/dense32.fdpp > "$OUT/compile-dense32.log" 2>&1 &
       TUNE_ROWS="1 2" TUNE_S=330 bash "$0" tune; wait; BENCH_S=200 bash "$0" batch32
@@ -49,6 +50,7 @@ case "$1" in
     bash "$0" tune
     wait; tail -n 1 "$OUT"/compile-*.log
     [ -f "$OUT/profile-s70.json" ] || exit 1
+    cp "$OUT/profile-s70.json" /tmp/profile-s70.json   # TUNE_BASE for a next call on the warm machine (rows 2-8)
     fdcc compile "${COMMON[@]}" --max-batch 1 --sparsity 0.7 --prune magnitude --profile "$OUT/profile-s70.json" \
       -o /tmp/s70t.fdpp > "$OUT/compile-s70t.log" 2>&1; tail -n 1 "$OUT/compile-s70t.log"
     fdcc inspect /tmp/s70t.fdpp > "$OUT/inspect-s70t.txt" 2>&1
