@@ -44,7 +44,12 @@ SPARSE_EFFICIENCY = {
 # the same H100 run (Llama-2-7B's shapes, 16-512 rows): writing the dense copy takes its bytes at 68% of the
 # bandwidth plus ~10.5 us per 1,000 columns (one program walks each row: K, not N, sets how long the last
 # programs run), and the GEMM over it reaches ~40% of the tensor-core peak.
-CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
+# The bandwidth fraction differs by GPU: an H100 streams the entries at ~80% of its datasheet bandwidth at M = 1-2
+# (median over the four shapes at 50% and 70% sparsity, docs/perf/2026-12-06-ccsr-producer-interleave.md's table;
+# with 0.66 the model put the kernel 17-30% over its measured time and kept 50%-sparse layers dense that run
+# 1.25-1.34x faster than cuBLAS at M = 1), the H200 at the 66% it was fitted to. Unmeasured targets take 0.66.
+CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
+                          "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
                           "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.68,
                           "densify_us_per_kilo_column": 10.5, "densified_gemm_compute": 0.4}
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
@@ -88,7 +93,8 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     eff = CHUNKED_CSR_EFFICIENCY
     chunks, chunk = sparse_tile("chunked_csr", k, density)
     moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
-    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * eff["bandwidth"])
+    bandwidth = eff["bandwidth_by_target"].get(target.name, eff["bandwidth"])
+    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
     together = min(1 << (m - 1).bit_length(), 8)
     groups = math.ceil(m / together)
     gather_us = groups * n * chunks * chunk * eff["ops_per_entry"][together] / int_ops_per_us(target)

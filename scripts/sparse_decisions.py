@@ -1,0 +1,56 @@
+"""CPU only: what the dataflow decides for Llama-2-7B's four pruned linear shapes, without building a bundle.
+
+For each density and --max-batch, prints per shape the stored format (dense or chunked_csr...), the expected
+one-row speedup `fdcc compile` would print, and the summed decode cost of the chosen sparse format against dense
+(microseconds over the decode buckets), from the target's cost model and the shipped (or given) profile — the same
+call select_kernels makes for a pruned linear (passes/sparse_choice.py choose_sparse_linear).
+
+    python3 scripts/sparse_decisions.py -t h100 --density 0.5 --density 0.3
+    python3 scripts/sparse_decisions.py -t h200 --profile none          # the cost model alone
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fdpp.compiler.targets import get_target
+from fdpp.compiler.tune import load_profile, shipped_profile
+from fdpp.passes.select_kernels import dense_linear_cost_us, row_buckets
+from fdpp.passes.sparse_choice import choose_sparse_linear, measured_sparse_config
+
+# (N, K, gated, residual epilogue) as the fused Llama-2-7B graph has them: q/k/v stacked, gate/up stacked
+SHAPES = {"qkv": (12288, 4096, False, False), "o": (4096, 4096, False, True),
+          "gate_up": (22016, 4096, True, False), "down": (4096, 11008, False, True)}
+
+
+def decision(name: str, density: float, max_batch: int, target, profile: dict | None) -> str:
+    n, k, gated, residual = SHAPES[name]
+    buckets = tuple(row_buckets(max_batch))
+    chosen = choose_sparse_linear(
+        n, k, density, "float16", "auto", list(buckets), buckets, target,
+        lambda m: dense_linear_cost_us(m, n, k, target, profile, gated), epilogue=gated or residual,
+        measured=lambda fmt, m: measured_sparse_config(profile, fmt, n, k, gated, density, m),
+        gpu=(profile or {}).get("gpu", ""))
+    sparse = min((us for fmt, us in chosen["costs"].items() if fmt != "dense"), default=float("nan"))
+    return f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x ({sparse:.0f}/{chosen['costs']['dense']:.0f} us)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-t", "--target", default="h100")
+    parser.add_argument("--profile", default="shipped", help="a profile JSON, 'shipped' (default) or 'none'")
+    parser.add_argument("--density", type=float, action="append", help="fraction of weights kept (default 0.3)")
+    parser.add_argument("--max-batch", type=int, action="append", help="default 1 2 4 8 16")
+    args = parser.parse_args()
+    target = get_target(args.target)
+    profile = {"shipped": lambda: shipped_profile(target.name), "none": lambda: None}.get(
+        args.profile, lambda: load_profile(args.profile, target.name))()
+    print(f"target {target.name}, profile: {(profile or {}).get('gpu', 'none (cost model)')}")
+    for density in args.density or [0.3]:
+        for max_batch in args.max_batch or [1, 2, 4, 8, 16]:
+            print(f"density {density:.2f} --max-batch {max_batch:>2}: "
+                  + "  ".join(decision(name, density, max_batch, target, profile) for name in SHAPES))
+
+
+if __name__ == "__main__":
+    main()
