@@ -46,7 +46,7 @@ SPARSE_EFFICIENCY = {
 # programs run), and the GEMM over it reaches ~40% of the tensor-core peak.
 # The bandwidth fraction differs by GPU: an H100 streams the entries at ~80% of its datasheet bandwidth at M = 1-2
 # (median over the four shapes at 50% and 70% sparsity, docs/perf/2026-12-06-ccsr-producer-interleave.md's table;
-# with 0.66 the model put the kernel 17-30% over its measured time and kept 50%-sparse layers dense that run
+# with 0.66 the model put the kernel 11-30% over its measured time and kept 50%-sparse layers dense that run
 # 1.25-1.34x faster than cuBLAS at M = 1), the H200 at the 66% it was fitted to. Unmeasured targets take 0.66.
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},

@@ -186,7 +186,7 @@ def test_chunked_csr_cost_model_matches_the_recorded_h100_table():
     """The H100 cost of the CUDA-core chunked-CSR kernel (its own bandwidth fraction, not the H200's) is within 12%
     of every time in the recorded H100 table at M = 1 and 2 and 50-70% sparsity (docs/perf/
     2026-12-06-ccsr-producer-interleave.md: per-call event timings, as the model's launch term assumes), where the
-    dense-or-sparse decision is close; the H200's fraction there was 17-30% over."""
+    dense-or-sparse decision is close; the H200's fraction there was 11-30% over."""
     import json
     from pathlib import Path
     from fdpp.passes.sparse_choice import chunked_csr_cost_us
