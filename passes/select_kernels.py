@@ -207,11 +207,18 @@ def _sparse_decision(node: Node, graph: Graph, ctx: PassContext, max_rows: int) 
     """Dense or a sparse encoding for a pruned linear, and its sparse kernels (passes/sparse_choice.py)."""
     opts = ctx.options
     n, k = graph.node(node.inputs[1]).type.shape
-    density, gated = node.attr("pruned")["density"], bool(node.attrs.get("gated"))
-    return choose_sparse_linear(n, k, density, opts.dtype, opts.sparse_format,
-                                row_buckets(max_rows), opts.batch_buckets(), ctx.target,
-                                lambda m: dense_linear_cost_us(m, n, k, ctx.target, opts.profile, gated),
-                                epilogue=gated or bool(node.attrs.get("residual")),
-                                measured=lambda fmt, m: measured_sparse_config(opts.profile, fmt, n, k, gated,
-                                                                               density, m),
-                                gpu=(opts.profile or {}).get("gpu", ""))
+    return pruned_linear_decision(n, k, node.attr("pruned")["density"], bool(node.attrs.get("gated")),
+                                  bool(node.attrs.get("residual")), ctx.target, opts.profile, opts.dtype,
+                                  opts.sparse_format, row_buckets(max_rows), opts.batch_buckets())
+
+
+def pruned_linear_decision(n: int, k: int, density: float, gated: bool, residual: bool, target,
+                           profile: dict | None, dtype: str, sparse_format: str, buckets: list[int],
+                           decode_buckets: tuple[int, ...]) -> dict:
+    """choose_sparse_linear for a pruned weight [N, K] (gated: stacked gate/up with its activation; residual: a
+    residual-add epilogue), its dense cost and measured sparse entries taken from the profile (or the cost model)."""
+    return choose_sparse_linear(n, k, density, dtype, sparse_format, buckets, decode_buckets, target,
+                                lambda m: dense_linear_cost_us(m, n, k, target, profile, gated),
+                                epilogue=gated or residual,
+                                measured=lambda fmt, m: measured_sparse_config(profile, fmt, n, k, gated, density, m),
+                                gpu=(profile or {}).get("gpu", ""))

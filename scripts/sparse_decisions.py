@@ -3,7 +3,7 @@
 For each density and --max-batch, prints per shape the stored format (dense or chunked_csr...), the expected
 one-row speedup `fdcc compile` would print, and the summed decode cost of the chosen sparse format against dense
 (microseconds over the decode buckets), from the target's cost model and the shipped (or given) profile — the same
-call select_kernels makes for a pruned linear (passes/sparse_choice.py choose_sparse_linear).
+call select_kernels makes for a pruned linear (passes/select_kernels.py pruned_linear_decision).
 
     python3 scripts/sparse_decisions.py -t h100 --density 0.5 --density 0.3
     python3 scripts/sparse_decisions.py -t h200 --profile none          # the cost model alone
@@ -15,8 +15,7 @@ import argparse
 
 from fdpp.compiler.targets import get_target
 from fdpp.compiler.tune import load_profile, shipped_profile
-from fdpp.passes.select_kernels import dense_linear_cost_us, row_buckets
-from fdpp.passes.sparse_choice import choose_sparse_linear, measured_sparse_config
+from fdpp.passes.select_kernels import pruned_linear_decision, row_buckets
 
 # (N, K, gated, residual epilogue) as the fused Llama-2-7B graph has them: q/k/v stacked, gate/up stacked
 SHAPES = {"qkv": (12288, 4096, False, False), "o": (4096, 4096, False, True),
@@ -25,12 +24,9 @@ SHAPES = {"qkv": (12288, 4096, False, False), "o": (4096, 4096, False, True),
 
 def decision(name: str, density: float, max_batch: int, target, profile: dict | None) -> str:
     n, k, gated, residual = SHAPES[name]
-    buckets = tuple(row_buckets(max_batch))
-    chosen = choose_sparse_linear(
-        n, k, density, "float16", "auto", list(buckets), buckets, target,
-        lambda m: dense_linear_cost_us(m, n, k, target, profile, gated), epilogue=gated or residual,
-        measured=lambda fmt, m: measured_sparse_config(profile, fmt, n, k, gated, density, m),
-        gpu=(profile or {}).get("gpu", ""))
+    buckets = row_buckets(max_batch)
+    chosen = pruned_linear_decision(n, k, density, gated, residual, target, profile, "float16", "auto", buckets,
+                                    tuple(buckets))
     sparse = min((us for fmt, us in chosen["costs"].items() if fmt != "dense"), default=float("nan"))
     return f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x ({sparse:.0f}/{chosen['costs']['dense']:.0f} us)"
 
