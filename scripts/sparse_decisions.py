@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from fdpp.compiler.errors import CompileError
 from fdpp.compiler.targets import get_target
 from fdpp.compiler.tune import load_profile, shipped_profile
 from fdpp.passes.select_kernels import pruned_linear_decision, row_buckets
@@ -38,9 +39,12 @@ def main() -> None:
     parser.add_argument("--density", type=float, action="append", help="fraction of weights kept (default 0.3)")
     parser.add_argument("--max-batch", type=int, action="append", help="default 1 2 4 8 16")
     args = parser.parse_args()
-    target = get_target(args.target)
-    profile = {"shipped": lambda: shipped_profile(target.name), "none": lambda: None}.get(
-        args.profile, lambda: load_profile(args.profile, target.name))()
+    try:
+        target = get_target(args.target)
+        profile = {"shipped": lambda: shipped_profile(target.name), "none": lambda: None}.get(
+            args.profile, lambda: load_profile(args.profile, target.name))()
+    except CompileError as e:
+        parser.error(str(e))
     print(f"target {target.name}, profile: {(profile or {}).get('gpu', 'none (cost model)')}")
     for density in args.density or [0.3]:
         for max_batch in args.max_batch or [1, 2, 4, 8, 16]:
