@@ -1,0 +1,450 @@
+"""Experiment (architecture note 35): a chunked-CSR linear for 2-8 rows of x on CUDA cores that gathers x from
+shared memory instead of L1. Not used by bundles.
+
+The shipped kernel (codegen/kernels/chunked_csr_linear.py) gathers each entry's column of x with one 16-byte load
+through L1; at 8 rows those scattered loads keep L1 busy and the kernel is about as fast as cuBLAS. Here each
+program first copies all of x, interleaved ([K, 8] fp16 for 8 rows: one column's rows in 16 bytes), into shared
+memory (64 KB for K = 4096, 172 KB for 11008), and then gathers with Gluon's shared-memory gather, which Triton
+lowers to one ld.shared.v4 an entry. Shared memory serves a 16-byte load eight threads a cycle, so the cost is
+bank conflicts: two of those eight threads whose columns are equal mod 8 (different columns) take a cycle more.
+`check` times the weight's entries as encoded (columns ascending in a chunk) and rearranged within each chunk
+so entries of one load fall in different banks (`spread_banks`): the sum does not depend on the order.
+
+Gluon's shared-memory gather is in Triton 3.9 here, not the GPU machine's 3.6, so the kernels are built here and
+carried there as code objects (as bundles' kernels are):
+
+    python3 scripts/exp_gluon_xshared.py build out/gluon_xshared     # on the CPU machine: cubins for sm_90
+    python3 scripts/exp_gluon_xshared.py check out/gluon_xshared     # on an H100/H200: float64 check, timings
+
+`check` builds 70% magnitude-pruned random weights of Llama-2-7B's four shapes (gate_up as a plain linear, no
+activation, for both), checks every kernel against a float64 product (relative error < 2e-3), and times it against
+cuBLAS on the dense weight and against the shipped chunked-CSR kernel (its default config, x interleaved by the
+producer as in bundles), all over rotating copies, medians (scripts/bench_sparse.py's timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+SHAPES = {"o": (4096, 4096), "down": (4096, 11008), "qkv": (12288, 4096), "gate_up": (22016, 4096)}
+SHARED_LIMIT = 227 << 10      # an H100's or H200's shared memory a block
+X_BLOCK = 256                 # columns of x staged a step (divides both K)
+CHUNK = 32                    # entries a chunk (the format's)
+# Variants: WARPS warps a program, EPT entries a thread a step (a chunk spans 32 / EPT threads), UNROLL chunks'
+# entries in flight (loaded UNROLL steps before use, each reloaded right after use), and PROGRAMS programs a multiprocessor (0: one a row block,
+# else a persistent grid of PROGRAMS x multiprocessors looping over row blocks).
+_BASE = dict(WARPS=4, EPT=4, UNROLL=1, PROGRAMS=0)
+VARIANTS = {
+    # run 2's best of the first design, and of the second (PACKED: entries carried as loaded words)
+    "w8_u3": {**_BASE, "WARPS": 8, "UNROLL": 3},
+    "pk_w8_u4": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4},
+    "pk_w8_u4_p": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4, "PROGRAMS": 3},
+    # run 3: deeper unroll; GROUPS warp groups sharing a row block's chunks (more warps on fewer rows)
+    "pk_w8_u6": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 6},
+    "pk_w4_u6": {**_BASE, "PACKED": 1, "WARPS": 4, "UNROLL": 6},
+    "pk_w8_g2_u4": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4, "GROUPS": 2},
+    "pk_w16_g4_u4": {**_BASE, "PACKED": 1, "WARPS": 16, "UNROLL": 4, "GROUPS": 4},
+    "pk_w16_g2_u4": {**_BASE, "PACKED": 1, "WARPS": 16, "UNROLL": 4, "GROUPS": 2},
+    "pk_w8_g2_u6": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 6, "GROUPS": 2},
+}
+ROWS_OF_X = (4, 8)            # rows of x the kernels are built for (WORDS = rows / 2 int32 a column)
+
+
+def xshared_kernel():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row,
+                     EPT: gl.constexpr, entry_layout: gl.constexpr):
+        """Chunk c of each thread's row: its EPT values [T, EPT] (fp16), offsets [T, EPT] (int32) and the chunk's
+        base [T] (one load a thread); zeros past the row's chunks or past N."""
+        j = gl.arange(0, EPT, layout=gl.SliceLayout(0, entry_layout))
+        ok = row_ok & (c < chunks_per_row)                                                      # [T]
+        at = gl.expand_dims(rows * (chunks_per_row * 32) + c * 32 + lane * EPT, 1) + gl.expand_dims(j, 0)
+        value = gl.load(values_ptr + at, mask=gl.expand_dims(ok, 1), other=0.0)
+        offset = gl.load(offsets_ptr + at, mask=gl.expand_dims(ok, 1), other=0).to(gl.int32)
+        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=0)
+        return value, offset, base
+
+    @gluon.jit
+    def accumulate(x_s, value, offset, base, acc_lo, acc_hi, T: gl.constexpr, EPT: gl.constexpr,
+                   WORDS: gl.constexpr, gather3: gl.constexpr):
+        """acc += value * x[:, column] for a thread's EPT entries: x's words gathered from shared memory, split
+        into their fp16 halves (rows 2w and 2w + 1) as float32."""
+        column = gl.expand_dims(base, 1) + offset                                               # [T, EPT]
+        index = gl.expand_dims(column, 2) + gl.zeros([T, EPT, WORDS], gl.int32, gather3)
+        words = gl.reshape(x_s.gather(gl.reshape(index, [T * EPT, WORDS]), 0), [T, EPT, WORDS])
+        words = gl.convert_layout(words, gather3)
+        lo, hi = gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
+            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+        v = gl.expand_dims(value.to(gl.float32), 2)
+        return acc_lo + v * lo, acc_hi + v * hi
+
+    @gluon.jit
+    def ccsr_xshared_kernel(
+        x_ptr,              # [K, WORDS] int32: x interleaved, column k's 2 * WORDS rows side by side as fp16 pairs
+        values_ptr,         # [N, chunks_per_row * 32] fp16: each row's nonzeros chunk by chunk, 0 = padding
+        offsets_ptr,        # [N, chunks_per_row * 32] uint8: an entry's column minus its chunk's base
+        bases_ptr,          # [N, chunks_per_row] int32: each chunk's first column
+        out_ptr,            # [M, N] fp16
+        M, N, chunks_per_row, row_blocks,
+        K: gl.constexpr, WORDS: gl.constexpr, EPT: gl.constexpr, WARPS: gl.constexpr, XB: gl.constexpr,
+        UNROLL: gl.constexpr,
+    ):
+        T: gl.constexpr = WARPS * 32
+        LANES: gl.constexpr = 32 // EPT          # threads a chunk
+        R: gl.constexpr = T // LANES             # weight rows a row block
+        # [T, EPT, WORDS]: a thread's EPT entries of one chunk and the WORDS words of x each gathers
+        gather3: gl.constexpr = gl.BlockedLayout([1, EPT, WORDS], [32, 1, 1], [WARPS, 1, 1], [2, 1, 0])
+        entry_layout: gl.constexpr = gl.SliceLayout(2, gather3)                                 # [T, EPT]
+        thread_layout: gl.constexpr = gl.SliceLayout(1, entry_layout)                           # [T]
+        stage_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])
+        x_s = gl.allocate_shared_memory(gl.int32, [K, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, stage_layout))
+        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, stage_layout))
+        for kb in gl.static_range(K // XB):
+            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
+                                                    + gl.expand_dims(ww, 0)))
+        gl.barrier()
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % LANES
+        for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
+            rows = rb * R + t // LANES
+            row_ok = rows < N
+            acc_lo = gl.zeros([T, EPT, WORDS], gl.float32, gather3)       # rows 2w of x
+            acc_hi = gl.zeros([T, EPT, WORDS], gl.float32, gather3)       # rows 2w + 1
+            # UNROLL chunks' entries in flight: each set is reloaded right after it is used, so a load has the
+            # other sets' work to land in, and no register copy waits on a load in flight
+            a_value, a_offset, a_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, 0,
+                                                     chunks_per_row, EPT, entry_layout)
+            if UNROLL >= 2:
+                b_value, b_offset, b_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, 1,
+                                                         chunks_per_row, EPT, entry_layout)
+            if UNROLL >= 3:
+                c_value, c_offset, c_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, 2,
+                                                         chunks_per_row, EPT, entry_layout)
+            if UNROLL >= 4:
+                d_value, d_offset, d_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, 3,
+                                                         chunks_per_row, EPT, entry_layout)
+            for c in range(0, chunks_per_row, UNROLL):
+                acc_lo, acc_hi = accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, T, EPT, WORDS, gather3)
+                a_value, a_offset, a_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                         c + UNROLL, chunks_per_row, EPT, entry_layout)
+                if UNROLL >= 2:
+                    acc_lo, acc_hi = accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, T, EPT, WORDS,
+                                                gather3)
+                    b_value, b_offset, b_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok,
+                                                             lane, c + UNROLL + 1, chunks_per_row, EPT, entry_layout)
+                if UNROLL >= 3:
+                    acc_lo, acc_hi = accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, T, EPT, WORDS,
+                                                gather3)
+                    c_value, c_offset, c_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok,
+                                                             lane, c + UNROLL + 2, chunks_per_row, EPT, entry_layout)
+                if UNROLL >= 4:
+                    acc_lo, acc_hi = accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, T, EPT, WORDS,
+                                                gather3)
+                    d_value, d_offset, d_base = load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok,
+                                                             lane, c + UNROLL + 3, chunks_per_row, EPT, entry_layout)
+            # a row's sums: over a thread's EPT entries, then over the LANES threads of its chunk
+            lo_sum = gl.sum(gl.reshape(gl.sum(acc_lo, axis=1), [R, LANES, WORDS]), axis=1)      # [R, WORDS]
+            hi_sum = gl.sum(gl.reshape(gl.sum(acc_hi, axis=1), [R, LANES, WORDS]), axis=1)
+            out_layout: gl.constexpr = lo_sum.type.layout
+            out_rows = rb * R + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
+            m = gl.arange(0, WORDS, layout=gl.SliceLayout(0, out_layout)) * 2
+            at = out_ptr + gl.expand_dims(m, 0) * N + gl.expand_dims(out_rows, 1)
+            ok = gl.expand_dims(out_rows < N, 1)
+            gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
+            gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
+
+    return ccsr_xshared_kernel
+
+
+def xshared_packed_kernel():
+    """The second design: a thread's four entries of a chunk load as one 64-bit word of values and one 32-bit word
+    of offsets, which the loop carries as loaded and unpacks only where they are used (the first design's fp16 and
+    byte tensors are unpacked into the loop's registers right after their load, which waits for it), and each of
+    the four entries gathers separately, so the sums need only [T, WORDS] accumulators."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row):
+        """Chunk c of each thread's row: its 4 values as an int64, 4 offsets as an int32, the chunk's base; all
+        [T]; zeros past the row's chunks or past N."""
+        ok = row_ok & (c < chunks_per_row)
+        at = rows * (chunks_per_row * 8) + c * 8 + lane
+        value = gl.load(values_ptr + at, mask=ok, other=0)
+        offset = gl.load(offsets_ptr + at, mask=ok, other=0)
+        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=0)
+        return value, offset, base
+
+    @gluon.jit
+    def gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+        index = gl.expand_dims(column, 1) + gl.zeros([column.shape[0], WORDS], gl.int32, word_layout)
+        words = x_s.gather(index, 0)                                                          # [T, WORDS]
+        lo, hi = gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
+            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+        vv = gl.expand_dims(v, 1)
+        return acc_lo + vv * lo, acc_hi + vv * hi
+
+    @gluon.jit
+    def accumulate(x_s, value, offset, base, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+        """acc += value_j * x[:, column_j] for a thread's 4 entries, unpacked here from their loaded words."""
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
+            "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l",
+            [value], dtype=(gl.float32,) * 4, is_pure=True, pack=1)
+        acc_lo, acc_hi = gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout)
+        return acc_lo, acc_hi
+
+    @gluon.jit
+    def ccsr_xshared_packed_kernel(
+        x_ptr,              # [K, WORDS] int32: x interleaved, column k's 2 * WORDS rows side by side as fp16 pairs
+        values_ptr,         # [N, chunks_per_row * 8] int64: the fp16 values, four a word
+        offsets_ptr,        # [N, chunks_per_row * 8] int32: the uint8 offsets, four a word
+        bases_ptr,          # [N, chunks_per_row] int32: each chunk's first column
+        out_ptr,            # [M, N] fp16
+        M, N, chunks_per_row, row_blocks,
+        K: gl.constexpr, WORDS: gl.constexpr, EPT: gl.constexpr, WARPS: gl.constexpr, XB: gl.constexpr,
+        UNROLL: gl.constexpr, GROUPS: gl.constexpr, K_ALLOC: gl.constexpr,
+    ):
+        T: gl.constexpr = WARPS * 32
+        LANES: gl.constexpr = 8                  # threads a chunk (4 entries a thread)
+        R: gl.constexpr = T // (LANES * GROUPS)  # weight rows a row block; GROUPS warp groups share its chunks
+        word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
+        thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
+        x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, word_layout))
+        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, word_layout))
+        for kb in gl.static_range(K // XB):
+            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
+                                                    + gl.expand_dims(ww, 0)))
+        gl.barrier()
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % LANES
+        group = t // (T // GROUPS)               # warp-uniform: group g takes chunks g, g + GROUPS, ...
+        for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
+            rows = rb * R + (t % (T // GROUPS)) // LANES
+            row_ok = rows < N
+            acc_lo = gl.zeros([T, WORDS], gl.float32, word_layout)
+            acc_hi = gl.zeros([T, WORDS], gl.float32, word_layout)
+            a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                    group, chunks_per_row)
+            if UNROLL >= 2:
+                b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        group + GROUPS, chunks_per_row)
+            if UNROLL >= 3:
+                c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        group + 2 * GROUPS, chunks_per_row)
+            if UNROLL >= 4:
+                d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        group + 3 * GROUPS, chunks_per_row)
+            if UNROLL >= 6:
+                e_value, e_offset, e_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        group + 4 * GROUPS, chunks_per_row)
+                f_value, f_offset, f_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        group + 5 * GROUPS, chunks_per_row)
+            STEP: gl.constexpr = UNROLL * GROUPS
+            for c0 in range(0, chunks_per_row, STEP):
+                c = c0 + STEP + group              # the chunk each set loads next
+                acc_lo, acc_hi = accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
+                a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        c, chunks_per_row)
+                if UNROLL >= 2:
+                    acc_lo, acc_hi = accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
+                    b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                            c + GROUPS, chunks_per_row)
+                if UNROLL >= 3:
+                    acc_lo, acc_hi = accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
+                    c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                            c + 2 * GROUPS, chunks_per_row)
+                if UNROLL >= 4:
+                    acc_lo, acc_hi = accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
+                    d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                            c + 3 * GROUPS, chunks_per_row)
+                if UNROLL >= 6:
+                    acc_lo, acc_hi = accumulate(x_s, e_value, e_offset, e_base, acc_lo, acc_hi, WORDS, word_layout)
+                    e_value, e_offset, e_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                            c + 4 * GROUPS, chunks_per_row)
+                    acc_lo, acc_hi = accumulate(x_s, f_value, f_offset, f_base, acc_lo, acc_hi, WORDS, word_layout)
+                    f_value, f_offset, f_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                            c + 5 * GROUPS, chunks_per_row)
+            # a row's sums: over the LANES threads of its chunk and over the warp groups
+            lo_sum = gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)   # [R, WORDS]
+            hi_sum = gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)
+            out_layout: gl.constexpr = lo_sum.type.layout
+            out_rows = rb * R + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
+            m = gl.arange(0, WORDS, layout=gl.SliceLayout(0, out_layout)) * 2
+            at = out_ptr + gl.expand_dims(m, 0) * N + gl.expand_dims(out_rows, 1)
+            ok = gl.expand_dims(out_rows < N, 1)
+            gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
+            gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
+
+    return ccsr_xshared_packed_kernel
+
+
+SIGNATURE = {"x_ptr": "*i32", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": "*fp16",
+             "M": "i32", "N": "i32", "chunks_per_row": "i32", "row_blocks": "i32"}
+PACKED_SIGNATURE = {**SIGNATURE, "values_ptr": "*i64", "offsets_ptr": "*i32"}
+
+
+def kernel_name(variant: str, rows: int, k: int) -> str:
+    return f"ccsr_xshared_{variant}_m{rows}_k{k}"
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def build(directory: Path) -> None:
+    from fdpp.codegen.build import compile_kernel
+    from fdpp.compiler.targets import get_target
+    from fdpp.runtime.kernel_binary import save_kernel
+    from triton.experimental.gluon import language as gl
+    if not hasattr(gl.shared_memory_descriptor, "gather"):
+        import triton
+        raise SystemExit(f"exp_gluon_xshared: triton {triton.__version__}'s Gluon has no shared-memory gather; "
+                         f"build on a machine with a newer triton (3.9 has it)")
+    kernels = {0: xshared_kernel(), 1: xshared_packed_kernel()}
+    directory.mkdir(parents=True, exist_ok=True)
+    for variant, config in VARIANTS.items():
+        for k in sorted({k for _, k in SHAPES.values()}):
+            packed = config.get("PACKED", 0)
+            if k & (k - 1) and not packed:
+                print(f"K = {k}: not built for {variant} (Gluon's shared allocations need power-of-two shapes)")
+                continue
+            for rows in ROWS_OF_X:
+                constexprs = {"K": k, "WORDS": rows // 2, "EPT": config["EPT"], "WARPS": config["WARPS"],
+                              "XB": X_BLOCK, "UNROLL": config["UNROLL"]}
+                if packed:      # x's allocation rounded up to a power of two (staged: K columns)
+                    constexprs.update(GROUPS=config.get("GROUPS", 1), K_ALLOC=triton_next_pow2(k))
+                    if triton_next_pow2(k) * rows * 2 > SHARED_LIMIT:
+                        print(f"{kernel_name(variant, rows, k)}: not built, x takes "
+                              f"{triton_next_pow2(k) * rows * 2 >> 10} KB of shared memory")
+                        continue
+                built = compile_kernel(kernels[packed], get_target("h100"), PACKED_SIGNATURE if packed else SIGNATURE,
+                                       constexprs, name=kernel_name(variant, rows, k), num_warps=config["WARPS"])
+                if built.shared_memory_bytes > SHARED_LIMIT:
+                    print(f"{built.name}: skipped, needs {built.shared_memory_bytes} bytes of shared memory")
+                    continue
+                save_kernel(built, directory)
+                print(f"{built.name}: shared {built.shared_memory_bytes} bytes")
+    (directory / "constexprs.json").write_text(json.dumps({"VARIANTS": VARIANTS, "ROWS_OF_X": ROWS_OF_X}))
+
+
+def spread_banks(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor, words: int):
+    """The chunks' entries reordered within each chunk by their column's shared-memory bank group (column mod
+    32 / words: a column takes 4 * words bytes), so the entries one load instruction gathers (every EPT-th of a
+    chunk) fall in different groups as far as the chunk allows. Same sums, another order."""
+    n, slots = values.shape
+    chunks = slots // CHUNK
+    columns = bases.long().repeat_interleave(CHUNK, dim=1) + offsets.long()                    # [N, slots]
+    group = (columns % (32 // words)).view(n, chunks, CHUNK)
+    order = torch.sort(group * CHUNK + torch.arange(CHUNK, device=values.device), dim=2).indices   # stable
+    pick = (order + torch.arange(chunks, device=values.device)[None, :, None] * CHUNK).view(n, slots)
+    return values.gather(1, pick), offsets.gather(1, pick)
+
+
+def check(directory: Path) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_sparse as BENCH
+    import torch.nn.functional as F
+    from fdpp.codegen.kernels.chunked_csr_linear import (chunked_csr_linear, default_chunked_csr_config,
+                                                         interleave_rows)
+    from fdpp.runtime.cuda_launcher import CudaKernel
+    from fdpp.runtime.kernel_binary import load_kernel
+    built = json.loads((directory / "constexprs.json").read_text())
+    variants, rows_built = built["VARIANTS"], built["ROWS_OF_X"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    columns = [f"{v}{' spread' if s else ''}" for v in variants for s in (0, 1)]
+    print("| shape | M | cuBLAS us | shipped ccsr us (x cuBLAS) | " + " | ".join(f"{c} us (x cuBLAS)" for c in columns)
+          + " |")
+    print("| --- | --- | --- | --- |" + " --- |" * len(columns))
+    failed = 0
+    for name, (n, k) in SHAPES.items():
+        if not any((directory / f"{kernel_name(v, r, k)}.json").is_file() for v in variants for r in rows_built):
+            print(f"| {name} | | | no kernel built for K = {k} |")
+            continue
+        weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+        chunks = csr.tensors["bases"].shape[1]
+        for m in (4, 8):
+            rows = next(r for r in rows_built if r >= m)
+            x = (torch.randn(m, k, device="cuda") * 0.5).half()
+            ref = x.double() @ weight.double().T
+            cublas = BENCH.time_us([lambda s=s, x=x: F.linear(x, s["w"]) for s in dense_sets])
+            cfg = default_chunked_csr_config(n, chunks, m)
+            ready = interleave_rows(x, cfg["rows"])
+
+            def shipped(t, cfg=cfg, ready=ready, x=x):
+                return chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k), x_interleaved=ready,
+                                          **cfg)
+            error = BENCH.relative_error(shipped(csr_sets[0]), ref)
+            if error >= BENCH.MAX_ERROR:
+                failed += 1
+            base_us = BENCH.time_us([lambda t=t: shipped(t) for t in csr_sets])
+            cells = [f"{base_us:.1f} ({cublas / base_us:.2f}x)" + ("" if error < BENCH.MAX_ERROR else f" error {error:.1e}")]
+            x_words = interleave_rows(x, rows)[0].contiguous().view(torch.int32)               # [K, rows / 2]
+            out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+            spread_sets = [dict(zip(("values", "offsets"), spread_banks(t["values"], t["offsets"], t["bases"],
+                                                                         rows // 2)), bases=t["bases"])
+                           for t in csr_sets]
+            for variant, config in variants.items():
+                path = directory / f"{kernel_name(variant, rows, k)}.json"
+                if not path.is_file():
+                    cells += ["not built"] * 2
+                    continue
+                kernel = CudaKernel(load_kernel(directory, path.stem))
+                r_block = config["WARPS"] * 32 // (32 // config["EPT"]) // config.get("GROUPS", 1)
+                row_blocks = -(-n // r_block)
+                grid = (row_blocks if not config["PROGRAMS"] else min(row_blocks, config["PROGRAMS"] * sms),)
+
+                packed = config.get("PACKED", 0)
+
+                def run(t, kernel=kernel, grid=grid, row_blocks=row_blocks, out=out, m=m, packed=packed):
+                    values, offsets = t["values"], t["offsets"]
+                    if packed:      # the same bytes, four entries a word
+                        values, offsets = values.view(torch.int64), offsets.view(torch.int32)
+                    kernel(grid, x_words, values, offsets, t["bases"], out, m, n, chunks, row_blocks)
+                    return out
+                for sets in (csr_sets, spread_sets):
+                    error = BENCH.relative_error(run(sets[0]), ref)
+                    if error >= BENCH.MAX_ERROR:
+                        failed += 1
+                        cells.append(f"error {error:.2e}")
+                        continue
+                    us = BENCH.time_us([lambda t=t: run(t) for t in sets])
+                    cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
+            print(f"| {name} | {m} | {cublas:.1f} | " + " | ".join(cells) + " |", flush=True)
+        del dense_sets, csr_sets
+        torch.cuda.empty_cache()
+    print("FAIL" if failed else "PASS")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["build", "check"])
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args()
+    if args.mode == "build":
+        build(args.directory)
+        return 0
+    if not (args.directory / "constexprs.json").is_file():
+        raise SystemExit(f"exp_gluon_xshared: {args.directory} holds no build; run `build {args.directory}` first "
+                         f"(on a machine whose Triton has Gluon's shared-memory gather) and carry the folder")
+    return check(args.directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
