@@ -23,7 +23,7 @@ from fdpp.codegen.kernels.attention_decode import attention_decode_kernel, combi
 from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
 from fdpp.codegen.kernels.chunked_csr_linear import (DENSIFY_BLOCK_K, DENSIFY_CHUNKS, INTERLEAVE_BLOCK_K,
                                                      chunked_csr_linear_kernel, default_chunked_csr_config,
-                                                     densify_kernel, interleave_rows_kernel, packs_entries)
+                                                     densify_kernel, interleave_rows_kernel)
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
 from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
@@ -377,7 +377,7 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
          "GATED": bool(gated), "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "ROWS": together,
          "BLOCK_N": block_n, "BLOCK_F": block_f,
          "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"],
-         "PREFETCH": cfg["prefetch"], "PACKED": packs_entries(cfg, 4 if wdt == "fp32" else 2, chunk), **out_rows},
+         "PREFETCH": cfg["prefetch"], **out_rows},
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)

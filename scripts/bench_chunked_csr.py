@@ -34,11 +34,10 @@ import bench_sparse as BENCH  # noqa: E402  (timing, weights and error helpers; 
 
 def configs(m: int, sweep: dict) -> list[dict]:
     together = sorted({min(1 << (m - 1).bit_length(), 8), min(1 << (m - 1).bit_length(), 4)})
-    return [{"rows": r, "block_n": bn, "chunks": ch, "split_k": sk, "vector": v, "num_warps": w, "prefetch": p,
-             "packed": k}
-            for r, bn, ch, sk, v, w, p, k in itertools.product(
+    return [{"rows": r, "block_n": bn, "chunks": ch, "split_k": sk, "vector": v, "num_warps": w, "prefetch": p}
+            for r, bn, ch, sk, v, w, p in itertools.product(
                 together, sweep["block_n"], sweep["chunks"], sweep["split_k"], sweep["vector"], sweep["num_warps"],
-                sweep["prefetch"], sweep["packed"])]
+                sweep["prefetch"])]
 
 
 def main() -> int:
@@ -54,18 +53,14 @@ def main() -> int:
     parser.add_argument("--vectors", default="4,8", help="entries a thread loads at once")
     parser.add_argument("--num-warps", default="4")
     parser.add_argument("--prefetch", default="1", help="0, 1 or 0,1: software pipelining off / on")
-    parser.add_argument("--packed", default="0",
-                        help="0, 1 or 0,1: the packed loop (entries four a word, two steps in flight) off / on")
     parser.add_argument("--default-only", action="store_true",
-                        help="time only the config the wrapper and the dataflow use (no sweep; with --packed 0,1 "
-                             "that config each way, and every row printed)")
+                        help="time only the config the wrapper and the dataflow use (no sweep)")
     parser.add_argument("--x-interleaved", action="store_true",
                         help="x already interleaved, as bundles' producers write it (no interleave launch)")
     args = parser.parse_args()
     sweep = {name: [int(v) for v in getattr(args, name.replace("vector", "vectors")).split(",")]
              for name in ("block_n", "chunks", "split_k", "vector", "num_warps")}
     sweep["prefetch"] = [bool(int(p)) for p in args.prefetch.split(",")]
-    sweep["packed"] = [bool(int(p)) for p in args.packed.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     best = []
@@ -86,8 +81,7 @@ def main() -> int:
                 assert BENCH.relative_error(sparse_linear(x, bitmaps[0]), ref) < BENCH.MAX_ERROR
                 bitmap_us = BENCH.time_us([lambda w=w: sparse_linear(x, w) for w in bitmaps])
                 rows = []
-                defaults = [{**default_chunked_csr_config(n, chunks, m), "packed": k} for k in sweep["packed"]]
-                for cfg in defaults if args.default_only else configs(m, sweep):
+                for cfg in [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep):
                     t = csr_sets[0]
                     ready = interleave_rows(x, cfg["rows"]) if args.x_interleaved and cfg["rows"] > 1 else None
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
@@ -104,7 +98,7 @@ def main() -> int:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     rows.append(row)
-                best.extend(rows if args.default_only else [min(rows, key=lambda r: r["us"])])
+                best.append(min(rows, key=lambda r: r["us"]))
             del dense_sets, csr_sets, bitmaps, on_device
             torch.cuda.empty_cache()
     print(f"{'shape':8} {'s':>4} {'M':>2} {'cuBLAS':>7} {'bitmap':>14} {'chunked CSR':>14} {'bytes':>6}  config")
@@ -113,7 +107,7 @@ def main() -> int:
         print(f"{r['shape']:8} {r['sparsity']:4.2f} {r['m']:2d} {r['cublas_us']:7.1f} "
               f"{r['bitmap_us']:7.1f} x{r['cublas_us'] / r['bitmap_us']:.2f} {r['us']:7.1f} x{r['x_cublas']:.2f} "
               f"{r['csr_bytes'] / r['dense_bytes']:6.3f}  r{c['rows']} n{c['block_n']} ch{c['chunks']} "
-              f"s{c['split_k']} v{c['vector']} w{c['num_warps']} p{int(c['prefetch'])} k{int(c.get('packed', False))}")
+              f"s{c['split_k']} v{c['vector']} w{c['num_warps']} p{int(c['prefetch'])}")
     return 0
 
 

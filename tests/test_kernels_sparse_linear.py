@@ -124,16 +124,15 @@ CHUNKED_CSR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("m,density,with_bias,split_k,block_n,chunks,rows,dtype", CHUNKED_CSR_CASES)
-def test_chunked_csr_linear(m, density, with_bias, split_k, block_n, chunks, rows, dtype, packed):
+def test_chunked_csr_linear(m, density, with_bias, split_k, block_n, chunks, rows, dtype):
     n, k = 37, 600
     encoded = _encode(_weight(n, k, density, dtype, seed=35), "chunked_csr")
     x, bias = _inputs(m, k, n, dtype, with_bias, seed=36)
     with poisoned_allocations():
         out = sparse_linear.sparse_linear(x, encoded, bias, split_k=split_k, block_n=block_n, chunks=chunks,
-                                          rows=rows, packed=packed)
-    _check(out, x, encoded, bias, f"chunked_csr M={m} density={density} rows={rows} packed={packed}")
+                                          rows=rows)
+    _check(out, x, encoded, bias, f"chunked_csr M={m} density={density} rows={rows}")
 
 
 # (M, rows, gated activation, residual, bias, dtype) for W [2 x 19, 600] or [19, 600]: an odd N, so the last
@@ -145,9 +144,8 @@ CHUNKED_CSR_EPILOGUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("m,rows,gated,with_residual,with_bias,dtype", CHUNKED_CSR_EPILOGUE_CASES)
-def test_chunked_csr_epilogues_match_fused_linear(m, rows, gated, with_residual, with_bias, dtype, packed):
+def test_chunked_csr_epilogues_match_fused_linear(m, rows, gated, with_residual, with_bias, dtype):
     n, k = 19, 600
     rows_w = 2 * n if gated else n
     weight = _weight(rows_w, k, 0.3, dtype, seed=38)
@@ -155,7 +153,6 @@ def test_chunked_csr_epilogues_match_fused_linear(m, rows, gated, with_residual,
     x, bias = _inputs(m, k, rows_w, dtype, with_bias, seed=39)
     residual = random_tensor((m, n), dtype, DEVICE) if with_residual else None
     config = {"rows": rows, "block_n": 4, "chunks": 4} if rows else {}      # None: the wrapper's defaults
-    config["packed"] = packed
     with poisoned_allocations():
         out = sparse_linear.sparse_linear(x, encoded, bias, residual=residual, gated=gated, **config)
     what = f"chunked_csr M={m} rows={rows} gated={gated} residual={with_residual}"

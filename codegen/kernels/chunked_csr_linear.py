@@ -31,7 +31,7 @@ from fdpp.codegen.kernels._common import (as_rows, block_for, empty_output, inte
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
-__all__ = ["chunked_csr_linear", "default_chunked_csr_config", "packs_entries"]
+__all__ = ["chunked_csr_linear", "default_chunked_csr_config"]
 
 
 @triton.jit
@@ -175,73 +175,6 @@ def _load_step(c, last_chunk, feature_ok, row_entries, entry_in_step, row_bases,
 
 
 @triton.jit
-def _load_packed(c, last_chunk, feature_ok, row_words, word_in_step, row_bases, value_words, offset_words,
-                 chunks_per_row, BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr, CHUNK: tl.constexpr):
-    """_load_step four entries a word: the CHUNKS chunks' values as int64 words (4 fp16), offsets as int32 words
-    (4 uint8) and each word's chunk base, each [BLOCK_N, CHUNKS, CHUNK // 4]; zeros past last_chunk. The loop
-    carries the words as loaded and unpacks them where they are used (_accumulate_packed), so no instruction
-    waits for a load before the entries are needed."""
-    chunk = tl.arange(0, CHUNKS)                                                            # [CHUNKS]
-    chunk_ok = feature_ok[:, None] & (c + chunk < last_chunk)[None, :]                      # [BLOCK_N, CHUNKS]
-    chunk_index = tl.minimum(c + chunk, chunks_per_row - 1)[None, :, None]                  # [1, CHUNKS, 1]
-    base = _gather(row_bases, tl.broadcast_to(chunk_index, (BLOCK_N, CHUNKS, CHUNK // 4)))
-    word = row_words + c * (CHUNK // 4) + word_in_step
-    word_ok = chunk_ok[:, :, None]
-    value = tl.load(value_words + word, mask=word_ok, other=0, eviction_policy="evict_first")
-    offset = tl.load(offset_words + word, mask=word_ok, other=0, eviction_policy="evict_first")
-    return value, offset, base
-
-
-@triton.jit
-def _fma_rows(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, chunk_x, offset, weight, ROWS: tl.constexpr):
-    """acc_r += x[r, column] * weight for the ROWS rows of x gathered at chunk_x + offset (_gather_rows)."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = _gather_rows(chunk_x, offset, ROWS)
-    acc0 += x0 * weight
-    if ROWS >= 2:
-        acc1 += x1 * weight
-    if ROWS >= 4:
-        acc2 += x2 * weight
-        acc3 += x3 * weight
-    if ROWS == 8:
-        acc4 += x4 * weight
-        acc5 += x5 * weight
-        acc6 += x6 * weight
-        acc7 += x7 * weight
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
-
-
-@triton.jit
-def _accumulate_packed(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, x_block, value, offset, base,
-                       ROWS: tl.constexpr, BFLOAT: tl.constexpr):
-    """The four entries of each word (_load_packed) into the sums: values and offsets unpacked here."""
-    if HARDWARE_POPCOUNT and hasattr(libdevice, "byte_perm") and not BFLOAT:
-        v0, v1, v2, v3 = tl.inline_asm_elementwise(
-            "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
-            "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l", [value],
-            dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-    elif BFLOAT:        # a bfloat16's bits are a float32's high half
-        v0 = ((value & 0xFFFF).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-        v1 = (((value >> 16) & 0xFFFF).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-        v2 = (((value >> 32) & 0xFFFF).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-        v3 = (((value >> 48) & 0xFFFF).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-    else:
-        v0 = (value & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        v1 = ((value >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        v2 = ((value >> 32) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        v3 = ((value >> 48) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    chunk_x = x_block + base * ROWS                                                     # [BLOCK_N, CHUNKS, CHUNK // 4]
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _fma_rows(
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, chunk_x, offset & 255, v0, ROWS)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _fma_rows(
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, chunk_x, (offset >> 8) & 255, v1, ROWS)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _fma_rows(
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, chunk_x, (offset >> 16) & 255, v2, ROWS)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _fma_rows(
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, chunk_x, (offset >> 24) & 255, v3, ROWS)
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
-
-
-@triton.jit
 def _finish_row(acc, row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split,
                 HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr, ACTIVATION: tl.constexpr,
                 SPLIT_K: tl.constexpr, BLOCK_F: tl.constexpr, OUT_ROWS: tl.constexpr):
@@ -290,7 +223,6 @@ def chunked_csr_linear_kernel(
     SPLIT_K: tl.constexpr,       # programs sharing one row block's chunks (grid axis 1)
     VECTOR: tl.constexpr,        # entries one thread loads at once (values and offsets alike)
     PREFETCH: tl.constexpr,      # load each step's entries during the step before
-    PACKED: tl.constexpr = False,  # entries four a word, two steps in flight, each reloaded after use (CHUNK % 4 == 0)
     OUT_ROWS: tl.constexpr = 1,  # > 1 (SPLIT_K 1): out interleaved by blocks of OUT_ROWS rows (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
 ):
@@ -310,67 +242,39 @@ def chunked_csr_linear_kernel(
     row_bases = bases_ptr + (features.to(tl.int64) * chunks_per_row)[:, None, None]
     # x's block as a tensor in the entries' layout (the gathers take per-element addresses)
     x_block = x_ptr + (row_group.to(tl.int64) * x_block_stride + features.to(tl.int64) * 0)[:, None, None]
-    if PACKED:
-        # four entries a word; two steps' words in flight, each set reloaded right after it is used, so the
-        # loop carries loaded registers untouched until their use (no copy of an in-flight load to wait on)
-        word_in_step = (chunk[:, None] * (CHUNK // 4) + tl.arange(0, CHUNK // 4)[None, :])[None, :, :]
-        row_words = features.to(tl.int64)[:, None, None] * (chunks_per_row * (CHUNK // 4))    # [BLOCK_N, 1, 1]
-        value_words = values_ptr.to(tl.pointer_type(tl.int64), bitcast=True)
-        offset_words = offsets_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-        acc0 = (row_words + word_in_step).to(tl.float32) * 0.0                         # [BLOCK_N, CHUNKS, CHUNK // 4]
-        acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
-        bf: tl.constexpr = values_ptr.dtype.element_ty == tl.bfloat16
-        a_value, a_offset, a_base = _load_packed(first_chunk, last_chunk, feature_ok, row_words, word_in_step,
-                                                 row_bases, value_words, offset_words, chunks_per_row, BLOCK_N,
-                                                 CHUNKS, CHUNK)
-        b_value, b_offset, b_base = _load_packed(first_chunk + CHUNKS, last_chunk, feature_ok, row_words,
-                                                 word_in_step, row_bases, value_words, offset_words, chunks_per_row,
-                                                 BLOCK_N, CHUNKS, CHUNK)
-        for c in range(first_chunk, last_chunk, 2 * CHUNKS):
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate_packed(
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, x_block, a_value, a_offset, a_base, ROWS, bf)
-            a_value, a_offset, a_base = _load_packed(c + 2 * CHUNKS, last_chunk, feature_ok, row_words, word_in_step,
-                                                     row_bases, value_words, offset_words, chunks_per_row, BLOCK_N,
-                                                     CHUNKS, CHUNK)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate_packed(
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, x_block, b_value, b_offset, b_base, ROWS, bf)
-            b_value, b_offset, b_base = _load_packed(c + 3 * CHUNKS, last_chunk, feature_ok, row_words, word_in_step,
-                                                     row_bases, value_words, offset_words, chunks_per_row, BLOCK_N,
-                                                     CHUNKS, CHUNK)
-    else:
-        # sums per row of x, built from the entry indices so they live in the layout the loads give the entries
-        # (a plain tl.zeros gets a default layout, and every step would move its products into it)
-        acc0 = (row_entries + entry_in_step).to(tl.float32) * 0.0                              # [BLOCK_N, CHUNKS, CHUNK]
-        acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
-        # software-pipelined: a step's values, offsets and bases load while the step before gathers x
-        value, offset, base = _load_step(first_chunk, last_chunk, feature_ok, row_entries, entry_in_step, row_bases,
-                                         values_ptr, offsets_ptr, chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
-        for c in range(first_chunk, last_chunk, CHUNKS):
-            if PREFETCH:
-                next_value, next_offset, next_base = _load_step(
-                    c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
-                    chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
-            # one pointer per chunk (shared by its entries' registers), the entry's offset added in the gather
-            chunk_x = x_block + base * ROWS                                                     # [BLOCK_N, CHUNKS, CHUNK]
-            weight = value.to(tl.float32)
-            x0, x1, x2, x3, x4, x5, x6, x7 = _gather_rows(chunk_x, offset.to(tl.int32), ROWS)
-            acc0 += x0 * weight
-            if ROWS >= 2:
-                acc1 += x1 * weight
-            if ROWS >= 4:
-                acc2 += x2 * weight
-                acc3 += x3 * weight
-            if ROWS == 8:
-                acc4 += x4 * weight
-                acc5 += x5 * weight
-                acc6 += x6 * weight
-                acc7 += x7 * weight
-            if PREFETCH:
-                value, offset, base = next_value, next_offset, next_base
-            else:
-                value, offset, base = _load_step(
-                    c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
-                    chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
+    # sums per row of x, built from the entry indices so they live in the layout the loads give the entries
+    # (a plain tl.zeros gets a default layout, and every step would move its products into it)
+    acc0 = (row_entries + entry_in_step).to(tl.float32) * 0.0                              # [BLOCK_N, CHUNKS, CHUNK]
+    acc1, acc2, acc3, acc4, acc5, acc6, acc7 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
+    # software-pipelined: a step's values, offsets and bases load while the step before gathers x
+    value, offset, base = _load_step(first_chunk, last_chunk, feature_ok, row_entries, entry_in_step, row_bases,
+                                     values_ptr, offsets_ptr, chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
+    for c in range(first_chunk, last_chunk, CHUNKS):
+        if PREFETCH:
+            next_value, next_offset, next_base = _load_step(
+                c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
+                chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
+        # one pointer per chunk (shared by its entries' registers), the entry's offset added in the gather
+        chunk_x = x_block + base * ROWS                                                     # [BLOCK_N, CHUNKS, CHUNK]
+        weight = value.to(tl.float32)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _gather_rows(chunk_x, offset.to(tl.int32), ROWS)
+        acc0 += x0 * weight
+        if ROWS >= 2:
+            acc1 += x1 * weight
+        if ROWS >= 4:
+            acc2 += x2 * weight
+            acc3 += x3 * weight
+        if ROWS == 8:
+            acc4 += x4 * weight
+            acc5 += x5 * weight
+            acc6 += x6 * weight
+            acc7 += x7 * weight
+        if PREFETCH:
+            value, offset, base = next_value, next_offset, next_base
+        else:
+            value, offset, base = _load_step(
+                c + CHUNKS, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
+                chunks_per_row, BLOCK_N, CHUNKS, CHUNK, VECTOR)
     let_next_start(GRID_DEPENDENCY)
     first_row = row_group * ROWS
     _finish_row(acc0, first_row, row_block, bias_ptr, residual_ptr, out_ptr, M, N, split, HAS_BIAS, HAS_RESIDUAL,
@@ -488,12 +392,6 @@ def default_chunked_csr_config(n: int, chunks_per_row: int, m: int) -> dict:
             "prefetch": rows < 8}
 
 
-def packs_entries(config: dict, value_bytes: int, chunk: int) -> bool:
-    """Whether the kernel takes the packed loop (PACKED): the config asks for it, the values are 16-bit (four make
-    an int64 word) and a chunk holds whole words. float32 weights take the unpacked loop."""
-    return bool(config.get("packed", False)) and value_bytes == 2 and chunk % 4 == 0
-
-
 def interleave_rows(x_rows: torch.Tensor, together: int) -> torch.Tensor:
     """x_rows [M, K] as [cdiv(M, together), K, together] with each column's rows side by side (zero rows
     past M); x_rows itself when together is 1."""
@@ -570,7 +468,6 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
             HAS_BIAS=bias is not None and split_k == 1, HAS_RESIDUAL=residual is not None, GATED=bool(gated),
             ACTIVATION=ACTIVATION_CODES[gated] if gated else 0, ROWS=together, BLOCK_N=block_n, BLOCK_F=block_f,
             CHUNKS=cfg["chunks"], CHUNK=chunk, SPLIT_K=split_k, VECTOR=cfg["vector"], PREFETCH=cfg["prefetch"],
-            PACKED=packs_entries(cfg, values.element_size(), chunk), OUT_ROWS=out_rows_together,
-            num_warps=cfg["num_warps"])
+            OUT_ROWS=out_rows_together, num_warps=cfg["num_warps"])
         _sum_splits(partial, bias_arg, out, bias is not None)
     return out if out_rows_together > 1 else out.view(*x.shape[:-1], n)
