@@ -40,17 +40,12 @@ CHUNK = 32                    # entries a chunk (the format's)
 # else a persistent grid of PROGRAMS x multiprocessors looping over row blocks).
 _BASE = dict(WARPS=4, EPT=4, UNROLL=1, PROGRAMS=0)
 VARIANTS = {
-    # run 2's best of the first design, and of the second (PACKED: entries carried as loaded words)
+    # run 3's best (runs 1-3 had more: the commits the record names)
     "w8_u3": {**_BASE, "WARPS": 8, "UNROLL": 3},
     "pk_w8_u4": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4},
     "pk_w8_u4_p": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4, "PROGRAMS": 3},
-    # run 3: deeper unroll; GROUPS warp groups sharing a row block's chunks (more warps on fewer rows)
-    "pk_w8_u6": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 6},
-    "pk_w4_u6": {**_BASE, "PACKED": 1, "WARPS": 4, "UNROLL": 6},
     "pk_w8_g2_u4": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 4, "GROUPS": 2},
-    "pk_w16_g4_u4": {**_BASE, "PACKED": 1, "WARPS": 16, "UNROLL": 4, "GROUPS": 4},
     "pk_w16_g2_u4": {**_BASE, "PACKED": 1, "WARPS": 16, "UNROLL": 4, "GROUPS": 2},
-    "pk_w8_g2_u6": {**_BASE, "PACKED": 1, "WARPS": 8, "UNROLL": 6, "GROUPS": 2},
 }
 ROWS_OF_X = (4, 8)            # rows of x the kernels are built for (WORDS = rows / 2 int32 a column)
 
@@ -356,6 +351,83 @@ def spread_banks(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tenso
     return values.gather(1, pick), offsets.gather(1, pick)
 
 
+def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
+    """Chunked CSR of weight [N, K] (same layout as encode_chunked_csr, other chunks) whose chunks take up to
+    32 // classes entries of each column class (column mod classes: x's bank group at 8 rows), entry
+    4 * class + k being the class's k-th, so a chunk's 8 threads (4 entries each) gather from 8 different bank
+    groups in each load. Chunks are cut greedily from each row's smallest remaining column, within 256 columns.
+    A class short of entries leaves its slots to other classes' next entries in reach (`fill`: one bank conflict
+    a slot) or to padding (value 0) at a column of its own class. Rows run in parallel, one chunk a step."""
+    per = CHUNK // classes
+    n, k = weight.shape
+    device = weight.device
+    present = weight != 0
+    cols = torch.arange(k, device=device)
+    cls = cols % classes
+    # per row and class, the columns in order, padded with a sentinel past every reach
+    far = k + 1024
+    lists = []
+    counts = []
+    for c in range(classes):
+        sel = present[:, cls == c]                                        # [N, K / classes]
+        ccols = cols[cls == c]
+        cnt = sel.sum(1)
+        order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)   # present first, in column order
+        lst = torch.where(torch.arange(sel.shape[1], device=device)[None, :] < cnt[:, None], ccols[order], far)
+        lists.append(torch.nn.functional.pad(lst, (0, -(-k // classes) - lst.shape[1]), value=far))
+        counts.append(cnt)
+    L = torch.stack(lists, 1)                                             # [N, classes, Lmax]
+    L = torch.cat([L, torch.full((n, classes, CHUNK + per + 1), far, device=device)], 2)
+    ptr = torch.zeros(n, classes, dtype=torch.long, device=device)
+    vals, offs, bases = [], [], []
+    rows = torch.arange(n, device=device)[:, None]
+    kk = torch.arange(per, device=device)
+    while True:
+        head = L.gather(2, ptr[:, :, None])[:, :, 0]                       # [N, classes]
+        start = head.min(1).values                                         # [N]
+        active = start < far
+        if not bool(active.any()):
+            break
+        reach = torch.searchsorted(L.reshape(n * classes, -1).contiguous(),
+                                   (start[:, None].expand(n, classes) + 256).reshape(-1, 1).contiguous()).view(n, classes)
+        avail = torch.where(active[:, None], torch.clamp(reach - ptr, min=0), 0)
+        take = torch.clamp(avail, max=per)                                 # [N, classes]
+        idx = ptr[:, :, None] + kk[None, None, :]                          # [N, classes, per]
+        col = L.gather(2, idx)                                             # [N, classes, per]
+        real = (kk[None, None, :] < take[:, :, None]) & active[:, None, None]
+        base = torch.where(active, start, 0)
+        pad_col = base[:, None, None] + (torch.arange(classes, device=device)[None, :, None] - base[:, None, None]) % classes
+        col = torch.where(real, col, pad_col)
+        # slots a short class leaves take other classes' next entries in reach (a bank conflict, but no padding)
+        if fill:
+            extra = avail - take
+            deficit = CHUNK - take.sum(1)                                      # [N]
+            i32 = torch.arange(CHUNK, device=device)
+            cand_col = L.gather(2, (ptr + take)[:, :, None] + i32[None, None, :])   # [N, classes, CHUNK]
+            cand_ok = (i32[None, None, :] < extra[:, :, None]).reshape(n, -1)
+            rank = cand_ok.long().cumsum(1) - 1
+            use = cand_ok & (rank < deficit[:, None])
+            used = use.view(n, classes, CHUNK).sum(2)                          # [N, classes]
+            ranked = torch.full((n, CHUNK + 1), 0, dtype=torch.long, device=device)
+            ranked.scatter_(1, torch.where(use, rank, CHUNK), cand_col.reshape(n, -1))
+            free = (~real).reshape(n, CHUNK) & active[:, None]
+            slot_rank = free.long().cumsum(1) - 1
+            filled = free & (slot_rank < used.sum(1, keepdim=True))
+            col = torch.where(filled, ranked.gather(1, slot_rank.clamp(0, CHUNK)), col.reshape(n, CHUNK)).view(n, classes, per)
+            real = real | filled.view(n, classes, per)
+            take = take + used
+        col = torch.where(active[:, None, None], col, 0)
+        v = torch.where(real, weight.gather(1, col.clamp(max=k - 1).view(n, -1)).view(n, classes, per), 0)
+        vals.append(v.reshape(n, CHUNK))
+        offs.append((col - base[:, None, None]).reshape(n, CHUNK))
+        bases.append(base)
+        ptr = ptr + torch.where(active[:, None], take, 0)
+    values = torch.stack(vals, 1).reshape(n, -1).to(weight.dtype)
+    offsets = torch.stack(offs, 1).reshape(n, -1)
+    assert int(offsets.min()) >= 0 and int(offsets.max()) < 256
+    return values, offsets.to(torch.uint8), torch.stack(bases, 1).to(torch.int32)
+
+
 def check(directory: Path) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_sparse as BENCH
@@ -367,23 +439,29 @@ def check(directory: Path) -> int:
     built = json.loads((directory / "constexprs.json").read_text())
     variants, rows_built = built["VARIANTS"], built["ROWS_OF_X"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    columns = [f"{v}{' spread' if s else ''}" for v in variants for s in (0, 1)]
-    print("| shape | M | cuBLAS us | shipped ccsr us (x cuBLAS) | " + " | ".join(f"{c} us (x cuBLAS)" for c in columns)
+    # the entries as encoded (columns ascending in a chunk), reordered within chunks (spread_banks), and, at 8 rows,
+    # re-chunked so each load's 8 threads hit 8 bank groups (balanced_chunks, with and without fill-ins)
+    arrangements = ["as encoded", "spread", "balanced", "balanced, no fill"]
+    print("| shape | M | cuBLAS us | shipped ccsr us (x cuBLAS) | entries | " + " | ".join(f"{v} us (x cuBLAS)" for v in variants)
           + " |")
-    print("| --- | --- | --- | --- |" + " --- |" * len(columns))
+    print("| --- | --- | --- | --- | --- |" + " --- |" * len(variants))
     failed = 0
     for name, (n, k) in SHAPES.items():
         if not any((directory / f"{kernel_name(v, r, k)}.json").is_file() for v in variants for r in rows_built):
             print(f"| {name} | | | no kernel built for K = {k} |")
             continue
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
-        chunks = csr.tensors["bases"].shape[1]
+        balanced = {}
+        for label, fill in (("balanced", True), ("balanced, no fill", False)):
+            values, offsets, bases = balanced_chunks(weight.cuda(), fill=fill)
+            balanced[label] = BENCH.copies({"values": values, "offsets": offsets, "bases": bases},
+                                           values.numel() * 3 + bases.numel() * 4)
         for m in (4, 8):
             rows = next(r for r in rows_built if r >= m)
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
             ref = x.double() @ weight.double().T
             cublas = BENCH.time_us([lambda s=s, x=x: F.linear(x, s["w"]) for s in dense_sets])
-            cfg = default_chunked_csr_config(n, chunks, m)
+            cfg = default_chunked_csr_config(n, csr.tensors["bases"].shape[1], m)
             ready = interleave_rows(x, cfg["rows"])
 
             def shipped(t, cfg=cfg, ready=ready, x=x):
@@ -393,31 +471,38 @@ def check(directory: Path) -> int:
             if error >= BENCH.MAX_ERROR:
                 failed += 1
             base_us = BENCH.time_us([lambda t=t: shipped(t) for t in csr_sets])
-            cells = [f"{base_us:.1f} ({cublas / base_us:.2f}x)" + ("" if error < BENCH.MAX_ERROR else f" error {error:.1e}")]
+            shipped_cell = f"{base_us:.1f} ({cublas / base_us:.2f}x)" + ("" if error < BENCH.MAX_ERROR else
+                                                                        f" error {error:.1e}")
             x_words = interleave_rows(x, rows)[0].contiguous().view(torch.int32)               # [K, rows / 2]
             out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-            spread_sets = [dict(zip(("values", "offsets"), spread_banks(t["values"], t["offsets"], t["bases"],
-                                                                         rows // 2)), bases=t["bases"])
-                           for t in csr_sets]
-            for variant, config in variants.items():
-                path = directory / f"{kernel_name(variant, rows, k)}.json"
-                if not path.is_file():
-                    cells += ["not built"] * 2
+            sets_of = {"as encoded": csr_sets,
+                       "spread": [dict(zip(("values", "offsets"), spread_banks(t["values"], t["offsets"], t["bases"],
+                                                                                rows // 2)), bases=t["bases"])
+                                  for t in csr_sets]}
+            if rows == 8:
+                sets_of.update(balanced)
+            for arrangement in arrangements:
+                if arrangement not in sets_of:
                     continue
-                kernel = CudaKernel(load_kernel(directory, path.stem))
-                r_block = config["WARPS"] * 32 // (32 // config["EPT"]) // config.get("GROUPS", 1)
-                row_blocks = -(-n // r_block)
-                grid = (row_blocks if not config["PROGRAMS"] else min(row_blocks, config["PROGRAMS"] * sms),)
+                cells = []
+                for variant, config in variants.items():
+                    path = directory / f"{kernel_name(variant, rows, k)}.json"
+                    if not path.is_file():
+                        cells.append("not built")
+                        continue
+                    kernel = CudaKernel(load_kernel(directory, path.stem))
+                    r_block = config["WARPS"] * 32 // (32 // config["EPT"]) // config.get("GROUPS", 1)
+                    row_blocks = -(-n // r_block)
+                    grid = (row_blocks if not config["PROGRAMS"] else min(row_blocks, config["PROGRAMS"] * sms),)
+                    packed = config.get("PACKED", 0)
 
-                packed = config.get("PACKED", 0)
-
-                def run(t, kernel=kernel, grid=grid, row_blocks=row_blocks, out=out, m=m, packed=packed):
-                    values, offsets = t["values"], t["offsets"]
-                    if packed:      # the same bytes, four entries a word
-                        values, offsets = values.view(torch.int64), offsets.view(torch.int32)
-                    kernel(grid, x_words, values, offsets, t["bases"], out, m, n, chunks, row_blocks)
-                    return out
-                for sets in (csr_sets, spread_sets):
+                    def run(t, kernel=kernel, grid=grid, row_blocks=row_blocks, out=out, m=m, packed=packed):
+                        values, offsets = t["values"], t["offsets"]
+                        if packed:      # the same bytes, four entries a word
+                            values, offsets = values.view(torch.int64), offsets.view(torch.int32)
+                        kernel(grid, x_words, values, offsets, t["bases"], out, m, n, t["bases"].shape[1], row_blocks)
+                        return out
+                    sets = sets_of[arrangement]
                     error = BENCH.relative_error(run(sets[0]), ref)
                     if error >= BENCH.MAX_ERROR:
                         failed += 1
@@ -425,8 +510,10 @@ def check(directory: Path) -> int:
                         continue
                     us = BENCH.time_us([lambda t=t: run(t) for t in sets])
                     cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
-            print(f"| {name} | {m} | {cublas:.1f} | " + " | ".join(cells) + " |", flush=True)
-        del dense_sets, csr_sets
+                chunks = sets_of[arrangement][0]["bases"].shape[1]
+                print(f"| {name} | {m} | {cublas:.1f} | {shipped_cell} | {arrangement} ({chunks} chunks a row) | "
+                      + " | ".join(cells) + " |", flush=True)
+        del dense_sets, csr_sets, balanced
         torch.cuda.empty_cache()
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0
