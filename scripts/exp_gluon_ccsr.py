@@ -19,7 +19,6 @@ Llama-2-7B-shaped weights, and times it against cuBLAS on the dense weight, as s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -588,17 +587,8 @@ def check(directory: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["build", "check"])
-    parser.add_argument("directory", type=Path)
-    args = parser.parse_args()
-    if args.mode == "build":
-        build(args.directory)
-        return 0
-    if not (args.directory / "constexprs.json").is_file():
-        raise SystemExit(f"exp_gluon_ccsr: {args.directory} holds no build; run `build {args.directory}` first "
-                         f"(on a machine whose Triton has Gluon's shared-memory scatter) and carry the folder")
-    return check(args.directory)
+    from gluon_experiment import experiment_main
+    return experiment_main(__doc__, "exp_gluon_ccsr", build, check, "Gluon's shared-memory scatter")
 
 
 if __name__ == "__main__":

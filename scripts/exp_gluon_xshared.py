@@ -24,7 +24,6 @@ producer as in bundles), all over rotating copies, medians (scripts/bench_sparse
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -50,9 +49,42 @@ VARIANTS = {
 ROWS_OF_X = (4, 8)            # rows of x the kernels are built for (WORDS = rows / 2 int32 a column)
 
 
+def _prologue_epilogue():
+    """The kernels' shared parts: stage_x, x's K columns ([K, WORDS] int32) copied into a [K_ALLOC, WORDS] shared
+    buffer XB columns a step, then a barrier (returns the buffer); store_rows, a row block's sums [R, WORDS] for rows
+    2w (lo) and 2w + 1 (hi) of x stored as fp16 into out [M, N]."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
+                layout: gl.constexpr):
+        x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, layout))
+        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout))
+        for kb in gl.static_range(K // XB):
+            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
+                                                    + gl.expand_dims(ww, 0)))
+        gl.barrier()
+        return x_s
+
+    @gluon.jit
+    def store_rows(out_ptr, lo_sum, hi_sum, first_row, M, N, R: gl.constexpr, WORDS: gl.constexpr):
+        out_layout: gl.constexpr = lo_sum.type.layout
+        out_rows = first_row + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
+        m = gl.arange(0, WORDS, layout=gl.SliceLayout(0, out_layout)) * 2
+        at = out_ptr + gl.expand_dims(m, 0) * N + gl.expand_dims(out_rows, 1)
+        ok = gl.expand_dims(out_rows < N, 1)
+        gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
+        gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
+
+    return stage_x, store_rows
+
+
 def xshared_kernel():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    stage_x, store_rows = _prologue_epilogue()
 
     @gluon.jit
     def load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row,
@@ -101,13 +133,7 @@ def xshared_kernel():
         entry_layout: gl.constexpr = gl.SliceLayout(2, gather3)                                 # [T, EPT]
         thread_layout: gl.constexpr = gl.SliceLayout(1, entry_layout)                           # [T]
         stage_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])
-        x_s = gl.allocate_shared_memory(gl.int32, [K, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, stage_layout))
-        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, stage_layout))
-        for kb in gl.static_range(K // XB):
-            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
-                                                    + gl.expand_dims(ww, 0)))
-        gl.barrier()
+        x_s = stage_x(x_ptr, K, K, WORDS, XB, stage_layout)
         t = gl.arange(0, T, layout=thread_layout)
         lane = t % LANES
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
@@ -150,13 +176,7 @@ def xshared_kernel():
             # a row's sums: over a thread's EPT entries, then over the LANES threads of its chunk
             lo_sum = gl.sum(gl.reshape(gl.sum(acc_lo, axis=1), [R, LANES, WORDS]), axis=1)      # [R, WORDS]
             hi_sum = gl.sum(gl.reshape(gl.sum(acc_hi, axis=1), [R, LANES, WORDS]), axis=1)
-            out_layout: gl.constexpr = lo_sum.type.layout
-            out_rows = rb * R + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
-            m = gl.arange(0, WORDS, layout=gl.SliceLayout(0, out_layout)) * 2
-            at = out_ptr + gl.expand_dims(m, 0) * N + gl.expand_dims(out_rows, 1)
-            ok = gl.expand_dims(out_rows < N, 1)
-            gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
-            gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
+            store_rows(out_ptr, lo_sum, hi_sum, rb * R, M, N, R, WORDS)
 
     return ccsr_xshared_kernel
 
@@ -168,6 +188,7 @@ def xshared_packed_kernel():
     the four entries gathers separately, so the sums need only [T, WORDS] accumulators."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    stage_x, store_rows = _prologue_epilogue()
 
     @gluon.jit
     def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row):
@@ -219,13 +240,7 @@ def xshared_packed_kernel():
         R: gl.constexpr = T // (LANES * GROUPS)  # weight rows a row block; GROUPS warp groups share its chunks
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
-        x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, word_layout))
-        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, word_layout))
-        for kb in gl.static_range(K // XB):
-            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
-                                                    + gl.expand_dims(ww, 0)))
-        gl.barrier()
+        x_s = stage_x(x_ptr, K, K_ALLOC, WORDS, XB, word_layout)
         t = gl.arange(0, T, layout=thread_layout)
         lane = t % LANES
         group = t // (T // GROUPS)               # warp-uniform: group g takes chunks g, g + GROUPS, ...
@@ -278,13 +293,7 @@ def xshared_packed_kernel():
             # a row's sums: over the LANES threads of its chunk and over the warp groups
             lo_sum = gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)   # [R, WORDS]
             hi_sum = gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)
-            out_layout: gl.constexpr = lo_sum.type.layout
-            out_rows = rb * R + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
-            m = gl.arange(0, WORDS, layout=gl.SliceLayout(0, out_layout)) * 2
-            at = out_ptr + gl.expand_dims(m, 0) * N + gl.expand_dims(out_rows, 1)
-            ok = gl.expand_dims(out_rows < N, 1)
-            gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
-            gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
+            store_rows(out_ptr, lo_sum, hi_sum, rb * R, M, N, R, WORDS)
 
     return ccsr_xshared_packed_kernel
 
@@ -520,17 +529,8 @@ def check(directory: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["build", "check"])
-    parser.add_argument("directory", type=Path)
-    args = parser.parse_args()
-    if args.mode == "build":
-        build(args.directory)
-        return 0
-    if not (args.directory / "constexprs.json").is_file():
-        raise SystemExit(f"exp_gluon_xshared: {args.directory} holds no build; run `build {args.directory}` first "
-                         f"(on a machine whose Triton has Gluon's shared-memory gather) and carry the folder")
-    return check(args.directory)
+    from gluon_experiment import experiment_main
+    return experiment_main(__doc__, "exp_gluon_xshared", build, check, "Gluon's shared-memory gather")
 
 
 if __name__ == "__main__":
