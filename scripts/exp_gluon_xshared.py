@@ -191,14 +191,14 @@ def xshared_packed_kernel():
     stage_x, store_rows = _prologue_epilogue()
 
     @gluon.jit
-    def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row):
-        """Chunk c of each thread's row: its 4 values as an int64, 4 offsets as an int32, the chunk's base; all
-        [T]; zeros past the row's chunks or past N."""
-        ok = row_ok & (c < chunks_per_row)
+    def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row, limit, shift):
+        """Chunk c of each thread's row: its 4 values as an int64, 4 offsets as an int32, the chunk's base less
+        shift (its column in the x buffer it gathers from); all [T]; zeros from chunk `limit` on or past N."""
+        ok = row_ok & (c < limit)
         at = rows * (chunks_per_row * 8) + c * 8 + lane
         value = gl.load(values_ptr + at, mask=ok, other=0)
         offset = gl.load(offsets_ptr + at, mask=ok, other=0)
-        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=0)
+        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=shift) - shift
         return value, offset, base
 
     @gluon.jit
@@ -225,6 +225,44 @@ def xshared_packed_kernel():
         return acc_lo, acc_hi
 
     @gluon.jit
+    def run_chunks(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, first, limit, chunks_per_row,
+                   shift, acc_lo, acc_hi, UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr,
+                   word_layout: gl.constexpr):
+        """Chunks [first, limit) of each thread's row into the sums, gathering x from x_s (bases less shift). UNROLL
+        sets of entries in flight (1, 2 or 4), each reloaded right after it is used, so a load has the other sets'
+        work to land in and no register copy waits on a load in flight; warp group g takes chunks first + g,
+        first + g + GROUPS, ..."""
+        gl.static_assert((UNROLL == 1) or (UNROLL == 2) or (UNROLL == 4))
+        a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                first + group, chunks_per_row, limit, shift)
+        if UNROLL >= 2:
+            b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                    first + group + GROUPS, chunks_per_row, limit, shift)
+        if UNROLL >= 4:
+            c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                    first + group + 2 * GROUPS, chunks_per_row, limit, shift)
+            d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                    first + group + 3 * GROUPS, chunks_per_row, limit, shift)
+        STEP: gl.constexpr = UNROLL * GROUPS
+        for c0 in range(first, limit, STEP):
+            c = c0 + STEP + group              # the chunk each set loads next
+            acc_lo, acc_hi = accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
+            a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                    c, chunks_per_row, limit, shift)
+            if UNROLL >= 2:
+                acc_lo, acc_hi = accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
+                b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        c + GROUPS, chunks_per_row, limit, shift)
+            if UNROLL >= 4:
+                acc_lo, acc_hi = accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
+                c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        c + 2 * GROUPS, chunks_per_row, limit, shift)
+                acc_lo, acc_hi = accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
+                d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                        c + 3 * GROUPS, chunks_per_row, limit, shift)
+        return acc_lo, acc_hi
+
+    @gluon.jit
     def ccsr_xshared_packed_kernel(
         x_ptr,              # [K, WORDS] int32: x interleaved, column k's 2 * WORDS rows side by side as fp16 pairs
         values_ptr,         # [N, chunks_per_row * 8] int64: the fp16 values, four a word
@@ -232,15 +270,23 @@ def xshared_packed_kernel():
         bases_ptr,          # [N, chunks_per_row] int32: each chunk's first column
         out_ptr,            # [M, N] fp16
         M, N, chunks_per_row, row_blocks,
+        chunks_lo,          # SPLIT_AT > 0: each row's chunks below chunks_lo have columns < SPLIT_AT, the rest >= it
         K: gl.constexpr, WORDS: gl.constexpr, EPT: gl.constexpr, WARPS: gl.constexpr, XB: gl.constexpr,
-        UNROLL: gl.constexpr, GROUPS: gl.constexpr, K_ALLOC: gl.constexpr,
+        UNROLL: gl.constexpr, GROUPS: gl.constexpr, K_ALLOC: gl.constexpr, SPLIT_AT: gl.constexpr,
+        HI_ALLOC: gl.constexpr,
     ):
+        """SPLIT_AT > 0: x in two shared buffers, columns [0, SPLIT_AT) (K_ALLOC = SPLIT_AT) and [SPLIT_AT, K)
+        (HI_ALLOC columns), so a K whose power-of-two round-up does not fit still does."""
         T: gl.constexpr = WARPS * 32
         LANES: gl.constexpr = 8                  # threads a chunk (4 entries a thread)
         R: gl.constexpr = T // (LANES * GROUPS)  # weight rows a row block; GROUPS warp groups share its chunks
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
-        x_s = stage_x(x_ptr, K, K_ALLOC, WORDS, XB, word_layout)
+        if SPLIT_AT:
+            x_s = stage_x(x_ptr, SPLIT_AT, K_ALLOC, WORDS, XB, word_layout)
+            x_hi = stage_x(x_ptr + SPLIT_AT * WORDS, K - SPLIT_AT, HI_ALLOC, WORDS, XB, word_layout)
+        else:
+            x_s = stage_x(x_ptr, K, K_ALLOC, WORDS, XB, word_layout)
         t = gl.arange(0, T, layout=thread_layout)
         lane = t % LANES
         group = t // (T // GROUPS)               # warp-uniform: group g takes chunks g, g + GROUPS, ...
@@ -249,47 +295,17 @@ def xshared_packed_kernel():
             row_ok = rows < N
             acc_lo = gl.zeros([T, WORDS], gl.float32, word_layout)
             acc_hi = gl.zeros([T, WORDS], gl.float32, word_layout)
-            a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                    group, chunks_per_row)
-            if UNROLL >= 2:
-                b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        group + GROUPS, chunks_per_row)
-            if UNROLL >= 3:
-                c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        group + 2 * GROUPS, chunks_per_row)
-            if UNROLL >= 4:
-                d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        group + 3 * GROUPS, chunks_per_row)
-            if UNROLL >= 6:
-                e_value, e_offset, e_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        group + 4 * GROUPS, chunks_per_row)
-                f_value, f_offset, f_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        group + 5 * GROUPS, chunks_per_row)
-            STEP: gl.constexpr = UNROLL * GROUPS
-            for c0 in range(0, chunks_per_row, STEP):
-                c = c0 + STEP + group              # the chunk each set loads next
-                acc_lo, acc_hi = accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
-                a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        c, chunks_per_row)
-                if UNROLL >= 2:
-                    acc_lo, acc_hi = accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
-                    b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                            c + GROUPS, chunks_per_row)
-                if UNROLL >= 3:
-                    acc_lo, acc_hi = accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
-                    c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                            c + 2 * GROUPS, chunks_per_row)
-                if UNROLL >= 4:
-                    acc_lo, acc_hi = accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
-                    d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                            c + 3 * GROUPS, chunks_per_row)
-                if UNROLL >= 6:
-                    acc_lo, acc_hi = accumulate(x_s, e_value, e_offset, e_base, acc_lo, acc_hi, WORDS, word_layout)
-                    e_value, e_offset, e_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                            c + 4 * GROUPS, chunks_per_row)
-                    acc_lo, acc_hi = accumulate(x_s, f_value, f_offset, f_base, acc_lo, acc_hi, WORDS, word_layout)
-                    f_value, f_offset, f_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                            c + 5 * GROUPS, chunks_per_row)
+            if SPLIT_AT:
+                acc_lo, acc_hi = run_chunks(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
+                                            chunks_lo, chunks_per_row, 0, acc_lo, acc_hi, UNROLL, GROUPS, WORDS,
+                                            word_layout)
+                acc_lo, acc_hi = run_chunks(x_hi, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
+                                            chunks_lo, chunks_per_row, chunks_per_row, SPLIT_AT, acc_lo, acc_hi,
+                                            UNROLL, GROUPS, WORDS, word_layout)
+            else:
+                acc_lo, acc_hi = run_chunks(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
+                                            chunks_per_row, chunks_per_row, 0, acc_lo, acc_hi, UNROLL, GROUPS, WORDS,
+                                            word_layout)
             # a row's sums: over the LANES threads of its chunk and over the warp groups
             lo_sum = gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)   # [R, WORDS]
             hi_sum = gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, LANES, WORDS]), axis=2), axis=0)
@@ -300,7 +316,8 @@ def xshared_packed_kernel():
 
 SIGNATURE = {"x_ptr": "*i32", "values_ptr": "*fp16", "offsets_ptr": "*u8", "bases_ptr": "*i32", "out_ptr": "*fp16",
              "M": "i32", "N": "i32", "chunks_per_row": "i32", "row_blocks": "i32"}
-PACKED_SIGNATURE = {**SIGNATURE, "values_ptr": "*i64", "offsets_ptr": "*i32"}
+PACKED_SIGNATURE = {**SIGNATURE, "values_ptr": "*i64", "offsets_ptr": "*i32", "chunks_lo": "i32"}
+SPLIT_AT = 8192         # x's columns in the first shared buffer where K's power-of-two round-up does not fit
 
 
 def kernel_name(variant: str, rows: int, k: int) -> str:
@@ -331,12 +348,11 @@ def build(directory: Path) -> None:
             for rows in ROWS_OF_X:
                 constexprs = {"K": k, "WORDS": rows // 2, "EPT": config["EPT"], "WARPS": config["WARPS"],
                               "XB": X_BLOCK, "UNROLL": config["UNROLL"]}
-                if packed:      # x's allocation rounded up to a power of two (staged: K columns)
-                    constexprs.update(GROUPS=config.get("GROUPS", 1), K_ALLOC=triton_next_pow2(k))
-                    if triton_next_pow2(k) * rows * 2 > SHARED_LIMIT:
-                        print(f"{kernel_name(variant, rows, k)}: not built, x takes "
-                              f"{triton_next_pow2(k) * rows * 2 >> 10} KB of shared memory")
-                        continue
+                if packed:      # x's allocation rounded up to a power of two, or two buffers (split at SPLIT_AT)
+                    split = triton_next_pow2(k) * rows * 2 > SHARED_LIMIT
+                    constexprs.update(GROUPS=config.get("GROUPS", 1), SPLIT_AT=SPLIT_AT if split else 0,
+                                      K_ALLOC=SPLIT_AT if split else triton_next_pow2(k),
+                                      HI_ALLOC=triton_next_pow2(k - SPLIT_AT) if split else 1)
                 built = compile_kernel(kernels[packed], get_target("h100"), PACKED_SIGNATURE if packed else SIGNATURE,
                                        constexprs, name=kernel_name(variant, rows, k), num_warps=config["WARPS"])
                 if built.shared_memory_bytes > SHARED_LIMIT:
@@ -406,6 +422,7 @@ def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
         real = (kk[None, None, :] < take[:, :, None]) & active[:, None, None]
         base = torch.where(active, start, 0)
         pad_col = base[:, None, None] + (torch.arange(classes, device=device)[None, :, None] - base[:, None, None]) % classes
+        pad_col = torch.where(pad_col < k, pad_col, base[:, None, None])   # a column of x, near the end too
         col = torch.where(real, col, pad_col)
         # slots a short class leaves take other classes' next entries in reach (a bank conflict, but no padding)
         if fill:
@@ -437,6 +454,35 @@ def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
     return values, offsets.to(torch.uint8), torch.stack(bases, 1).to(torch.int32)
 
 
+def arranged(weight: torch.Tensor, label: str, words: int):
+    """weight's chunked-CSR tensors in one of check's arrangements: "as encoded" (encode_chunked_csr), "spread"
+    (spread_banks), "balanced" / "balanced, no fill" (balanced_chunks)."""
+    from fdpp.runtime.sparse_formats import encode_chunked_csr
+    if label.startswith("balanced"):
+        return balanced_chunks(weight, fill=label == "balanced")
+    t = encode_chunked_csr(weight).tensors
+    if label == "spread":
+        return (*spread_banks(t["values"], t["offsets"], t["bases"], words), t["bases"])
+    return t["values"], t["offsets"], t["bases"]
+
+
+def arranged_copies(bench, weight: torch.Tensor, label: str, words: int, split_at: int) -> list[dict]:
+    """Rotating copies of weight's tensors arranged as `label`; split_at > 0: columns below split_at and the rest
+    encoded apart, each row's low chunks first (chunks_lo of them, the most any row has), as the two-buffer kernels
+    read them."""
+    if not split_at:
+        values, offsets, bases = arranged(weight, label, words)
+        extra = {}
+    else:
+        low, high = arranged(weight[:, :split_at], label, words), arranged(weight[:, split_at:], label, words)
+        values, offsets = torch.cat([low[0], high[0]], 1), torch.cat([low[1], high[1]], 1)
+        bases = torch.cat([low[2], high[2] + split_at], 1)
+        extra = {"chunks_lo": low[2].shape[1]}
+    copies = bench.copies({"values": values.contiguous(), "offsets": offsets.contiguous(),
+                           "bases": bases.contiguous()}, values.numel() * 3 + bases.numel() * 4)
+    return [{**c, **extra} for c in copies]
+
+
 def check(directory: Path) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_sparse as BENCH
@@ -460,11 +506,8 @@ def check(directory: Path) -> int:
             print(f"| {name} | | | no kernel built for K = {k} |")
             continue
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
-        balanced = {}
-        for label, fill in (("balanced", True), ("balanced, no fill", False)):
-            values, offsets, bases = balanced_chunks(weight.cuda(), fill=fill)
-            balanced[label] = BENCH.copies({"values": values, "offsets": offsets, "bases": bases},
-                                           values.numel() * 3 + bases.numel() * 4)
+        balanced = {label: arranged_copies(BENCH, weight.cuda(), label, 4, 0)
+                    for label in ("balanced", "balanced, no fill")}
         for m in (4, 8):
             rows = next(r for r in rows_built if r >= m)
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
@@ -490,6 +533,9 @@ def check(directory: Path) -> int:
                                   for t in csr_sets]}
             if rows == 8:
                 sets_of.update(balanced)
+            if triton_next_pow2(k) * rows * 2 > SHARED_LIMIT:     # the kernels take x in two buffers
+                sets_of = {label: arranged_copies(BENCH, weight.cuda(), label, rows // 2, SPLIT_AT)
+                           for label in sets_of}
             for arrangement in arrangements:
                 if arrangement not in sets_of:
                     continue
@@ -509,7 +555,9 @@ def check(directory: Path) -> int:
                         values, offsets = t["values"], t["offsets"]
                         if packed:      # the same bytes, four entries a word
                             values, offsets = values.view(torch.int64), offsets.view(torch.int32)
-                        kernel(grid, x_words, values, offsets, t["bases"], out, m, n, t["bases"].shape[1], row_blocks)
+                        chunks = t["bases"].shape[1]
+                        kernel(grid, x_words, values, offsets, t["bases"], out, m, n, chunks, row_blocks,
+                               *([t.get("chunks_lo", chunks)] if packed else []))
                         return out
                     sets = sets_of[arrangement]
                     error = BENCH.relative_error(run(sets[0]), ref)

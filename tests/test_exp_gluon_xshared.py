@@ -22,7 +22,9 @@ def _pruned(n: int, k: int, density: float, seed: int) -> torch.Tensor:
 
 
 def _decoded(values, offsets, bases, k) -> torch.Tensor:
+    """The dense weight the entries give; every entry, padding included, must name a column of x (< k)."""
     columns = bases.long().repeat_interleave(X.CHUNK, dim=1) + offsets.long()
+    assert int(columns.max()) < k, "an entry past x's last column"
     dense = torch.zeros(values.shape[0], k + 256, dtype=torch.float64)
     dense.scatter_add_(1, columns, values.double())
     return dense[:, :k]
@@ -63,8 +65,26 @@ def test_packed_kernel_compiles_for_sm90_with_a_vector_shared_load_an_entry():
     from fdpp.compiler.targets import get_target
     built = compile_kernel(X.xshared_packed_kernel(), get_target("h100"), X.PACKED_SIGNATURE,
                            {"K": 4096, "WORDS": 4, "EPT": 4, "WARPS": 8, "XB": X.X_BLOCK, "UNROLL": 4, "GROUPS": 2,
-                            "K_ALLOC": 4096}, name="xshared_probe", num_warps=8)
+                            "K_ALLOC": 4096, "SPLIT_AT": 0, "HI_ALLOC": 1}, name="xshared_probe", num_warps=8)
     ptx = built.ptx if isinstance(built.ptx, str) else built.ptx.decode()
     assert ptx.count("ld.shared.v4.b32") >= 4 * 4            # 4 entries a set, 4 sets a step (+ the reduction's)
     assert "ld.shared.b16" not in ptx and "ld.shared.u16" not in ptx   # no gather split into halves
     assert 64 << 10 <= built.shared_memory_bytes <= X.SHARED_LIMIT
+
+
+class _OneCopy:
+    @staticmethod
+    def copies(tensors, nbytes):
+        return [tensors]
+
+
+@pytest.mark.parametrize("label", ["as encoded", "spread", "balanced", "balanced, no fill"])
+def test_two_buffer_arrangements_put_low_columns_first_and_decode_to_the_weight(label):
+    n, k, split_at = 12, 3000, 2048
+    weight = _pruned(n, k, 0.3, seed=11)
+    (t,) = X.arranged_copies(_OneCopy, weight, label, 4, split_at)
+    assert torch.equal(_decoded(t["values"], t["offsets"], t["bases"], k), weight.double())
+    low_columns = t["bases"][:, :t["chunks_lo"]].long().repeat_interleave(X.CHUNK, 1) + \
+        t["offsets"][:, :t["chunks_lo"] * X.CHUNK].long()
+    assert int(low_columns.max()) < split_at                          # the low buffer's chunks stay in it
+    assert int(t["bases"][:, t["chunks_lo"]:].min()) >= split_at      # padding chunks included
