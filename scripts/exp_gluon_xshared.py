@@ -1,14 +1,17 @@
-"""Experiment (architecture note 35): a chunked-CSR linear for 2-8 rows of x on CUDA cores that gathers x from
-shared memory instead of L1. Not used by bundles.
+"""Experiment (architecture note 35): a chunked-CSR linear for 4-8 rows of x on CUDA cores that gathers x from
+shared memory instead of L1. Not used by bundles. Results: docs/perf/2026-12-07-gluon-xshared.md.
 
 The shipped kernel (codegen/kernels/chunked_csr_linear.py) gathers each entry's column of x with one 16-byte load
 through L1; at 8 rows those scattered loads keep L1 busy and the kernel is about as fast as cuBLAS. Here each
 program first copies all of x, interleaved ([K, 8] fp16 for 8 rows: one column's rows in 16 bytes), into shared
-memory (64 KB for K = 4096, 172 KB for 11008), and then gathers with Gluon's shared-memory gather, which Triton
-lowers to one ld.shared.v4 an entry. Shared memory serves a 16-byte load eight threads a cycle, so the cost is
-bank conflicts: two of those eight threads whose columns are equal mod 8 (different columns) take a cycle more.
-`check` times the weight's entries as encoded (columns ascending in a chunk) and rearranged within each chunk
-so entries of one load fall in different banks (`spread_banks`): the sum does not depend on the order.
+memory (64 KB for K = 4096; for 11008, two buffers of 8,192 and 4,096 columns, 192 KB), and then gathers with
+Gluon's shared-memory gather, which Triton lowers to one ld.shared.v4 an entry. Shared memory serves a 16-byte
+load eight threads a cycle, so the cost is bank conflicts: two of those eight threads whose columns are equal mod
+8 (different columns) take a cycle more. Two kernels: `xshared_kernel` (entries as fp16 and byte tensors) and
+`xshared_packed_kernel` (entries carried as the loaded 64- and 32-bit words, unpacked at use). `check` times the
+weight's entries as encoded (columns ascending in a chunk), reordered within each chunk so one load's entries fall
+in different bank groups (`spread_banks`), and, at 8 rows, re-cut into chunks of up to 4 entries a bank group
+(`balanced_chunks`); the sums do not depend on the order.
 
 Gluon's shared-memory gather is in Triton 3.9 here, not the GPU machine's 3.6, so the kernels are built here and
 carried there as code objects (as bundles' kernels are):
@@ -34,9 +37,10 @@ SHAPES = {"o": (4096, 4096), "down": (4096, 11008), "qkv": (12288, 4096), "gate_
 SHARED_LIMIT = 227 << 10      # an H100's or H200's shared memory a block
 X_BLOCK = 256                 # columns of x staged a step (divides both K)
 CHUNK = 32                    # entries a chunk (the format's)
-# Variants: WARPS warps a program, EPT entries a thread a step (a chunk spans 32 / EPT threads), UNROLL chunks'
-# entries in flight (loaded UNROLL steps before use, each reloaded right after use), and PROGRAMS programs a multiprocessor (0: one a row block,
-# else a persistent grid of PROGRAMS x multiprocessors looping over row blocks).
+# Variants: WARPS warps a program; EPT entries a thread a step (a chunk spans 32 / EPT threads; the packed kernel
+# takes 4); UNROLL chunks' entries in flight (each set reloaded right after use); PACKED the second kernel; GROUPS
+# warp groups sharing a row block's chunks (packed); PROGRAMS programs a multiprocessor (0: one a row block, else a
+# persistent grid of PROGRAMS x multiprocessors looping over row blocks).
 _BASE = dict(WARPS=4, EPT=4, UNROLL=1, PROGRAMS=0)
 VARIANTS = {
     # run 3's best (runs 1-3 had more: the commits the record names)
