@@ -53,10 +53,11 @@ VARIANTS = {
 ROWS_OF_X = (4, 8)            # rows of x the kernels are built for (WORDS = rows / 2 int32 a column)
 
 
-def _prologue_epilogue():
+def _shared_parts():
     """The kernels' shared parts: stage_x, x's K columns ([K, WORDS] int32) copied into a [K_ALLOC, WORDS] shared
-    buffer XB columns a step, then a barrier (returns the buffer); store_rows, a row block's sums [R, WORDS] for rows
-    2w (lo) and 2w + 1 (hi) of x stored as fp16 into out [M, N]."""
+    buffer XB columns a step, then a barrier (returns the buffer); halves, the two fp16 rows of x in each gathered
+    int32 word as float32 (low half: row 2w, high half: row 2w + 1); store_rows, a row block's sums [R, WORDS] for
+    rows 2w (lo) and 2w + 1 (hi) of x stored as fp16 into out [M, N]."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
@@ -73,6 +74,12 @@ def _prologue_epilogue():
         return x_s
 
     @gluon.jit
+    def halves(words):
+        return gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
+            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+
+    @gluon.jit
     def store_rows(out_ptr, lo_sum, hi_sum, first_row, M, N, R: gl.constexpr, WORDS: gl.constexpr):
         out_layout: gl.constexpr = lo_sum.type.layout
         out_rows = first_row + gl.arange(0, R, layout=gl.SliceLayout(1, out_layout))
@@ -82,13 +89,13 @@ def _prologue_epilogue():
         gl.store(at, lo_sum.to(gl.float16), mask=ok & gl.expand_dims(m < M, 0))
         gl.store(at + N, hi_sum.to(gl.float16), mask=ok & gl.expand_dims(m + 1 < M, 0))
 
-    return stage_x, store_rows
+    return stage_x, halves, store_rows
 
 
 def xshared_kernel():
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    stage_x, store_rows = _prologue_epilogue()
+    stage_x, halves, store_rows = _shared_parts()
 
     @gluon.jit
     def load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row,
@@ -112,9 +119,7 @@ def xshared_kernel():
         index = gl.expand_dims(column, 2) + gl.zeros([T, EPT, WORDS], gl.int32, gather3)
         words = gl.reshape(x_s.gather(gl.reshape(index, [T * EPT, WORDS]), 0), [T, EPT, WORDS])
         words = gl.convert_layout(words, gather3)
-        lo, hi = gl.inline_asm_elementwise(
-            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
-            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+        lo, hi = halves(words)
         v = gl.expand_dims(value.to(gl.float32), 2)
         return acc_lo + v * lo, acc_hi + v * hi
 
@@ -192,7 +197,7 @@ def xshared_packed_kernel():
     the four entries gathers separately, so the sums need only [T, WORDS] accumulators."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    stage_x, store_rows = _prologue_epilogue()
+    stage_x, halves, store_rows = _shared_parts()
 
     @gluon.jit
     def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row, limit, shift):
@@ -209,9 +214,7 @@ def xshared_packed_kernel():
     def gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
         index = gl.expand_dims(column, 1) + gl.zeros([column.shape[0], WORDS], gl.int32, word_layout)
         words = x_s.gather(index, 0)                                                          # [T, WORDS]
-        lo, hi = gl.inline_asm_elementwise(
-            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
-            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+        lo, hi = halves(words)
         vv = gl.expand_dims(v, 1)
         return acc_lo + vv * lo, acc_hi + vv * hi
 
@@ -328,17 +331,20 @@ def kernel_name(variant: str, rows: int, k: int) -> str:
     return f"ccsr_xshared_{variant}_m{rows}_k{k}"
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+def x_split_at(k: int, rows: int) -> int:
+    """SPLIT_AT where x ([K, rows] fp16) rounded up to a power of two of columns would not fit a block's shared
+    memory, so the packed kernel holds it in two buffers; else 0 (one buffer)."""
+    import triton
+    return SPLIT_AT if triton.next_power_of_2(k) * rows * 2 > SHARED_LIMIT else 0
 
 
 def build(directory: Path) -> None:
     from fdpp.codegen.build import compile_kernel
     from fdpp.compiler.targets import get_target
     from fdpp.runtime.kernel_binary import save_kernel
+    import triton
     from triton.experimental.gluon import language as gl
     if not hasattr(gl.shared_memory_descriptor, "gather"):
-        import triton
         raise SystemExit(f"exp_gluon_xshared: triton {triton.__version__}'s Gluon has no shared-memory gather; "
                          f"build on a machine with a newer triton (3.9 has it)")
     kernels = {0: xshared_kernel(), 1: xshared_packed_kernel()}
@@ -353,10 +359,10 @@ def build(directory: Path) -> None:
                 constexprs = {"K": k, "WORDS": rows // 2, "EPT": config["EPT"], "WARPS": config["WARPS"],
                               "XB": X_BLOCK, "UNROLL": config["UNROLL"]}
                 if packed:      # x's allocation rounded up to a power of two, or two buffers (split at SPLIT_AT)
-                    split = triton_next_pow2(k) * rows * 2 > SHARED_LIMIT
-                    constexprs.update(GROUPS=config.get("GROUPS", 1), SPLIT_AT=SPLIT_AT if split else 0,
-                                      K_ALLOC=SPLIT_AT if split else triton_next_pow2(k),
-                                      HI_ALLOC=triton_next_pow2(k - SPLIT_AT) if split else 1)
+                    split_at = x_split_at(k, rows)
+                    constexprs.update(GROUPS=config.get("GROUPS", 1), SPLIT_AT=split_at,
+                                      K_ALLOC=split_at or triton.next_power_of_2(k),
+                                      HI_ALLOC=triton.next_power_of_2(k - split_at) if split_at else 1)
                 built = compile_kernel(kernels[packed], get_target("h100"), PACKED_SIGNATURE if packed else SIGNATURE,
                                        constexprs, name=kernel_name(variant, rows, k), num_warps=config["WARPS"])
                 if built.shared_memory_bytes > SHARED_LIMIT:
@@ -386,7 +392,8 @@ def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
     4 * class + k being the class's k-th, so a chunk's 8 threads (4 entries each) gather from 8 different bank
     groups in each load. Chunks are cut greedily from each row's smallest remaining column, within 256 columns.
     A class short of entries leaves its slots to other classes' next entries in reach (`fill`: one bank conflict
-    a slot) or to padding (value 0) at a column of its own class. Rows run in parallel, one chunk a step."""
+    a slot) or to padding (value 0) at a column of its own class; within 7 columns of x's end no such column may
+    exist, and the padding takes the chunk's base (a conflict). Rows run in parallel, one chunk a step."""
     per = CHUNK // classes
     n, k = weight.shape
     device = weight.device
@@ -510,8 +517,6 @@ def check(directory: Path) -> int:
             print(f"| {name} | | | no kernel built for K = {k} |")
             continue
         weight, dense_sets, csr, csr_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
-        balanced = {label: arranged_copies(BENCH, weight.cuda(), label, 4, 0)
-                    for label in ("balanced", "balanced, no fill")}
         for m in (4, 8):
             rows = next(r for r in rows_built if r >= m)
             x = (torch.randn(m, k, device="cuda") * 0.5).half()
@@ -531,39 +536,37 @@ def check(directory: Path) -> int:
                                                                         f" error {error:.1e}")
             x_words = interleave_rows(x, rows)[0].contiguous().view(torch.int32)               # [K, rows / 2]
             out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-            sets_of = {"as encoded": csr_sets,
-                       "spread": [dict(zip(("values", "offsets"), spread_banks(t["values"], t["offsets"], t["bases"],
-                                                                                rows // 2)), bases=t["bases"])
-                                  for t in csr_sets]}
-            if rows == 8:
-                sets_of.update(balanced)
-            if triton_next_pow2(k) * rows * 2 > SHARED_LIMIT:     # the kernels take x in two buffers
-                sets_of = {label: arranged_copies(BENCH, weight.cuda(), label, rows // 2, SPLIT_AT)
-                           for label in sets_of}
-            for arrangement in arrangements:
-                if arrangement not in sets_of:
+            split_at = x_split_at(k, rows)          # > 0: the kernels take x in two buffers
+            sets_of = {label: csr_sets if label == "as encoded" and not split_at else
+                       arranged_copies(BENCH, weight.cuda(), label, rows // 2, split_at)
+                       for label in (arrangements if rows == 8 else arrangements[:2])}
+            launches = {}                           # variant -> run(t): the built kernel over encoding set t
+            for variant, config in variants.items():
+                path = directory / f"{kernel_name(variant, rows, k)}.json"
+                if not path.is_file():
                     continue
+                kernel = CudaKernel(load_kernel(directory, path.stem))
+                r_block = config["WARPS"] * 32 // (32 // config["EPT"]) // config.get("GROUPS", 1)
+                row_blocks = -(-n // r_block)
+                grid = (row_blocks if not config["PROGRAMS"] else min(row_blocks, config["PROGRAMS"] * sms),)
+
+                def run(t, kernel=kernel, grid=grid, row_blocks=row_blocks, out=out, m=m,
+                        packed=config.get("PACKED", 0)):
+                    values, offsets = t["values"], t["offsets"]
+                    if packed:      # the same bytes, four entries a word
+                        values, offsets = values.view(torch.int64), offsets.view(torch.int32)
+                    chunks = t["bases"].shape[1]
+                    kernel(grid, x_words, values, offsets, t["bases"], out, m, n, chunks, row_blocks,
+                           *([t.get("chunks_lo", chunks)] if packed else []))
+                    return out
+                launches[variant] = run
+            for arrangement, sets in sets_of.items():
                 cells = []
-                for variant, config in variants.items():
-                    path = directory / f"{kernel_name(variant, rows, k)}.json"
-                    if not path.is_file():
+                for variant in variants:
+                    run = launches.get(variant)
+                    if run is None:
                         cells.append("not built")
                         continue
-                    kernel = CudaKernel(load_kernel(directory, path.stem))
-                    r_block = config["WARPS"] * 32 // (32 // config["EPT"]) // config.get("GROUPS", 1)
-                    row_blocks = -(-n // r_block)
-                    grid = (row_blocks if not config["PROGRAMS"] else min(row_blocks, config["PROGRAMS"] * sms),)
-                    packed = config.get("PACKED", 0)
-
-                    def run(t, kernel=kernel, grid=grid, row_blocks=row_blocks, out=out, m=m, packed=packed):
-                        values, offsets = t["values"], t["offsets"]
-                        if packed:      # the same bytes, four entries a word
-                            values, offsets = values.view(torch.int64), offsets.view(torch.int32)
-                        chunks = t["bases"].shape[1]
-                        kernel(grid, x_words, values, offsets, t["bases"], out, m, n, chunks, row_blocks,
-                               *([t.get("chunks_lo", chunks)] if packed else []))
-                        return out
-                    sets = sets_of[arrangement]
                     error = BENCH.relative_error(run(sets[0]), ref)
                     if error >= BENCH.MAX_ERROR:
                         failed += 1
@@ -571,10 +574,10 @@ def check(directory: Path) -> int:
                         continue
                     us = BENCH.time_us([lambda t=t: run(t) for t in sets])
                     cells.append(f"{us:.1f} ({cublas / us:.2f}x)")
-                chunks = sets_of[arrangement][0]["bases"].shape[1]
+                chunks = sets[0]["bases"].shape[1]
                 print(f"| {name} | {m} | {cublas:.1f} | {shipped_cell} | {arrangement} ({chunks} chunks a row) | "
                       + " | ".join(cells) + " |", flush=True)
-        del dense_sets, csr_sets, balanced
+        del dense_sets, csr_sets, sets_of
         torch.cuda.empty_cache()
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0

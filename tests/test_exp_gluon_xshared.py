@@ -9,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_sparse  # noqa: E402
 import exp_gluon_xshared as X  # noqa: E402
 
 from fdpp.runtime.sparse_formats import encode_chunked_csr  # noqa: E402
@@ -72,17 +73,11 @@ def test_packed_kernel_compiles_for_sm90_with_a_vector_shared_load_an_entry():
     assert 64 << 10 <= built.shared_memory_bytes <= X.SHARED_LIMIT
 
 
-class _OneCopy:
-    @staticmethod
-    def copies(tensors, nbytes):
-        return [tensors]
-
-
 @pytest.mark.parametrize("label", ["as encoded", "spread", "balanced", "balanced, no fill"])
 def test_two_buffer_arrangements_put_low_columns_first_and_decode_to_the_weight(label):
     n, k, split_at = 12, 3000, 2048
     weight = _pruned(n, k, 0.3, seed=11)
-    (t,) = X.arranged_copies(_OneCopy, weight, label, 4, split_at)
+    t = X.arranged_copies(bench_sparse, weight, label, 4, split_at)[0]
     assert torch.equal(_decoded(t["values"], t["offsets"], t["bases"], k), weight.double())
     low_columns = t["bases"][:, :t["chunks_lo"]].long().repeat_interleave(X.CHUNK, 1) + \
         t["offsets"][:, :t["chunks_lo"] * X.CHUNK].long()
