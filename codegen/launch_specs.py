@@ -24,6 +24,9 @@ from fdpp.codegen.kernels.attention_prefill import attention_prefill_kernel
 from fdpp.codegen.kernels.chunked_csr_linear import (DENSIFY_BLOCK_K, DENSIFY_CHUNKS, INTERLEAVE_BLOCK_K,
                                                      chunked_csr_linear_kernel, default_chunked_csr_config,
                                                      densify_kernel, interleave_rows_kernel)
+from fdpp.codegen.kernels.chunked_csr_xshared import (XSHARED_SIGNATURE, chunked_csr_xshared_kernel,
+                                                      default_xshared_config, xshared_constexprs, xshared_grid,
+                                                      xshared_row_blocks)
 from fdpp.codegen.kernels.embedding import gather_rows_kernel
 from fdpp.codegen.kernels.kv_cache import write_kv_kernel
 from fdpp.codegen.kernels.layer_norm import layer_norm_kernel
@@ -136,7 +139,7 @@ def _static(value, what: str, step: Step) -> int:
 # Kernel choices that can write their output interleaved (config out_rows_together: each column's rows side by
 # side, the x layout of chunked_csr_linear), so that the chunked-CSR linear reading it needs no interleave launch.
 INTERLEAVED_OUTPUT_KERNELS = frozenset({"rms_norm", "layer_norm", "decode_attention_split_kv",
-                                        "decode_attention_unified", "chunked_csr_gemv"})
+                                        "decode_attention_unified", "chunked_csr_gemv", "chunked_csr_xshared"})
 
 
 def _out_rows(c: StepContext, choice: KernelChoice) -> dict:
@@ -234,7 +237,8 @@ def _gemm(b: _Builder, c: StepContext, args: list, epilogue: dict, n: int, confi
 # Sparse linear kernel choices (passes/sparse_choice.py): their format and whether they use tensor cores.
 SPARSE_KERNELS = {"bitmap_gemv": ("bitmap", False), "bitmap_gemm": ("bitmap", True),
                   "tiled_csl_gemv": ("tiled_csl", False), "tiled_csl_gemm": ("tiled_csl", True),
-                  "chunked_csr_gemv": ("chunked_csr", False), "chunked_csr_gemm": ("chunked_csr", True)}
+                  "chunked_csr_gemv": ("chunked_csr", False), "chunked_csr_gemm": ("chunked_csr", True),
+                  "chunked_csr_xshared": ("chunked_csr", False)}
 
 
 def _sparse_parts(c: StepContext, meta: dict) -> dict[str, str]:
@@ -339,6 +343,9 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
     if choice.kernel == "chunked_csr_gemm":
         _densified_gemm(b, c, choice, parts, (n, k), (chunks, chunk), wdt, bias_ref, residual_ref)
         return
+    if choice.kernel == "chunked_csr_xshared":
+        _chunked_csr_xshared(b, c, choice, parts, (n, k), (chunks, chunk), wdt, bias_ref, residual_ref)
+        return
     cfg = {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
     split_k, together, block_n = cfg["split_k"], cfg["rows"], cfg["block_n"]
     if together not in (1, 2, 4, 8):
@@ -357,17 +364,7 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
     out = [("out_ptr", "*fp32", "ws:partial") if partial else ("out_ptr", f"*{dt}", "out")]
     bias = [("bias_ptr", f"*{dt}", bias_ref or c.ref(0))]                     # never read without a bias
     residual = [("residual_ptr", f"*{dt}", residual_ref or c.ref(0))]         # nor without a residual
-    x, x_block_stride, interleaved = c.ref(0), c.row_stride(0), {}
-    if cfg.get("x_interleaved"):    # x's producer wrote each column's rows side by side
-        x_block_stride = k * together
-    elif together > 1:   # x's rows side by side first, so that each entry gathers all of them at once
-        interleaved = {"x_interleaved": {"shape": [f"cdiv(rows, {together})", k, together],
-                                         "dtype": DTYPE_NAME[dt]}}
-        b.launch(interleave_rows_kernel, (f"cdiv(rows, {together})", f"cdiv({k}, {INTERLEAVE_BLOCK_K})"), [
-            ("x_ptr", f"*{dt}", x), ("out_ptr", f"*{dt}", "ws:x_interleaved"), ("M", "i32", "rows"),
-            ("K", "i32", k), ("x_row_stride", "i32", x_block_stride)],
-            {"ROWS": together, "BLOCK_K": INTERLEAVE_BLOCK_K}, workspace=interleaved)
-        x, x_block_stride = "ws:x_interleaved", k * together
+    x, x_block_stride, interleaved = _interleaved_x(b, c, k, together, bool(cfg.get("x_interleaved")))
     b.launch(chunked_csr_linear_kernel, (f"cdiv({out_n}, {block_f})", split_k, f"cdiv(rows, {together})"), [
         ("x_ptr", f"*{dt}", x), ("values_ptr", f"*{wdt}", parts["values"]),
         ("offsets_ptr", "*u8", parts["offsets"]), ("bases_ptr", "*i32", parts["bases"]), *bias, *residual, *out,
@@ -381,6 +378,66 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)
+
+
+def _interleaved_x(b: _Builder, c: StepContext, k: int, together: int, written_so: bool) -> tuple[str, Any, dict]:
+    """x for a CUDA-core chunked-CSR kernel gathering `together` rows at once: (reference, elements between its
+    blocks of rows, workspace). As is for one row; as its producer wrote it (written_so: each column's rows side
+    by side); else a launch that interleaves it into a workspace first."""
+    x, x_block_stride = c.ref(0), c.row_stride(0)
+    if written_so:
+        return x, k * together, {}
+    if together == 1:
+        return x, x_block_stride, {}
+    dt = c.dtype
+    interleaved = {"x_interleaved": {"shape": [f"cdiv(rows, {together})", k, together], "dtype": DTYPE_NAME[dt]}}
+    b.launch(interleave_rows_kernel, (f"cdiv(rows, {together})", f"cdiv({k}, {INTERLEAVE_BLOCK_K})"), [
+        ("x_ptr", f"*{dt}", x), ("out_ptr", f"*{dt}", "ws:x_interleaved"), ("M", "i32", "rows"),
+        ("K", "i32", k), ("x_row_stride", "i32", x_block_stride)],
+        {"ROWS": together, "BLOCK_K": INTERLEAVE_BLOCK_K}, workspace=interleaved)
+    return "ws:x_interleaved", k * together, interleaved
+
+
+def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str],
+                         shape: tuple[int, int], tile: tuple[int, int], wdt: str, bias_ref, residual_ref) -> None:
+    """chunked_csr_xshared: the CUDA-core chunked-CSR linear with x staged in shared memory (a Gluon kernel, 4 or 8
+    rows of x; codegen/kernels/chunked_csr_xshared.py), with the gated, residual and bias epilogues and the output
+    interleaved for the next chunked-CSR linear. Config keys as default_xshared_config returns, plus
+    multiprocessors (the target's, for the persistent grid; passes/sparse_choice.py records it), x_interleaved
+    and out_rows_together (passes/interleave_sparse_inputs.py)."""
+    (n, k), (chunks, chunk) = shape, tile
+    where = f"step {c.step.output}: chunked_csr_xshared"
+    if chunked_csr_xshared_kernel is None:
+        import triton
+        raise CompileError(f"{where} needs a Triton whose Gluon has the shared-memory gather (3.9 has it; this is "
+                           f"{triton.__version__}); compile where it is, or without that kernel choice")
+    if c.dtype != "fp16" or wdt != "fp16" or chunk != 32:
+        raise CompileError(f"{where} reads float16 x and a float16 encoding of 32-entry chunks, got x {c.dtype}, "
+                           f"weight {wdt}, chunk {chunk}")
+    gated = c.step.attrs.get("gated")
+    out_n = n // 2 if gated else n
+    cfg = {**default_xshared_config(n, choice.max_rows), **choice.config}
+    if "multiprocessors" not in cfg:
+        raise CompileError(f"{where}: the choice's config names no multiprocessors (the dataflow records the target's)")
+    together = cfg["rows"]
+    try:
+        constexprs = xshared_constexprs(k, cfg, has_bias=bias_ref is not None, has_residual=residual_ref is not None,
+                                        activation=ACTIVATION_CODES[gated] if gated else None,
+                                        out_rows=_out_rows(c, choice)["OUT_ROWS"])
+    except ValueError as error:
+        raise CompileError(f"step {c.step.output}: {error}") from None
+    x, _, interleaved = _interleaved_x(b, c, k, together, bool(cfg.get("x_interleaved")))
+    signature = XSHARED_SIGNATURE
+    b.launch(chunked_csr_xshared_kernel, (xshared_grid(out_n, bool(gated), cfg, cfg["multiprocessors"]),
+                                          f"cdiv(rows, {together})"), [
+        ("x_ptr", signature["x_ptr"], x), ("values_ptr", signature["values_ptr"], parts["values"]),
+        ("offsets_ptr", signature["offsets_ptr"], parts["offsets"]),
+        ("bases_ptr", signature["bases_ptr"], parts["bases"]),
+        ("bias_ptr", "*fp16", bias_ref or c.ref(0)), ("residual_ptr", "*fp16", residual_ref or c.ref(0)),
+        ("out_ptr", "*fp16", "out"), ("M", "i32", "rows"), ("N", "i32", out_n), ("chunks_per_row", "i32", chunks),
+        ("row_blocks", "i32", xshared_row_blocks(out_n, bool(gated), cfg)),
+        ("x_block_words", "i32", k * together // 2)],
+        constexprs, num_warps=cfg["num_warps"], num_stages=1, workspace=interleaved)
 
 
 def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str], shape: tuple[int, int],

@@ -25,12 +25,15 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
+from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
 from fdpp.codegen.launch_specs import INTERLEAVED_OUTPUT_KERNELS
 from fdpp.compiler.ir import Graph, GraphEditor, Node, Op
 from fdpp.passes.pass_manager import PassContext, PassResult
 from fdpp.runtime.schema import KernelChoice, pick_choice
 
-CHUNKED_CSR = "chunked_csr_gemv"
+# The CUDA-core chunked-CSR kernels, which gather x by blocks of rows and whose config defaults follow the bucket.
+DEFAULT_CONFIG = {"chunked_csr_gemv": default_chunked_csr_config,
+                  "chunked_csr_xshared": lambda n, chunks, rows: default_xshared_config(n, rows)}
 PHASES = ("decode", "prefill")
 
 
@@ -40,30 +43,31 @@ def _bounds(choices: list[KernelChoice], phase: str) -> set[int]:
 
 
 def _resolved(node: Node, choice: KernelChoice) -> dict:
-    """A chunked-CSR choice's whole config (its bucket's defaults under its own keys); others' config as is."""
-    if choice.kernel != CHUNKED_CSR:
+    """A CUDA-core chunked-CSR choice's whole config (its bucket's defaults under its own keys); others' config as
+    is."""
+    if choice.kernel not in DEFAULT_CONFIG:
         return dict(choice.config)
     n, _ = node.attrs["sparse"]["shape"]
     chunks, _ = node.attrs["sparse"]["tile"]
-    return {**default_chunked_csr_config(n, chunks, choice.max_rows), **choice.config}
+    return {**DEFAULT_CONFIG[choice.kernel](n, chunks, choice.max_rows), **choice.config}
 
 
 def _rows_together(node: Node, choice: KernelChoice) -> int:
     """Rows of x the linear's choice gathers together (1: it reads x as is)."""
-    return _resolved(node, choice)["rows"] if choice.kernel == CHUNKED_CSR else 1
+    return _resolved(node, choice)["rows"] if choice.kernel in DEFAULT_CONFIG else 1
 
 
 def _writes_interleaved(node: Node, choice: KernelChoice) -> bool:
     """Whether the producer's choice has a kernel that can store its output interleaved (not split-K)."""
     if choice.kernel not in INTERLEAVED_OUTPUT_KERNELS:
         return False
-    return choice.kernel != CHUNKED_CSR or _resolved(node, choice)["split_k"] == 1
+    return _resolved(node, choice).get("split_k", 1) == 1
 
 
 def _cut(node: Node, choice: KernelChoice, max_rows: int, phase: str, extra: dict) -> KernelChoice:
     """`choice` for the bucket ending at max_rows in `phase`, with `extra` config; a chunked-CSR choice cut to a
     smaller bucket keeps its resolved config, whose defaults depend on the bucket."""
-    config = _resolved(node, choice) if choice.kernel == CHUNKED_CSR and max_rows != choice.max_rows \
+    config = _resolved(node, choice) if choice.kernel in DEFAULT_CONFIG and max_rows != choice.max_rows \
         else dict(choice.config)
     return replace(choice, max_rows=max_rows, phase=phase, config={**config, **extra})
 
@@ -73,7 +77,7 @@ def _merged(choices: list[KernelChoice]) -> list[KernelChoice]:
     the bucket)."""
     out: list[KernelChoice] = []
     for c in choices:
-        if out and c.kernel != CHUNKED_CSR and (out[-1].kernel, out[-1].config) == (c.kernel, c.config):
+        if out and c.kernel not in DEFAULT_CONFIG and (out[-1].kernel, out[-1].config) == (c.kernel, c.config):
             out[-1] = replace(out[-1], max_rows=c.max_rows)
         else:
             out.append(c)
@@ -123,7 +127,7 @@ def interleave_sparse_inputs(graph: Graph, ctx: PassContext) -> PassResult:
     fused = 0
     for linear in graph.nodes:
         if linear.op is not Op.LINEAR or linear.name not in kernels \
-                or not any(c.kernel == CHUNKED_CSR for c in kernels[linear.name]):
+                or not any(c.kernel in DEFAULT_CONFIG for c in kernels[linear.name]):
             continue
         producer = graph.node(linear.inputs[0])
         if producer.name not in kernels or producer.name in graph.outputs \

@@ -48,10 +48,19 @@ SPARSE_EFFICIENCY = {
 # (median over the four shapes at 50% and 70% sparsity, docs/perf/2026-12-06-ccsr-producer-interleave.md's table;
 # with 0.66 the model put the kernel 11-30% over its measured time and kept 50%-sparse layers dense that run
 # 1.25-1.34x faster than cuBLAS at M = 1), the H200 at the 66% it was fitted to. Unmeasured targets take 0.66.
+# chunked_csr_xshared (x staged in shared memory, 4 or 8 rows gathered together; codegen/kernels/
+# chunked_csr_xshared.py): issue slots per stored entry fitted to the same kernel design's H100 runs with the
+# entries bank-spread (docs/perf/2026-12-07-gluon-xshared.md, runs 3 and 5, Llama-2-7B's shapes at 70%: 20.8-25.1
+# at 4 rows, 24.5-30.0 at 8, the higher figures o_proj's, whose 128 row blocks leave multiprocessors idle), plus
+# each program's copy of x into shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed).
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
+                          "xshared_ops_per_entry": {4: 22.0, 8: 26.0}, "xshared_stage_gbs": 100.0,
                           "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.68,
                           "densify_us_per_kilo_column": 10.5, "densified_gemm_compute": 0.4}
+# Targets chunked_csr_xshared is offered for: the Hopper GPUs its design was measured on (an H100); other NVIDIA
+# archs have the instructions but their shared memory and issue rates are unmeasured for it.
+XSHARED_ARCHS = ("sm_90",)
 # AMD (unmeasured): the datasheet fp32 peak counts packed dual-issue FMAs, which integer ops do not get, and
 # Triton 3.6's HIP device library has no popcount, so the bitmap kernel counts bits with ~12 more ops.
 HIP_SWAR_POPCOUNT_OPS = 12.0
@@ -102,6 +111,29 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 
+def xshared_offered(m: int, k: int, dtype: str, target) -> bool:
+    """Whether chunked_csr_xshared is a candidate at m rows: 3-8 rows (gathered as 4 or 8), float16, a target of
+    XSHARED_ARCHS whose shared memory holds x, and a compiling Triton whose Gluon has the shared-memory gather."""
+    from fdpp.codegen.kernels.chunked_csr_xshared import GLUON_SHARED_GATHER, xshared_fits
+    rows = 4 if m <= 4 else 8
+    return (GLUON_SHARED_GATHER and 3 <= m <= 8 and dtype == "float16" and target.vendor == "cuda"
+            and target.arch in XSHARED_ARCHS and xshared_fits(k, rows, target.shared_memory_per_block_kb << 10))
+
+
+def xshared_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
+    """Microseconds of chunked_csr_xshared: streaming the entries, or gathering x from shared memory for each entry
+    (4 or 8 rows at once), plus each program's copy of x into shared memory."""
+    eff = CHUNKED_CSR_EFFICIENCY
+    chunks, chunk = sparse_tile("chunked_csr", k, density)
+    moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
+    bandwidth = eff["bandwidth_by_target"].get(target.name, eff["bandwidth"])
+    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
+    together = 4 if m <= 4 else 8
+    gather_us = n * chunks * chunk * eff["xshared_ops_per_entry"][together] / int_ops_per_us(target)
+    stage_us = value_bytes * k * together / (eff["xshared_stage_gbs"] * 1e3)
+    return max(memory_us, gather_us) + stage_us + eff["interleave_us"][together] + LAUNCH_US
+
+
 def densified_gemm_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
     """Microseconds of chunked_csr_gemm: writing the weight out dense (the encoding read, the dense bytes
     written, and a term per column for the row-walking programs), then a tensor-core GEMM over it (the dense
@@ -120,6 +152,8 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
                    value_bytes: int = 2) -> float:
     if kernel == "chunked_csr_gemm":
         return densified_gemm_cost_us(m, n, k, density, target, value_bytes)
+    if kernel == "chunked_csr_xshared":
+        return xshared_cost_us(m, n, k, density, target, value_bytes)
     if fmt == "chunked_csr":
         return chunked_csr_cost_us(m, n, k, density, target, value_bytes)
     eff = SPARSE_EFFICIENCY[fmt]
@@ -139,20 +173,27 @@ def sparse_cost_us(fmt: str, kernel: str, m: int, n: int, k: int, density: float
     return max(memory_us, decode_us + compute_us) + LAUNCH_US
 
 
-def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, value_bytes: int) -> dict[str, float]:
-    if fmt == "chunked_csr":    # CUDA cores over the encoding, or tensor cores over a dense copy written first
-        return {kernel: sparse_cost_us(fmt, kernel, m, n, k, density, target, value_bytes)
-                for kernel in ("chunked_csr_gemv", "chunked_csr_gemm")}
+def _sparse_kernels(fmt: str, m: int, n: int, k: int, density: float, target, dtype: str) -> dict[str, float]:
+    value_bytes = 4 if dtype == "float32" else 2
+    if fmt == "chunked_csr":    # CUDA cores over the encoding (x from L1 or shared memory), or tensor cores over a
+        # dense copy written first
+        kernels = ["chunked_csr_gemv", "chunked_csr_gemm"]
+        if xshared_offered(m, k, dtype, target):
+            kernels.append("chunked_csr_xshared")
+        return {kernel: sparse_cost_us(fmt, kernel, m, n, k, density, target, value_bytes) for kernel in kernels}
     kernels = {f"{fmt}_gemm": sparse_cost_us(fmt, f"{fmt}_gemm", m, n, k, density, target, value_bytes)}
     if m <= GEMV_MAX_ROWS:
         kernels[f"{fmt}_gemv"] = sparse_cost_us(fmt, f"{fmt}_gemv", m, n, k, density, target, value_bytes)
     return kernels
 
 
+CHUNKED_CSR_CUDA_CORE_KERNELS = ("chunked_csr_gemv", "chunked_csr_xshared")   # gather x by rows together
+
+
 def rows_free(kernel: str) -> bool:
     """Whether a kernel's launch is the same for every row count of a merged bucket range (not the CUDA-core
-    chunked-CSR kernel's, whose rows per program follow the bucket)."""
-    return kernel != "chunked_csr_gemv"
+    chunked-CSR kernels', whose rows per program follow the bucket)."""
+    return kernel not in CHUNKED_CSR_CUDA_CORE_KERNELS
 
 
 MEASURED_DENSITY_SLACK = 0.05     # a profile's sparse config stands for layers within this density of its own
@@ -205,7 +246,7 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
                            f"linear has; use auto, chunked_csr or dense")
 
     def kernel_costs(fmt: str, m: int) -> tuple[dict[str, float], dict | None]:
-        costs = _sparse_kernels(fmt, m, n, k, density, target, value_bytes)
+        costs = _sparse_kernels(fmt, m, n, k, density, target, dtype)
         entry = measured(fmt, m) if measured and "chunked_csr_gemv" in costs else None
         if entry:
             costs["chunked_csr_gemv"] = measured_time_and_config(entry)[0]
@@ -231,7 +272,8 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         entry = entry if best == "chunked_csr_gemv" else None
         reason = (f"{'forced ' if forced != 'auto' else ''}{chosen} at density {density:.3f}: "
                   + ", ".join(f"{name} {us:.1f}us" for name, us in costs.items()) + f", dense {dense_cost(m):.1f}us")
-        config = {}
+        # the persistent grid of chunked_csr_xshared is sized by the target's multiprocessors
+        config = {"multiprocessors": target.multiprocessors} if best == "chunked_csr_xshared" else {}
         if entry:
             _, config, kept = measured_time_and_config(entry)
             reason = (f"profile ({gpu}, chunked_csr_gemv measured at density {entry['density']:.3f}"

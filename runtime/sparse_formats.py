@@ -24,6 +24,8 @@ Chunked CSR (for kernels that work per nonzero instead of rebuilding tiles; `til
 - each row's nonzeros in column order, cut greedily into chunks of at most `chunk` (32) entries whose
   columns lie in [base, base + 256); a short chunk is filled with padding entries (value bits all zero,
   offset 0), and every row has the same number of chunks (short rows end in all-padding chunks);
+- within a chunk the entries may be in any order: the encoder writes them in column order, and
+  `spread_banks` reorders them for the kernel that gathers x from shared memory;
 - values [N, chunks * chunk] in the weight's dtype; offsets [N, chunks * chunk] uint8 (column - base);
   bases [N, chunks] int32 (each chunk's first column).
 Cost: 3 bytes per nonzero (16-bit values) plus the padding and 4 bytes per chunk; no shape padding.
@@ -303,6 +305,30 @@ def _chunked_csr_rows(weight: torch.Tensor, chunk: int) -> tuple[torch.Tensor, t
             base.to(torch.int32), int(per_row.sum()))
 
 
+def spread_banks(weight: SparseWeight, groups: int = 8) -> SparseWeight:
+    """The chunked-CSR weight with each chunk's entries reordered by their column's class (column mod `groups`),
+    stable within a class. For codegen/kernels/chunked_csr_xshared.py: its gather instruction j reads entries
+    j, j + 4, ..., j + 28 of a chunk, one a thread of eight, from x in shared memory, where a column of 8 rows
+    takes 16 bytes, so columns equal mod 8 share a bank group and two such entries in one instruction cost a
+    shared-memory cycle more. Sorted by class, the ~4 entries of each class sit side by side and one instruction's
+    eight entries come from up to eight classes (H100, 8 rows: 15-18% faster, docs/perf/2026-12-07-gluon-xshared.md).
+    Decodes to the same weight; the sums differ only by the order of float additions."""
+    if weight.format != "chunked_csr":
+        raise SparseFormatError(f"spread_banks reorders chunked CSR entries, got a {weight.format} weight")
+    values, offsets, bases = (weight.tensors[p] for p in ("values", "offsets", "bases"))
+    chunk = weight.tile[1]
+    n, slots = values.shape
+    chunks = slots // chunk if chunk else 0
+    columns = bases.to(torch.int64).repeat_interleave(chunk, dim=1) + offsets.to(torch.int64)   # [N, slots]
+    group = (columns % groups).view(n, chunks, chunk)
+    device = values.device
+    order = torch.sort(group * chunk + torch.arange(chunk, device=device), dim=2).indices       # stable by class
+    pick = (order + torch.arange(chunks, device=device)[None, :, None] * chunk).view(n, slots)
+    tensors = {"values": values.gather(1, pick), "offsets": offsets.gather(1, pick), "bases": bases}
+    return SparseWeight(weight.format, weight.shape, weight.padded_shape, weight.tile, weight.nnz, weight.dtype,
+                        tensors)
+
+
 def decode_chunked_csr(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor,
                        shape: tuple[int, int], chunk: int) -> torch.Tensor:
     """Rebuild W [N, K] (the values' dtype): entry e of row r sits at column bases[r, e // chunk] + offsets[r, e];
@@ -325,7 +351,12 @@ def decode_chunked_csr(values: torch.Tensor, offsets: torch.Tensor, bases: torch
 
 # --- shared ------------------------------------------------------------------------------------------
 
-def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None) -> SparseWeight:
+def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None,
+           spread: bool = False) -> SparseWeight:
+    """weight [N, K] in `fmt` (tile: the bitmap's tile, chunked CSR's (chunks, chunk)); spread: chunked CSR's entries
+    reordered by spread_banks."""
+    if spread and fmt != "chunked_csr":
+        raise SparseFormatError(f"spread applies to chunked_csr, not {fmt}")
     if fmt == "tiled_csl":
         return encode_tiled_csl(weight)
     if fmt == "bitmap":
@@ -333,7 +364,8 @@ def encode(weight: torch.Tensor, fmt: str, tile: tuple[int, int] | None = None) 
             raise SparseFormatError("the bitmap format needs a tile shape")
         return encode_bitmap(weight, tile)
     if fmt == "chunked_csr":
-        return encode_chunked_csr(weight, tile[1] if tile else CHUNKED_CSR_CHUNK)
+        encoded = encode_chunked_csr(weight, tile[1] if tile else CHUNKED_CSR_CHUNK)
+        return spread_banks(encoded) if spread else encoded
     raise SparseFormatError(f"unknown sparse format {fmt!r}; known: {', '.join(FORMATS)}")
 
 

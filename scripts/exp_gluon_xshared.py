@@ -10,8 +10,8 @@ load eight threads a cycle, so the cost is bank conflicts: two of those eight th
 8 (different columns) take a cycle more. Two kernels: `xshared_kernel` (entries as fp16 and byte tensors) and
 `xshared_packed_kernel` (entries carried as the loaded 64- and 32-bit words, unpacked at use). `check` times the
 weight's entries as encoded (columns ascending in a chunk), reordered within each chunk so one load's entries fall
-in different bank groups (`spread_banks`), and, at 8 rows, re-cut into chunks of up to 4 entries a bank group
-(`balanced_chunks`); the sums do not depend on the order.
+in different bank groups (runtime/sparse_formats.spread_banks), and, at 8 rows, re-cut into chunks of up to 4
+entries a bank group (`balanced_chunks`); the sums do not depend on the order.
 
 Gluon's shared-memory gather is in Triton 3.9 here, not the GPU machine's 3.6, so the kernels are built here and
 carried there as code objects (as bundles' kernels are):
@@ -373,19 +373,6 @@ def build(directory: Path) -> None:
     (directory / "constexprs.json").write_text(json.dumps({"VARIANTS": VARIANTS, "ROWS_OF_X": ROWS_OF_X}))
 
 
-def spread_banks(values: torch.Tensor, offsets: torch.Tensor, bases: torch.Tensor, words: int):
-    """The chunks' entries reordered within each chunk by their column's shared-memory bank group (column mod
-    32 / words: a column takes 4 * words bytes), so the entries one load instruction gathers (every EPT-th of a
-    chunk) fall in different groups as far as the chunk allows. Same sums, another order."""
-    n, slots = values.shape
-    chunks = slots // CHUNK
-    columns = bases.long().repeat_interleave(CHUNK, dim=1) + offsets.long()                    # [N, slots]
-    group = (columns % (32 // words)).view(n, chunks, CHUNK)
-    order = torch.sort(group * CHUNK + torch.arange(CHUNK, device=values.device), dim=2).indices   # stable
-    pick = (order + torch.arange(chunks, device=values.device)[None, :, None] * CHUNK).view(n, slots)
-    return values.gather(1, pick), offsets.gather(1, pick)
-
-
 def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
     """Chunked CSR of weight [N, K] (same layout as encode_chunked_csr, other chunks) whose chunks take up to
     32 // classes entries of each column class (column mod classes: x's bank group at 8 rows), entry
@@ -468,12 +455,13 @@ def balanced_chunks(weight: torch.Tensor, classes: int = 8, fill: bool = True):
 def arranged(weight: torch.Tensor, label: str, words: int):
     """weight's chunked-CSR tensors in one of check's arrangements: "as encoded" (encode_chunked_csr), "spread"
     (spread_banks), "balanced" / "balanced, no fill" (balanced_chunks)."""
-    from fdpp.runtime.sparse_formats import encode_chunked_csr
+    from fdpp.runtime.sparse_formats import encode_chunked_csr, spread_banks
     if label.startswith("balanced"):
         return balanced_chunks(weight, fill=label == "balanced")
-    t = encode_chunked_csr(weight).tensors
-    if label == "spread":
-        return (*spread_banks(t["values"], t["offsets"], t["bases"], words), t["bases"])
+    encoded = encode_chunked_csr(weight)
+    if label == "spread":      # a column of x takes 4 * words bytes: 32 / words columns fill the 32 banks
+        encoded = spread_banks(encoded, groups=32 // words)
+    t = encoded.tensors
     return t["values"], t["offsets"], t["bases"]
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_sparse  # noqa: E402
 import exp_gluon_xshared as X  # noqa: E402
 
-from fdpp.runtime.sparse_formats import encode_chunked_csr  # noqa: E402
+from fdpp.runtime.sparse_formats import encode_chunked_csr, spread_banks  # noqa: E402
 
 
 def _pruned(n: int, k: int, density: float, seed: int) -> torch.Tensor:
@@ -34,10 +34,10 @@ def _decoded(values, offsets, bases, k) -> torch.Tensor:
 @pytest.mark.parametrize("n,k,density", [(37, 600, 0.3), (16, 4096, 0.3), (9, 1000, 0.9), (5, 300, 0.02)])
 def test_rearranged_entries_decode_to_the_weight(n, k, density):
     weight = _pruned(n, k, density, seed=n + k)
-    csr = encode_chunked_csr(weight).tensors
+    encoded = encode_chunked_csr(weight)
     for words in (2, 4):
-        values, offsets = X.spread_banks(csr["values"], csr["offsets"], csr["bases"], words)
-        assert torch.equal(_decoded(values, offsets, csr["bases"], k), weight.double())
+        spread = spread_banks(encoded, groups=32 // words).tensors
+        assert torch.equal(_decoded(spread["values"], spread["offsets"], spread["bases"], k), weight.double())
     for fill in (True, False):
         values, offsets, bases = X.balanced_chunks(weight, fill=fill)
         assert values.dtype == weight.dtype and offsets.dtype == torch.uint8 and bases.dtype == torch.int32

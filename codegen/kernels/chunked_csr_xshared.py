@@ -1,0 +1,344 @@
+"""Chunked-CSR linear for 4 or 8 rows of x with x staged in shared memory (Gluon): the dataflow's
+`chunked_csr_xshared`, beside chunked_csr_linear's L1-gathering kernel (architecture note 35).
+
+At 4-8 rows the L1 kernel gathers each entry's column of x (8 or 16 bytes) from scattered addresses and L1 bounds
+it: on an H100 it runs at about cuBLAS's speed at 8 rows. Here each program first copies the whole of x's row
+group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2), into shared memory, and each
+entry gathers its column with Gluon's `shared_memory_descriptor.gather` (one ld.shared.v2/.v4 an entry). Measured
+on an H100 (docs/perf/2026-12-07-gluon-xshared.md, the experiment this kernel comes from): at 70%, 4 rows
+1.49-1.77x cuBLAS, 8 rows 1.15-1.56x, against 1.40-1.59x and 0.92-1.05x for the L1 kernel.
+
+The loop design carries what that record found:
+- a thread takes 4 entries of a chunk, loaded as one int64 of values and one int32 of offsets and unpacked only
+  where used (the loop's registers never wait on a load in flight);
+- UNROLL sets of entries in flight, each reloaded right after its use (a register prefetch rotated by copies
+  waited in the iteration that loaded it);
+- GROUPS warp groups may share a row block's chunks (for weights with few rows, e.g. o_proj);
+- a persistent grid (PROGRAMS a multiprocessor) for weights with many rows.
+Entries are best arranged so the 8 entries one gather instruction reads fall in different bank groups
+(runtime/sparse_formats.spread_banks, applied by the encoder where a layer runs this kernel).
+
+x must fit in shared memory: K rounded up to a power of two (Gluon's allocations must be), times 4 * WORDS bytes,
+under the target's limit; down_proj (K = 11008) fits at 4 rows, not at 8 (`xshared_fits`). The epilogues are the
+L1 kernel's: bias, act(gate) * up for the stacked (gate; up) weight, residual add, and the output written
+interleaved for the next chunked-CSR linear (OUT_ROWS). float16 only.
+
+Gluon's shared-memory gather is in Triton 3.9 here; with an older Triton (the GPU machine's 3.6)
+GLUON_SHARED_GATHER is False and the dataflow does not offer this kernel. Gluon kernels do not run under the
+interpreter: CI compiles them and checks their code; scripts/gpu_xshared_check.py runs them on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import triton
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    GLUON_SHARED_GATHER = hasattr(gl.shared_memory_descriptor, "gather")
+except ImportError:     # a Triton without Gluon
+    GLUON_SHARED_GATHER = False
+
+__all__ = ["GLUON_SHARED_GATHER", "XSHARED_ROWS", "default_xshared_config", "xshared_constexprs", "xshared_fits",
+           "xshared_grid", "xshared_shared_bytes"]
+
+XSHARED_ROWS = (4, 8)          # rows of x gathered together (one int32 word holds two rows' fp16 values)
+LANES = 8                      # threads a chunk: 4 entries each of the format's 32
+ENTRIES_PER_THREAD = 4
+STAGE_COLUMNS = 256            # x's columns copied into shared memory a step (at most; a power of two dividing K)
+
+
+def _x_alloc_columns(k: int) -> int:
+    return triton.next_power_of_2(k)
+
+
+def xshared_shared_bytes(k: int, rows: int, config: dict) -> int:
+    """Shared memory a program takes: x ([pow2(K), rows / 2] int32) and the row block's sums (two [R, WORDS]
+    float32 buffers)."""
+    words = rows // 2
+    block_rows = config["num_warps"] * 32 // (LANES * config["groups"])
+    return 4 * words * (_x_alloc_columns(k) + 2 * block_rows)
+
+
+def xshared_fits(k: int, rows: int, shared_limit: int, config: dict | None = None) -> bool:
+    """Whether x of K columns at `rows` rows (4 or 8) and the sums fit a block's shared memory."""
+    config = config or default_xshared_config(1, rows)
+    return rows in XSHARED_ROWS and xshared_shared_bytes(k, rows, config) <= shared_limit
+
+
+def default_xshared_config(n: int, m: int) -> dict:
+    """rows, num_warps, groups, unroll, programs for a weight of n rows (the stacked gate/up counts both) and m rows
+    of x, from the H100 runs of docs/perf/2026-12-07-gluon-xshared.md (runs 3 and 5, Llama-2-7B's shapes at 70%):
+    weights of <= 8192 rows (o_proj, down_proj) have too few row blocks for the 132 multiprocessors and take
+    two warp groups per row block (16 warps at 8 rows: o_proj 12.8 us against 13.2 with 8); more rows (qkv,
+    gate/up) take 8 warps in one group on a persistent grid of 3 programs a multiprocessor (pk_w8_u4_p)."""
+    rows = 4 if m <= 4 else 8
+    if n <= 8192:
+        return {"rows": rows, "num_warps": 16 if rows == 8 else 8, "groups": 2, "unroll": 4, "programs": 0}
+    return {"rows": rows, "num_warps": 8, "groups": 1, "unroll": 4, "programs": 3}
+
+
+def _stage_columns(k: int) -> int:
+    return math.gcd(k, STAGE_COLUMNS)
+
+
+def xshared_row_blocks(out_features: int, gated: bool, config: dict) -> int:
+    """Row blocks of the weight: R = num_warps * 32 / (8 * groups) weight rows each (R / 2 features when gated)."""
+    block_rows = config["num_warps"] * 32 // (LANES * config["groups"])
+    features = block_rows // 2 if gated else block_rows
+    return triton.cdiv(out_features, features)
+
+
+def xshared_grid(out_features: int, gated: bool, config: dict, multiprocessors: int) -> int:
+    """Programs along grid axis 0: one per row block, or a persistent grid of `programs` a multiprocessor."""
+    blocks = xshared_row_blocks(out_features, gated, config)
+    return min(blocks, config["programs"] * multiprocessors) if config["programs"] else blocks
+
+
+def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bool, activation: int | None,
+                       out_rows: int) -> dict:
+    """The kernel's constexprs for a weight of K columns; activation: the gated epilogue's code
+    (activation.ACTIVATION_CODES), None for a plain linear."""
+    rows = config["rows"]
+    if rows not in XSHARED_ROWS:
+        raise ValueError(f"chunked_csr_xshared: rows must be 4 or 8, got {rows}")
+    if config["unroll"] not in (1, 2, 4):
+        raise ValueError(f"chunked_csr_xshared: unroll must be 1, 2 or 4, got {config['unroll']}")
+    if config["num_warps"] * 32 % (LANES * config["groups"] * 2):
+        raise ValueError(f"chunked_csr_xshared: {config['num_warps']} warps do not split into {config['groups']} "
+                         f"groups of an even number of rows")
+    return {"K": k, "K_ALLOC": _x_alloc_columns(k), "WORDS": rows // 2, "XB": _stage_columns(k),
+            "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
+            "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
+            "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
+
+
+XSHARED_SIGNATURE = {"x_ptr": "*i32", "values_ptr": "*i64", "offsets_ptr": "*i32", "bases_ptr": "*i32",
+                     "bias_ptr": "*fp16", "residual_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32",
+                     "chunks_per_row": "i32", "row_blocks": "i32", "x_block_words": "i32"}
+
+
+if GLUON_SHARED_GATHER:
+    @gluon.jit
+    def _grid_dependency_wait(GRID_DEPENDENCY: gl.constexpr, anchor):
+        """wait_for_producers without letting the next kernel start (Gluon has no gdc helpers: the PTX inline).
+        anchor: any scalar, which the inline assembly needs as an operand."""
+        if GRID_DEPENDENCY:
+            gl.inline_asm_elementwise("griddepcontrol.wait; mov.b32 $0, 0;", "=r,r", [anchor], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+
+    @gluon.jit
+    def _let_next_start(GRID_DEPENDENCY: gl.constexpr, anchor):
+        if GRID_DEPENDENCY:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r,r", [anchor],
+                                      dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
+                 layout: gl.constexpr):
+        """x's K columns ([K, WORDS] int32 at x_ptr) copied into a [K_ALLOC, WORDS] shared buffer XB columns a
+        step, then a barrier; returns the buffer."""
+        x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, layout))
+        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout))
+        for kb in gl.static_range(K // XB):
+            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
+                                                    + gl.expand_dims(ww, 0)))
+        gl.barrier()
+        return x_s
+
+    @gluon.jit
+    def _halves(words):
+        """The two fp16 values of each int32 word (low half: x row 2w, high half: row 2w + 1) as float32."""
+        return gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
+            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+
+    @gluon.jit
+    def _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row):
+        """Chunk c of each thread's weight row: its 4 values as an int64, 4 offsets as an int32, the chunk's base;
+        all [T]; zeros from the row's last chunk on (value 0 adds nothing) or past the weight's rows."""
+        ok = row_ok & (c < chunks_per_row)
+        at = rows * (chunks_per_row * 8) + c * 8 + lane
+        value = gl.load(values_ptr + at, mask=ok, other=0)
+        offset = gl.load(offsets_ptr + at, mask=ok, other=0)
+        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=0)
+        return value, offset, base
+
+    @gluon.jit
+    def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+        index = gl.expand_dims(column, 1) + gl.zeros([column.shape[0], WORDS], gl.int32, word_layout)
+        words = x_s.gather(index, 0)                                                          # [T, WORDS]
+        lo, hi = _halves(words)
+        vv = gl.expand_dims(v, 1)
+        return acc_lo + vv * lo, acc_hi + vv * hi
+
+    @gluon.jit
+    def _accumulate(x_s, value, offset, base, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+        """acc += value_j * x[:, column_j] for a thread's 4 entries, unpacked here from their loaded words."""
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
+            "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l",
+            [value], dtype=(gl.float32,) * 4, is_pure=True, pack=1)
+        acc_lo, acc_hi = _gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout)
+        return acc_lo, acc_hi
+
+    @gluon.jit
+    def _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, chunks_per_row,
+                  UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr, word_layout: gl.constexpr):
+        """Each thread's share of its weight row's products with x's rows, [T, WORDS] twice (rows 2w, 2w + 1).
+        UNROLL sets of entries in flight (1, 2 or 4), each reloaded right after its use, so a load has the other
+        sets' work to land in; warp group g takes chunks g, g + GROUPS, ..."""
+        acc_lo = gl.zeros([rows.shape[0], WORDS], gl.float32, word_layout)
+        acc_hi = gl.zeros([rows.shape[0], WORDS], gl.float32, word_layout)
+        a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
+                                                  chunks_per_row)
+        if UNROLL >= 2:
+            b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                      group + GROUPS, chunks_per_row)
+        if UNROLL >= 4:
+            c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                      group + 2 * GROUPS, chunks_per_row)
+            d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                      group + 3 * GROUPS, chunks_per_row)
+        STEP: gl.constexpr = UNROLL * GROUPS
+        for c0 in range(0, chunks_per_row, STEP):
+            c = c0 + STEP + group              # the chunk each set loads next
+            acc_lo, acc_hi = _accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
+            a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c,
+                                                      chunks_per_row)
+            if UNROLL >= 2:
+                acc_lo, acc_hi = _accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
+                b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                          c + GROUPS, chunks_per_row)
+            if UNROLL >= 4:
+                acc_lo, acc_hi = _accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
+                c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                          c + 2 * GROUPS, chunks_per_row)
+                acc_lo, acc_hi = _accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
+                d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                          c + 3 * GROUPS, chunks_per_row)
+        return acc_lo, acc_hi
+
+    @gluon.jit
+    def _activation(x, KIND: gl.constexpr):
+        """activation.apply_activation in Gluon: x float32 -> act(x), KIND one of ACTIVATION_CODES."""
+        if KIND == 0:
+            y = x / (1.0 + gl.exp(-x))
+        elif KIND == 1:
+            y = gl.maximum(x, 0.0)
+        elif KIND == 2:
+            y = 0.5 * x * (1.0 + gl.erf(x * 0.7071067811865476))
+        else:
+            inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            decay = gl.exp(-2.0 * gl.abs(inner))
+            magnitude = (1.0 - decay) / (1.0 + decay)
+            y = 0.5 * x * (1.0 + gl.where(inner >= 0.0, magnitude, -magnitude))
+        return y
+
+    @gluon.jit
+    def _finish(gate, up, first_feature, parity, row_group, bias_ptr, residual_ptr, out_ptr, M, N,
+                WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr,
+                ACTIVATION: gl.constexpr, OUT_ROWS: gl.constexpr):
+        """Sums gate (and up when GATED) [F, WORDS] float32 of features first_feature.. for x rows
+        row_group * 2 * WORDS + 2w + parity: + bias, act(gate) * up, + residual (row-major [M, N]), stored into
+        out [M, N] (OUT_ROWS > 1: interleaved by blocks of OUT_ROWS rows, _common.out_offsets)."""
+        layout: gl.constexpr = gate.type.layout
+        features = first_feature + gl.arange(0, gate.shape[0], layout=gl.SliceLayout(1, layout))     # [F]
+        x_rows = row_group * (2 * WORDS) + 2 * gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout)) + parity
+        feature = gl.expand_dims(features, 1)                                                        # [F, 1]
+        x_row = gl.expand_dims(x_rows, 0)                                                            # [1, WORDS]
+        mask = (feature < N) & (x_row < M)
+        if HAS_BIAS:
+            gate += gl.load(bias_ptr + feature, mask=feature < N, other=0.0).to(gl.float32)
+            if GATED:
+                up += gl.load(bias_ptr + N + feature, mask=feature < N, other=0.0).to(gl.float32)
+        if GATED:
+            gate = _activation(gate, ACTIVATION) * up
+        if HAS_RESIDUAL:
+            gate += gl.load(residual_ptr + x_row * N + feature, mask=mask, other=0.0).to(gl.float32)
+        if OUT_ROWS == 1:
+            at = x_row * N + feature
+        else:
+            at = (x_row // OUT_ROWS) * (N * OUT_ROWS) + feature * OUT_ROWS + x_row % OUT_ROWS
+        gl.store(out_ptr + at, gate.to(gl.float16), mask=mask)
+
+    @gluon.jit
+    def chunked_csr_xshared_kernel(
+        x_ptr,              # [cdiv(M, 2 * WORDS), K, WORDS] int32: x interleaved (a column's rows side by side,
+                            # fp16 pairs), as interleave_rows writes it or x's producer does (OUT_ROWS)
+        values_ptr,         # [N_w, chunks_per_row * 8] int64: the chunked-CSR fp16 values, four a word
+        offsets_ptr,        # [N_w, chunks_per_row * 8] int32: the uint8 offsets, four a word
+        bases_ptr,          # [N_w, chunks_per_row] int32: each chunk's first column
+        bias_ptr,           # [N_w] fp16 (read only when HAS_BIAS)
+        residual_ptr,       # [M, N] fp16 added last (read only when HAS_RESIDUAL)
+        out_ptr,            # [M, N] fp16, contiguous (interleaved: OUT_ROWS)
+        M, N,               # rows of x, output features (the weight has N_w = 2N rows when GATED)
+        chunks_per_row,     # chunks of every weight row
+        row_blocks,         # xshared_row_blocks
+        x_block_words,      # int32 words between x's row groups (K * WORDS)
+        K: gl.constexpr, K_ALLOC: gl.constexpr,  # x's columns, and the power of two its buffer takes
+        WORDS: gl.constexpr,                     # int32 words a column of x (rows / 2: 2 or 4)
+        XB: gl.constexpr,                        # columns of x staged a step (divides K)
+        WARPS: gl.constexpr,                     # warps a program (the launch's num_warps)
+        GROUPS: gl.constexpr,                    # warp groups sharing a row block's chunks
+        UNROLL: gl.constexpr,                    # chunks' entries in flight a thread (1, 2 or 4)
+        HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr, ACTIVATION: gl.constexpr,
+        OUT_ROWS: gl.constexpr,                  # > 1: out interleaved by blocks of OUT_ROWS rows
+        GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
+    ):
+        """Grid (xshared_grid, cdiv(M, 2 * WORDS)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
+        weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows)."""
+        row_group = gl.program_id(1)
+        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
+        T: gl.constexpr = WARPS * 32
+        R: gl.constexpr = T // (8 * GROUPS)
+        F: gl.constexpr = R // 2 if GATED else R                                         # features a row block
+        word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
+        thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
+        sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        x_s = _stage_x(x_ptr + row_group * x_block_words, K, K_ALLOC, WORDS, XB, word_layout)
+        lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
+        hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % 8
+        group = t // (T // GROUPS)               # warp-uniform
+        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
+        for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
+            feature = rb * F + slot % F
+            row_ok = feature < N
+            if GATED:
+                rows = gl.where(slot < F, feature, feature + N)
+            else:
+                rows = feature
+            rows = gl.where(row_ok, rows, 0)
+            acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
+                                       chunks_per_row, UNROLL, GROUPS, WORDS, word_layout)
+            # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
+            # the epilogue's layout (gate rows then up rows)
+            lo_s.store(gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
+            hi_s.store(gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
+            gl.barrier()
+            if GATED:
+                _finish(lo_s.slice(0, F, 0).load(word_layout), lo_s.slice(F, F, 0).load(word_layout), rb * F, 0,
+                        row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
+                        ACTIVATION, OUT_ROWS)
+                _finish(hi_s.slice(0, F, 0).load(word_layout), hi_s.slice(F, F, 0).load(word_layout), rb * F, 1,
+                        row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
+                        ACTIVATION, OUT_ROWS)
+            else:
+                lo = lo_s.load(word_layout)
+                _finish(lo, lo, rb * F, 0, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                        HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
+                hi = hi_s.load(word_layout)
+                _finish(hi, hi, rb * F, 1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                        HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
+            gl.barrier()                        # the sums buffers are free for the next row block
+        _let_next_start(GRID_DEPENDENCY, row_group)
+else:
+    chunked_csr_xshared_kernel = None

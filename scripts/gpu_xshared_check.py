@@ -1,0 +1,243 @@
+"""GPU check of chunked_csr_xshared (codegen/kernels/chunked_csr_xshared.py) as bundles build and launch it.
+
+Its Gluon shared-memory gather needs Triton 3.9 (here), not the GPU machine's 3.6, so everything is compiled here
+and carried there, as bundles' kernels are:
+
+    python3 scripts/gpu_xshared_check.py build out/xshared_check      # CPU machine: kernels and a sparse bundle
+    python3 scripts/gpu_xshared_check.py check out/xshared_check      # on an H100/H200, carrying the folder
+
+`build` compiles the kernel for sm_90 with the dataflow's default config (default_xshared_config) for Llama-2-7B's
+four shapes at 4 and 8 rows of x (where x fits in shared memory) with each layer's epilogue in bundles (qkv plain,
+o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj), plus a bias
+variant, and compiles a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768) at 70% sparsity in
+chunked CSR for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows.
+
+`check` runs, for every kernel: a float64 check of the whole epilogue (fresh random x, residual and bias, relative
+error < 2e-3) on the bank-spread encoding bundles store, then medians over rotating copies against cuBLAS on the
+dense weight (no epilogue) and against the L1 chunked-CSR kernel (chunked_csr_linear, its default config, the
+same epilogue, x interleaved by its producer as in bundles) on the same encoding and on the column-ordered one.
+Then the L1 kernel at 1 and 2 rows on both encodings (what spreading costs the buckets that do not use this
+kernel), and the bundle against the CPU reference executor (gpu_sparse_check.compare: prefill logits, greedy
+tokens of a ragged batch of 8, eager and CUDA graphs). Prints tables; exits 1 on a failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SCRIPTS = Path(__file__).resolve().parent
+SHAPES = {"o": (4096, 4096), "down": (4096, 11008), "qkv": (12288, 4096), "gate_up": (22016, 4096)}
+# the epilogue each shape has in a Llama bundle; out_rows: gate/up writes down_proj's x interleaved
+LAYER_EPILOGUE = {"o": "residual", "down": "residual", "qkv": "plain", "gate_up": "gated"}
+H100_MULTIPROCESSORS = 132       # the persistent grid is sized when the bundle is built, as here
+SHARED_LIMIT = 227 << 10
+
+
+def kernel_cases() -> list[dict]:
+    """(shape, rows, epilogue) cases: each shape's layer epilogue at 4 and 8 rows, and a bias variant of qkv."""
+    cases = []
+    for name, (n, k) in SHAPES.items():
+        for m in (4, 8):
+            cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name]})
+    cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
+    return cases
+
+
+def case_name(case: dict) -> str:
+    return f"xshared_{case['shape']}_m{case['m']}_{case['epilogue']}"
+
+
+def launch_facts(case: dict) -> dict:
+    """Config, constexprs, grid and row blocks of a case, as codegen/launch_specs.py computes them."""
+    from fdpp.codegen.kernels.chunked_csr_xshared import (default_xshared_config, xshared_constexprs, xshared_grid,
+                                                          xshared_row_blocks)
+    n, k, m, epilogue = case["n"], case["k"], case["m"], case["epilogue"]
+    gated = epilogue == "gated"
+    out_n = n // 2 if gated else n
+    config = default_xshared_config(n, m)
+    constexprs = xshared_constexprs(k, config, has_bias=epilogue == "bias", has_residual=epilogue == "residual",
+                                    activation=0 if gated else None, out_rows=config["rows"] if gated else 1)
+    return {"config": config, "constexprs": constexprs, "out_n": out_n,
+            "grid": [xshared_grid(out_n, gated, config, H100_MULTIPROCESSORS), -(-m // config["rows"])],
+            "row_blocks": xshared_row_blocks(out_n, gated, config)}
+
+
+def build(directory: Path) -> None:
+    from fdpp.codegen.build import compile_kernel
+    from fdpp.codegen.kernels.chunked_csr_xshared import (GLUON_SHARED_GATHER, XSHARED_SIGNATURE,
+                                                          chunked_csr_xshared_kernel, xshared_fits)
+    from fdpp.compiler.targets import get_target
+    from fdpp.runtime.kernel_binary import save_kernel
+    if not GLUON_SHARED_GATHER:
+        import triton
+        raise SystemExit(f"gpu_xshared_check: triton {triton.__version__}'s Gluon has no shared-memory gather; "
+                         f"build where a newer triton is (3.9 has it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    built = []
+    for case in kernel_cases():
+        facts = launch_facts(case)
+        if not xshared_fits(case["k"], facts["config"]["rows"], SHARED_LIMIT, facts["config"]):
+            print(f"{case_name(case)}: x does not fit in shared memory, not built")
+            continue
+        kernel = compile_kernel(chunked_csr_xshared_kernel, get_target("h100"), XSHARED_SIGNATURE,
+                                facts["constexprs"], name=case_name(case), num_warps=facts["config"]["num_warps"],
+                                num_stages=1)
+        save_kernel(kernel, directory)
+        built.append({**case, **facts})
+        print(f"{kernel.name}: {kernel.shared_memory_bytes} bytes of shared memory, grid {facts['grid']}")
+    sys.path.insert(0, str(SCRIPTS))
+    import gpu_sparse_check
+    scratch = tempfile.TemporaryDirectory()
+    model = Path(scratch.name) / "mid-llama"          # float32 safetensors: not carried, only the bundle is
+    gpu_sparse_check.build_model(model)
+    bundle = directory / "xshared.fdpp"
+    subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(model), "-t", "h100", "-o", str(bundle),
+                    "--dtype", "float16", "--max-batch", "8", "--max-seq-len", "256", "--sparsity", "0.7",
+                    "--prune", "magnitude", "--sparse-format", "chunked_csr", "--softmax", "synchronized"],
+                   check=True, capture_output=True)
+    print(f"{bundle}: {bundle.stat().st_size / 1e6:.1f} MB")
+    (directory / "cases.json").write_text(json.dumps(built, indent=1))      # last: marks a complete build
+
+
+def reference(case: dict, x: torch.Tensor, weight: torch.Tensor, bias, residual) -> torch.Tensor:
+    """The case's output in float64, row-major [M, out_n]."""
+    y = x.double() @ weight.double().T
+    if bias is not None:
+        y = y + bias.double()
+    if case["epilogue"] == "gated":
+        half = y.shape[1] // 2
+        y = torch.nn.functional.silu(y[:, :half]) * y[:, half:]
+    if residual is not None:
+        y = y + residual.double()
+    return y
+
+
+def row_major(out: torch.Tensor, m: int, together: int) -> torch.Tensor:
+    """An output [cdiv(M, T), N, T] interleaved by T rows as [M, N]; a row-major one as is."""
+    if out.dim() == 2:
+        return out
+    return out.permute(0, 2, 1).reshape(-1, out.shape[1])[:m]
+
+
+def check_kernels(directory: Path, cases: list[dict]) -> int:
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_sparse as BENCH
+    import torch.nn.functional as F
+    from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
+    from fdpp.runtime.cuda_launcher import CudaKernel
+    from fdpp.runtime.kernel_binary import load_kernel
+    from fdpp.runtime.sparse_formats import spread_banks
+    failed = 0
+    print("| case | cuBLAS us (no epilogue) | xshared us (x cuBLAS) | L1 kernel, same encoding | "
+          "L1 kernel, column order | xshared error | L1 error |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    weights = {}
+    for case in cases:
+        n, k, m, epilogue = case["n"], case["k"], case["m"], case["epilogue"]
+        if case["shape"] not in weights:
+            weights.clear()
+            torch.cuda.empty_cache()
+            weight, dense_sets, csr, plain_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+            spread = spread_banks(csr)
+            weights[case["shape"]] = (weight, dense_sets, plain_sets, BENCH.copies(spread.tensors, spread.nbytes))
+        weight, dense_sets, plain_sets, spread_sets = weights[case["shape"]]
+        out_n, together = case["out_n"], case["config"]["rows"]
+        gated = epilogue == "gated"
+        torch.manual_seed(m * 1000 + n)
+        x = (torch.randn(m, k, device="cuda") * 0.5).half()
+        bias = (torch.randn(n, device="cuda") * 0.1).half() if epilogue == "bias" else None
+        residual = torch.randn(m, out_n, device="cuda").half() if epilogue == "residual" else None
+        ref = reference(case, x, weight, bias, residual)
+        x_interleaved = interleave_rows(x, together).contiguous()
+        x_words = x_interleaved.view(torch.int32)
+        out_rows = together if gated else 1
+        out = torch.empty((-(-m // out_rows), out_n, out_rows) if out_rows > 1 else (m, out_n), device="cuda",
+                          dtype=torch.float16)
+        kernel = CudaKernel(load_kernel(directory, case_name(case)))
+        grid = tuple(case["grid"])
+
+        def xshared(t):
+            kernel(grid, x_words, t["values"].view(torch.int64), t["offsets"].view(torch.int32), t["bases"],
+                   bias if bias is not None else out, residual if residual is not None else out, out, m, out_n,
+                   t["bases"].shape[1], case["row_blocks"], k * together // 2)
+            return out
+        error = BENCH.relative_error(row_major(xshared(spread_sets[0]), m, out_rows).float(), ref)
+        l1_config = default_chunked_csr_config(n, spread_sets[0]["bases"].shape[1], m)
+        l1_x = interleave_rows(x, l1_config["rows"]).contiguous()
+
+        def l1(t):
+            return chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k), bias=bias, residual=residual,
+                                      gated="silu" if gated else None, x_interleaved=l1_x,
+                                      out_rows_together=out_rows, **l1_config)
+        l1_error = BENCH.relative_error(row_major(l1(spread_sets[0]), m, out_rows).float(), ref)
+        bad = error >= BENCH.MAX_ERROR or l1_error >= BENCH.MAX_ERROR or not torch.isfinite(out).all()
+        failed += bad
+        cublas = BENCH.time_us([lambda s=s: F.linear(x, s["w"]) for s in dense_sets])
+        ours = BENCH.time_us([lambda t=t: xshared(t) for t in spread_sets])
+        l1_spread = BENCH.time_us([lambda t=t: l1(t) for t in spread_sets])
+        l1_plain = BENCH.time_us([lambda t=t: l1(t) for t in plain_sets])
+        print(f"| {case['shape']} M={m} {epilogue} | {cublas:.1f} | {ours:.1f} ({cublas / ours:.2f}x) | "
+              f"{l1_spread:.1f} ({cublas / l1_spread:.2f}x) | {l1_plain:.1f} ({cublas / l1_plain:.2f}x) | "
+              f"{error:.1e} | {l1_error:.1e}{' FAIL' if bad else ''} |", flush=True)
+    return failed
+
+
+def check_spread_cost() -> None:
+    """The L1 kernel at 1 and 2 rows on the column-ordered and the bank-spread encodings (no epilogue)."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_sparse as BENCH
+    from fdpp.codegen.kernels.chunked_csr_linear import chunked_csr_linear, default_chunked_csr_config, interleave_rows
+    from fdpp.runtime.sparse_formats import spread_banks
+    print("\n| shape | M | L1 kernel, column order us | bank-spread us | spread / column order |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (n, k) in SHAPES.items():
+        torch.cuda.empty_cache()
+        _, _, csr, plain_sets = BENCH.dense_and_chunked_csr(n, k, 0.7)
+        spread = spread_banks(csr)
+        spread_sets = BENCH.copies(spread.tensors, spread.nbytes)
+        for m in (1, 2):
+            x = (torch.randn(m, k, device="cuda") * 0.5).half()
+            config = default_chunked_csr_config(n, csr.tensors["bases"].shape[1], m)
+            ready = interleave_rows(x, config["rows"]).contiguous() if config["rows"] > 1 else None
+
+            def l1(t):
+                return chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k), x_interleaved=ready,
+                                          **config)
+            plain = BENCH.time_us([lambda t=t: l1(t) for t in plain_sets])
+            spreaded = BENCH.time_us([lambda t=t: l1(t) for t in spread_sets])
+            print(f"| {name} | {m} | {plain:.1f} | {spreaded:.1f} | {spreaded / plain:.3f} |", flush=True)
+        del plain_sets, spread_sets
+
+
+def check(directory: Path) -> int:
+    cases = json.loads((directory / "cases.json").read_text())
+    print(f"GPU: {torch.cuda.get_device_name(0)}")
+    failed = check_kernels(directory, cases)
+    check_spread_cost()
+    sys.path.insert(0, str(SCRIPTS))
+    import gpu_sparse_check
+    row = gpu_sparse_check.compare(directory / "xshared.fdpp")
+    print(f"\nbundle (mid-llama, 70%, chunked CSR, h100): logits error eager {row['eager_logit_error']:.2e}, graphs "
+          f"{row['graphs_logit_error']:.2e}; first token difference per prompt: eager {row['eager_first_diffs']}, "
+          f"graphs {row['graphs_first_diffs']}; linear kernels {', '.join(row['kernels'])}")
+    bundle_ok = max(row["eager_logit_error"], row["graphs_logit_error"]) < 2e-3
+    failed += not bundle_ok
+    print("PASS" if not failed else "FAIL")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    sys.path.insert(0, str(SCRIPTS))
+    from gluon_experiment import experiment_main
+    return experiment_main(__doc__, "gpu_xshared_check", build, check, "Gluon's shared-memory gather",
+                           complete="cases.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

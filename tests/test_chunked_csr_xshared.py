@@ -1,0 +1,186 @@
+"""chunked_csr_xshared: the Gluon chunked-CSR kernel that gathers x from shared memory at 4-8 rows. Gluon kernels do not
+run under the interpreter, so here: the bank-spread encoding it reads decodes exactly to the weight, the dataflow
+offers it only where it can run (sm_90, float16, x fitting in shared memory, a Triton with Gluon's gather) and
+bundles record its launches with x interleaved by its producer, and it compiles for sm_90 with its epilogues, a
+vector shared-memory load per entry and the dependent-launch instructions in place. scripts/gpu_xshared_check.py
+runs it on a GPU against float64."""
+
+import re
+
+import pytest
+import torch
+
+from fdpp.codegen.kernels import chunked_csr_xshared as X
+from fdpp.compiler.errors import CompileError
+from fdpp.compiler.targets import get_target
+from fdpp.passes import sparse_choice
+from fdpp.passes.sparse_choice import choose_sparse_linear
+from fdpp.runtime.sparse_formats import SparseFormatError, decode, encode, encode_chunked_csr, spread_banks
+
+needs_gather = pytest.mark.skipif(not X.GLUON_SHARED_GATHER, reason="this Triton's Gluon has no shared-memory gather")
+
+
+def _pruned(n: int, k: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g).half()
+    return torch.where(torch.rand(n, k, generator=g) < density, weight, torch.zeros((), dtype=weight.dtype))
+
+
+@pytest.mark.parametrize("n,k,density", [(37, 600, 0.3), (16, 4096, 0.3), (9, 1000, 0.95), (5, 300, 0.02),
+                                         (3, 64, 0.0)])
+def test_spread_encoding_decodes_to_the_weight_with_each_chunk_sorted_by_bank_group(n, k, density):
+    weight = _pruned(n, k, density, seed=n + k)
+    plain = encode_chunked_csr(weight)
+    spread = encode(weight, "chunked_csr", spread=True)
+    assert torch.equal(decode(spread.meta(), spread.tensors), weight)
+    assert torch.equal(spread.tensors["bases"], plain.tensors["bases"]) and spread.nbytes == plain.nbytes
+    chunk = spread.tile[1]
+    columns = spread.tensors["bases"].long().repeat_interleave(chunk, 1) + spread.tensors["offsets"].long()
+    group = (columns % 8).view(n, -1, chunk)
+    assert bool((group[..., 1:] >= group[..., :-1]).all())          # sorted by class within every chunk
+    # each chunk holds the same entries as before, reordered
+    for part in ("values", "offsets"):
+        before = plain.tensors[part].view(n, -1, chunk).to(torch.int32).sort(2).values
+        after = spread.tensors[part].view(n, -1, chunk).to(torch.int32).sort(2).values
+        assert torch.equal(before, after)
+
+
+def test_spread_refuses_other_formats():
+    with pytest.raises(SparseFormatError, match="chunked_csr"):
+        encode(_pruned(8, 128, 0.3, 1), "bitmap", (16, 64), spread=True)
+
+
+def _choices(n, k, target="h100", dtype="float16", gated=False):
+    decision = choose_sparse_linear(n, k, 0.3, dtype, "chunked_csr", [1, 2, 4, 8, 16], (1, 2, 4, 8),
+                                    get_target(target), lambda m: 40.0 + m, epilogue=gated)
+    return {c.max_rows: c for c in decision["choices"]}
+
+
+@needs_gather
+def test_dataflow_offers_xshared_at_four_to_eight_rows_where_x_fits():
+    qkv = _choices(12288, 4096)
+    assert qkv[8].kernel == "chunked_csr_xshared" and qkv[4].kernel == "chunked_csr_xshared"
+    assert qkv[8].config == {"multiprocessors": 132}
+    assert {qkv[m].kernel for m in (1, 2, 16)} == {"chunked_csr_gemv"}
+    # down_proj at 8 rows: x ([16384 pow2, 8] fp16, 256 KB) does not fit in 227 KB
+    assert not sparse_choice.xshared_offered(8, 11008, "float16", get_target("h100"))
+    assert sparse_choice.xshared_offered(4, 11008, "float16", get_target("h100"))
+    for target, dtype in (("a100", "float16"), ("mi300x", "float16"), ("h100", "bfloat16"), ("h200", "float32")):
+        assert not sparse_choice.xshared_offered(8, 4096, dtype, get_target(target)), (target, dtype)
+    assert sparse_choice.xshared_offered(8, 4096, "float16", get_target("h200"))
+
+
+def test_dataflow_does_not_offer_xshared_without_gluons_gather(monkeypatch):
+    monkeypatch.setattr(X, "GLUON_SHARED_GATHER", False)
+    assert {c.kernel for c in _choices(12288, 4096).values()} == {"chunked_csr_gemv"}
+
+
+def test_xshared_config_and_shared_memory():
+    assert X.default_xshared_config(4096, 8) == {"rows": 8, "num_warps": 16, "groups": 2, "unroll": 4, "programs": 0}
+    assert X.default_xshared_config(22016, 3)["rows"] == 4
+    config = X.default_xshared_config(22016, 8)
+    # 8 warps in one group: 32 weight rows a block, 16 features when gated; a persistent grid of 3 a multiprocessor
+    assert X.xshared_row_blocks(11008, True, config) == 688 and X.xshared_grid(11008, True, config, 132) == 396
+    assert X.xshared_shared_bytes(4096, 8, config) == 4 * 4 * (4096 + 64)
+    with pytest.raises(ValueError, match="rows must be 4 or 8"):
+        X.xshared_constexprs(4096, {**config, "rows": 2}, has_bias=False, has_residual=False, activation=None,
+                             out_rows=1)
+
+
+def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
+    from fdpp.codegen.build import compile_kernel
+    config = X.default_xshared_config(22016 if gated else 4096, rows)
+    constexprs = X.xshared_constexprs(k, config, has_bias=bias, has_residual=residual,
+                                      activation=0 if gated else None, out_rows=out_rows)
+    return compile_kernel(X.chunked_csr_xshared_kernel, get_target("h100"), X.XSHARED_SIGNATURE, constexprs,
+                          name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}",
+                          num_warps=config["num_warps"], num_stages=1, dependent_launch=dependent_launch)
+
+
+@needs_gather
+@pytest.mark.parametrize("k,rows,gated,residual,bias,out_rows", [
+    (4096, 8, True, False, False, 8), (4096, 8, False, True, False, 1), (768, 4, False, False, True, 4),
+    (11008, 4, False, True, False, 1), (576, 8, True, False, True, 1)])
+def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, gated, residual, bias, out_rows):
+    kernel = _compiled(k, rows, gated, residual, bias, out_rows)
+    body = kernel.ptx[kernel.ptx.index(".entry"):]
+    # 4 unrolled sets of 4 entries: 16 gathers of rows / 2 words each, one vector load apiece
+    assert len(re.findall(rf"ld\.shared\.v{rows // 2}\.b32", body)) >= 16
+    assert "ld.shared.v" in body and kernel.programmatic_dependent_launch
+    lines = body.splitlines()
+    wait = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
+    memory = [i for i, line in enumerate(lines) if re.search(r"\b(?:ld|st)\.global\b", line)]
+    assert len(wait) == 1 and wait[0] < memory[0]
+    assert sum("griddepcontrol.launch_dependents" in line for line in lines) == 1
+    assert kernel.shared_memory_bytes <= X.xshared_shared_bytes(k, rows, X.default_xshared_config(
+        22016 if gated else 4096, rows)) + 2048
+
+
+@pytest.fixture(scope="module")
+def xshared_bundle(tmp_path_factory):
+    """A tiny random Llama at 70% in chunked CSR for h100, max batch 8, with the cost model made to take
+    chunked_csr_xshared wherever it is offered (its tiny shapes would not pay for the copy of x otherwise)."""
+    from fdpp.compiler.driver import compile_model
+    from helpers import tiny_llama
+    directory = tiny_llama(tmp_path_factory.mktemp("xshared-llama"))[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparse_choice, "xshared_cost_us", lambda *args, **kwargs: 0.0)
+        return compile_model(str(directory), "h100", tmp_path_factory.mktemp("xshared") / "xshared.fdpp",
+                             _options("chunked_csr"))
+
+
+def _options(sparse_format: str):
+    """The tiny models' compile options at 70% magnitude pruning, max batch 8 (the 4- and 8-row buckets)."""
+    import dataclasses
+    from helpers import compile_options
+    return dataclasses.replace(compile_options("float16", sparsity=0.7, prune="magnitude",
+                                               sparse_format=sparse_format), max_batch=8)
+
+
+@needs_gather
+def test_bundle_launches_xshared_with_x_written_interleaved_and_spread_entries(xshared_bundle):
+    from fdpp.runtime.bundle import read_bundle
+    from helpers import assert_kernels_wait_first
+    bundle = read_bundle(xshared_bundle)
+    used = [(step, choice) for step in bundle.plan.steps for choice in step.kernels
+            if choice.kernel == "chunked_csr_xshared"]
+    assert used and all(3 <= choice.max_rows <= 8 for _, choice in used)
+    for step, choice in used:
+        # in decode x comes interleaved from its producer: one launch, the Gluon kernel; o_proj's prefill
+        # (prefill attention writes row-major) interleaves x first, as chunked_csr_gemv does
+        kernels = [launch["kernel"].split("-")[0] for launch in choice.launches]
+        assert choice.config["multiprocessors"] == 132
+        if choice.phase == "prefill" and not choice.config.get("x_interleaved"):
+            assert kernels == ["interleave_rows_kernel", "chunked_csr_xshared_kernel"], step.output
+        else:
+            assert choice.config["x_interleaved"] and kernels == ["chunked_csr_xshared_kernel"], step.output
+        # its weight's chunks are bank-spread: entries sorted by column mod 8 within every chunk
+        prefix = step.inputs[1].removeprefix("@").removesuffix(".values")        # @<param>.chunked_csr.values
+        bases, offsets = bundle.weights[prefix + ".bases"], bundle.weights[prefix + ".offsets"]
+        columns = bases.long().repeat_interleave(32, 1) + offsets.long()
+        group = (columns % 8).view(bases.shape[0], -1, 32)
+        assert bool((group[..., 1:] >= group[..., :-1]).all()), prefix
+    assert assert_kernels_wait_first(xshared_bundle) > 0
+
+
+def test_sparse_bundle_with_xshared_equals_the_pruned_dense_bundle_on_the_reference_executor(xshared_bundle, tmp_path):
+    """The spread encoding decodes to the same pruned weights: token for token the dense bundle's output."""
+    import fdpp
+    from fdpp.compiler.driver import compile_model
+    from helpers import tiny_llama
+    directory = tiny_llama(tmp_path)[1]
+    dense = compile_model(str(directory), "h100", tmp_path / "dense.fdpp", _options("dense"))
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [40], [3, 1, 4, 1, 5, 9]]
+    assert fdpp.load(xshared_bundle).generate(prompts, max_new_tokens=6).token_ids == \
+        fdpp.load(dense).generate(prompts, max_new_tokens=6).token_ids
+
+
+def test_launch_spec_refuses_xshared_without_gluons_gather(monkeypatch, xshared_bundle):
+    from fdpp.codegen import aot, launch_specs
+    from fdpp.runtime.bundle import read_bundle
+    bundle = read_bundle(xshared_bundle)
+    if not any(c.kernel == "chunked_csr_xshared" for s in bundle.plan.steps for c in s.kernels):
+        pytest.skip("this Triton's dataflow chose no chunked_csr_xshared")
+    monkeypatch.setattr(launch_specs, "chunked_csr_xshared_kernel", None)
+    with pytest.raises(CompileError, match="needs a Triton whose Gluon has the shared-memory gather"):
+        aot.collect_launches(bundle.plan, bundle.manifest.dtype, {k: tuple(v.shape) for k, v in bundle.weights.items()})
