@@ -416,7 +416,7 @@ def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, part
                            f"weight {wdt}, chunk {chunk}")
     gated = c.step.attrs.get("gated")
     out_n = n // 2 if gated else n
-    cfg = {**default_xshared_config(n, choice.max_rows), **choice.config}
+    cfg = {**default_xshared_config(n, k, choice.max_rows), **choice.config}
     if "multiprocessors" not in cfg:
         raise CompileError(f"{where}: the choice's config names no multiprocessors (the dataflow records the target's)")
     together = cfg["rows"]
@@ -435,8 +435,7 @@ def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, part
         ("bases_ptr", signature["bases_ptr"], parts["bases"]),
         ("bias_ptr", "*fp16", bias_ref or c.ref(0)), ("residual_ptr", "*fp16", residual_ref or c.ref(0)),
         ("out_ptr", "*fp16", "out"), ("M", "i32", "rows"), ("N", "i32", out_n), ("chunks_per_row", "i32", chunks),
-        ("row_blocks", "i32", xshared_row_blocks(out_n, bool(gated), cfg)),
-        ("x_block_words", "i32", k * together // 2)],
+        ("row_blocks", "i32", xshared_row_blocks(out_n, bool(gated), cfg))],
         constexprs, num_warps=cfg["num_warps"], num_stages=1, workspace=interleaved)
 
 

@@ -32,8 +32,8 @@ from fdpp.passes.pass_manager import PassContext, PassResult
 from fdpp.runtime.schema import KernelChoice, pick_choice
 
 # The CUDA-core chunked-CSR kernels, which gather x by blocks of rows and whose config defaults follow the bucket.
-DEFAULT_CONFIG = {"chunked_csr_gemv": default_chunked_csr_config,
-                  "chunked_csr_xshared": lambda n, chunks, rows: default_xshared_config(n, rows)}
+DEFAULT_CONFIG = {"chunked_csr_gemv": lambda n, k, chunks, rows: default_chunked_csr_config(n, chunks, rows),
+                  "chunked_csr_xshared": lambda n, k, chunks, rows: default_xshared_config(n, k, rows)}
 PHASES = ("decode", "prefill")
 
 
@@ -47,9 +47,9 @@ def _resolved(node: Node, choice: KernelChoice) -> dict:
     is."""
     if choice.kernel not in DEFAULT_CONFIG:
         return dict(choice.config)
-    n, _ = node.attrs["sparse"]["shape"]
+    n, k = node.attrs["sparse"]["shape"]
     chunks, _ = node.attrs["sparse"]["tile"]
-    return {**DEFAULT_CONFIG[choice.kernel](n, chunks, choice.max_rows), **choice.config}
+    return {**DEFAULT_CONFIG[choice.kernel](n, k, chunks, choice.max_rows), **choice.config}
 
 
 def _rows_together(node: Node, choice: KernelChoice) -> int:

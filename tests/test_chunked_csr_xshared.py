@@ -76,9 +76,12 @@ def test_dataflow_does_not_offer_xshared_without_gluons_gather(monkeypatch):
 
 
 def test_xshared_config_and_shared_memory():
-    assert X.default_xshared_config(4096, 8) == {"rows": 8, "num_warps": 16, "groups": 2, "unroll": 4, "programs": 0}
-    assert X.default_xshared_config(22016, 3)["rows"] == 4
-    config = X.default_xshared_config(22016, 8)
+    assert X.default_xshared_config(4096, 4096, 8) == {"rows": 8, "num_warps": 16, "groups": 2, "unroll": 4,
+                                                       "programs": 0}
+    assert X.default_xshared_config(4096, 4096, 4)["num_warps"] == 8            # o_proj: 32 KB of x
+    assert X.default_xshared_config(4096, 11008, 4)["num_warps"] == 16          # down_proj: 128 KB of x
+    assert X.default_xshared_config(22016, 4096, 3)["rows"] == 4
+    config = X.default_xshared_config(22016, 4096, 8)
     # 8 warps in one group: 32 weight rows a block, 16 features when gated; a persistent grid of 3 a multiprocessor
     assert X.xshared_row_blocks(11008, True, config) == 688 and X.xshared_grid(11008, True, config, 132) == 396
     assert X.xshared_shared_bytes(4096, 8, config) == 4 * 4 * (4096 + 64)
@@ -89,7 +92,7 @@ def test_xshared_config_and_shared_memory():
 
 def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
     from fdpp.codegen.build import compile_kernel
-    config = X.default_xshared_config(22016 if gated else 4096, rows)
+    config = X.default_xshared_config(22016 if gated else 4096, k, rows)
     constexprs = X.xshared_constexprs(k, config, has_bias=bias, has_residual=residual,
                                       activation=0 if gated else None, out_rows=out_rows)
     return compile_kernel(X.chunked_csr_xshared_kernel, get_target("h100"), X.XSHARED_SIGNATURE, constexprs,
@@ -113,7 +116,7 @@ def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, g
     assert len(wait) == 1 and wait[0] < memory[0]
     assert sum("griddepcontrol.launch_dependents" in line for line in lines) == 1
     assert kernel.shared_memory_bytes <= X.xshared_shared_bytes(k, rows, X.default_xshared_config(
-        22016 if gated else 4096, rows)) + 2048
+        22016 if gated else 4096, k, rows)) + 2048
 
 
 @pytest.fixture(scope="module")

@@ -149,14 +149,16 @@ def test_dataflow_keeps_a_layer_dense_where_sparse_loses():
 
 
 def test_chunked_csr_prefill_buckets_take_the_densified_gemm():
-    """Forced chunked CSR for a 70% o_proj: the CUDA-core kernel for a few rows, and from some bucket on (its cost
-    grows with the rows, the dense copy's does not) the weight written out dense and multiplied on tensor cores."""
+    """Forced chunked CSR for a 70% o_proj: the CUDA-core kernels for a few rows (x from L1, or from shared memory
+    at 3-8 rows), and from some bucket on (their cost grows with the rows, the dense copy's does not) the weight
+    written out dense and multiplied on tensor cores."""
     buckets = [1, 2, 4, 8, 16, 32, 64, 128, 512]
     forced = choose_sparse_linear(4096, 4096, 0.3, "float16", "chunked_csr", buckets, (1,), get_target("h100"),
                                   lambda m: 10.0)
     kernels = [c.kernel for c in forced["choices"]]
     switch = kernels.index("chunked_csr_gemm")
-    assert 0 < switch and set(kernels[:switch]) == {"chunked_csr_gemv"}
+    assert 0 < switch and set(kernels[:switch]) <= {"chunked_csr_gemv", "chunked_csr_xshared"}
+    assert kernels[0] == "chunked_csr_gemv"
     assert set(kernels[switch:]) == {"chunked_csr_gemm"}
     assert forced["choices"][-1].max_rows == 512 and len(kernels) == switch + 1   # gemm buckets share one choice
 

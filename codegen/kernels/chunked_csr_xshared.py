@@ -64,19 +64,26 @@ def xshared_shared_bytes(k: int, rows: int, config: dict) -> int:
 
 def xshared_fits(k: int, rows: int, shared_limit: int, config: dict | None = None) -> bool:
     """Whether x of K columns at `rows` rows (4 or 8) and the sums fit a block's shared memory."""
-    config = config or default_xshared_config(1, rows)
+    config = config or default_xshared_config(1, k, rows)
     return rows in XSHARED_ROWS and xshared_shared_bytes(k, rows, config) <= shared_limit
 
 
-def default_xshared_config(n: int, m: int) -> dict:
-    """rows, num_warps, groups, unroll, programs for a weight of n rows (the stacked gate/up counts both) and m rows
-    of x, from the H100 runs of docs/perf/2026-12-07-gluon-xshared.md (runs 3 and 5, Llama-2-7B's shapes at 70%):
-    weights of <= 8192 rows (o_proj, down_proj) have too few row blocks for the 132 multiprocessors and take
-    two warp groups per row block (16 warps at 8 rows: o_proj 12.8 us against 13.2 with 8); more rows (qkv,
-    gate/up) take 8 warps in one group on a persistent grid of 3 programs a multiprocessor (pk_w8_u4_p)."""
+BIG_X_BYTES = 64 << 10      # x's buffer from which a multiprocessor holds at most three programs
+
+
+def default_xshared_config(n: int, k: int, m: int) -> dict:
+    """rows, num_warps, groups, unroll, programs for a weight [n, k] (n: the stacked gate/up counts both) and m rows
+    of x, from the H100 runs of docs/perf/2026-12-07-gluon-xshared.md (runs 3, 5 and 6, Llama-2-7B's shapes at 70%):
+    - weights of <= 8192 rows (o_proj, down_proj) have too few row blocks for the 132 multiprocessors and take
+      two warp groups per row block: 8 warps, or 16 where x's buffer takes 64 KB or more (o_proj at 8 rows 12.6 us
+      against 12.9 with 8; down_proj at 4 rows, 128 KB, one program a multiprocessor: 23.2 us against 31.5);
+    - more rows (qkv, gate/up) take 8 warps in one group on a persistent grid of 3 programs a multiprocessor
+      (qkv at 8 rows 25.8 us, against 29.0 with 16 warps in two groups); where x's buffer exceeds 64 KB (K > 4096
+      at 8 rows, unmeasured) the o_proj rule instead."""
     rows = 4 if m <= 4 else 8
-    if n <= 8192:
-        return {"rows": rows, "num_warps": 16 if rows == 8 else 8, "groups": 2, "unroll": 4, "programs": 0}
+    big_x = 2 * rows * triton.next_power_of_2(k) >= BIG_X_BYTES
+    if n <= 8192 or 2 * rows * triton.next_power_of_2(k) > BIG_X_BYTES:
+        return {"rows": rows, "num_warps": 16 if big_x else 8, "groups": 2, "unroll": 4, "programs": 0}
     return {"rows": rows, "num_warps": 8, "groups": 1, "unroll": 4, "programs": 3}
 
 
@@ -117,7 +124,7 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
 
 XSHARED_SIGNATURE = {"x_ptr": "*i32", "values_ptr": "*i64", "offsets_ptr": "*i32", "bases_ptr": "*i32",
                      "bias_ptr": "*fp16", "residual_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32",
-                     "chunks_per_row": "i32", "row_blocks": "i32", "x_block_words": "i32"}
+                     "chunks_per_row": "i32", "row_blocks": "i32"}
 
 
 if GLUON_SHARED_GATHER:
@@ -281,7 +288,6 @@ if GLUON_SHARED_GATHER:
         M, N,               # rows of x, output features (the weight has N_w = 2N rows when GATED)
         chunks_per_row,     # chunks of every weight row
         row_blocks,         # xshared_row_blocks
-        x_block_words,      # int32 words between x's row groups (K * WORDS)
         K: gl.constexpr, K_ALLOC: gl.constexpr,  # x's columns, and the power of two its buffer takes
         WORDS: gl.constexpr,                     # int32 words a column of x (rows / 2: 2 or 4)
         XB: gl.constexpr,                        # columns of x staged a step (divides K)
@@ -302,7 +308,9 @@ if GLUON_SHARED_GATHER:
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        x_s = _stage_x(x_ptr + row_group * x_block_words, K, K_ALLOC, WORDS, XB, word_layout)
+        # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
+        # stride here cost 20-25% at 8 rows on an H100)
+        x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         t = gl.arange(0, T, layout=thread_layout)
@@ -312,11 +320,12 @@ if GLUON_SHARED_GATHER:
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
             feature = rb * F + slot % F
             row_ok = feature < N
+            # rows past the weight's (row_ok False) are never read: every load is masked by row_ok. Clamping them
+            # instead made ptxas sink the next chunks' base loads to the loop's end (seen in the SASS)
             if GATED:
                 rows = gl.where(slot < F, feature, feature + N)
             else:
                 rows = feature
-            rows = gl.where(row_ok, rows, 0)
             acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
                                        chunks_per_row, UNROLL, GROUPS, WORDS, word_layout)
             # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
