@@ -54,30 +54,13 @@ ROWS_OF_X = (4, 8)            # rows of x the kernels are built for (WORDS = row
 
 
 def _shared_parts():
-    """The kernels' shared parts: stage_x, x's K columns ([K, WORDS] int32) copied into a [K_ALLOC, WORDS] shared
-    buffer XB columns a step, then a barrier (returns the buffer); halves, the two fp16 rows of x in each gathered
-    int32 word as float32 (low half: row 2w, high half: row 2w + 1); store_rows, a row block's sums [R, WORDS] for
-    rows 2w (lo) and 2w + 1 (hi) of x stored as fp16 into out [M, N]."""
+    """The kernels' shared parts: stage_x and halves from codegen/kernels/chunked_csr_xshared.py (x's K columns
+    copied into a shared buffer; the two fp16 rows of x in each gathered int32 word as float32), and store_rows, a
+    row block's sums [R, WORDS] for rows 2w (lo) and 2w + 1 (hi) of x stored as fp16 into out [M, N]."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
-    @gluon.jit
-    def stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
-                layout: gl.constexpr):
-        x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        kk = gl.arange(0, XB, layout=gl.SliceLayout(1, layout))
-        ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout))
-        for kb in gl.static_range(K // XB):
-            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
-                                                    + gl.expand_dims(ww, 0)))
-        gl.barrier()
-        return x_s
-
-    @gluon.jit
-    def halves(words):
-        return gl.inline_asm_elementwise(
-            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
-            [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+    from fdpp.codegen.kernels.chunked_csr_xshared import _halves as halves, _stage_x as stage_x
 
     @gluon.jit
     def store_rows(out_ptr, lo_sum, hi_sum, first_row, M, N, R: gl.constexpr, WORDS: gl.constexpr):
@@ -191,83 +174,15 @@ def xshared_kernel():
 
 
 def xshared_packed_kernel():
-    """The second design: a thread's four entries of a chunk load as one 64-bit word of values and one 32-bit word
-    of offsets, which the loop carries as loaded and unpacks only where they are used (the first design's fp16 and
-    byte tensors are unpacked into the loop's registers right after their load, which waits for it), and each of
-    the four entries gathers separately, so the sums need only [T, WORDS] accumulators."""
+    """The second design, which bundles now run (codegen/kernels/chunked_csr_xshared.py; its loop is that module's
+    `_row_sums`): a thread's four entries of a chunk load as one 64-bit word of values and one 32-bit word of
+    offsets, which the loop carries as loaded and unpacks only where they are used (the first design's fp16 and byte
+    tensors are unpacked into the loop's registers right after their load, which waits for it), and each of the
+    four entries gathers separately, so the sums need only [T, WORDS] accumulators."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    stage_x, halves, store_rows = _shared_parts()
-
-    @gluon.jit
-    def load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row, limit, shift):
-        """Chunk c of each thread's row: its 4 values as an int64, 4 offsets as an int32, the chunk's base less
-        shift (its column in the x buffer it gathers from); all [T]; zeros from chunk `limit` on or past N."""
-        ok = row_ok & (c < limit)
-        at = rows * (chunks_per_row * 8) + c * 8 + lane
-        value = gl.load(values_ptr + at, mask=ok, other=0)
-        offset = gl.load(offsets_ptr + at, mask=ok, other=0)
-        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=shift) - shift
-        return value, offset, base
-
-    @gluon.jit
-    def gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
-        index = gl.expand_dims(column, 1) + gl.zeros([column.shape[0], WORDS], gl.int32, word_layout)
-        words = x_s.gather(index, 0)                                                          # [T, WORDS]
-        lo, hi = halves(words)
-        vv = gl.expand_dims(v, 1)
-        return acc_lo + vv * lo, acc_hi + vv * hi
-
-    @gluon.jit
-    def accumulate(x_s, value, offset, base, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
-        """acc += value_j * x[:, column_j] for a thread's 4 entries, unpacked here from their loaded words."""
-        v0, v1, v2, v3 = gl.inline_asm_elementwise(
-            "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
-            "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l",
-            [value], dtype=(gl.float32,) * 4, is_pure=True, pack=1)
-        acc_lo, acc_hi = gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout)
-        return acc_lo, acc_hi
-
-    @gluon.jit
-    def run_chunks(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, first, limit, chunks_per_row,
-                   shift, acc_lo, acc_hi, UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr,
-                   word_layout: gl.constexpr):
-        """Chunks [first, limit) of each thread's row into the sums, gathering x from x_s (bases less shift). UNROLL
-        sets of entries in flight (1, 2 or 4), each reloaded right after it is used, so a load has the other sets'
-        work to land in and no register copy waits on a load in flight; warp group g takes chunks first + g,
-        first + g + GROUPS, ..."""
-        gl.static_assert((UNROLL == 1) or (UNROLL == 2) or (UNROLL == 4))
-        a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                first + group, chunks_per_row, limit, shift)
-        if UNROLL >= 2:
-            b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                    first + group + GROUPS, chunks_per_row, limit, shift)
-        if UNROLL >= 4:
-            c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                    first + group + 2 * GROUPS, chunks_per_row, limit, shift)
-            d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                    first + group + 3 * GROUPS, chunks_per_row, limit, shift)
-        STEP: gl.constexpr = UNROLL * GROUPS
-        for c0 in range(first, limit, STEP):
-            c = c0 + STEP + group              # the chunk each set loads next
-            acc_lo, acc_hi = accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
-            a_value, a_offset, a_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                    c, chunks_per_row, limit, shift)
-            if UNROLL >= 2:
-                acc_lo, acc_hi = accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
-                b_value, b_offset, b_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        c + GROUPS, chunks_per_row, limit, shift)
-            if UNROLL >= 4:
-                acc_lo, acc_hi = accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
-                c_value, c_offset, c_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        c + 2 * GROUPS, chunks_per_row, limit, shift)
-                acc_lo, acc_hi = accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
-                d_value, d_offset, d_base = load_packed(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                        c + 3 * GROUPS, chunks_per_row, limit, shift)
-        return acc_lo, acc_hi
+    from fdpp.codegen.kernels.chunked_csr_xshared import _row_sums as run_chunks
+    stage_x, _, store_rows = _shared_parts()
 
     @gluon.jit
     def ccsr_xshared_packed_kernel(

@@ -34,6 +34,8 @@ import math
 
 import triton
 
+from fdpp.codegen.kernels.activation import apply_activation
+
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -164,14 +166,15 @@ if GLUON_SHARED_GATHER:
             [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
 
     @gluon.jit
-    def _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row):
-        """Chunk c of each thread's weight row: its 4 values as an int64, 4 offsets as an int32, the chunk's base;
-        all [T]; zeros from the row's last chunk on (value 0 adds nothing) or past the weight's rows."""
-        ok = row_ok & (c < chunks_per_row)
+    def _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row, limit, shift):
+        """Chunk c of each thread's weight row: its 4 values as an int64, 4 offsets as an int32, the chunk's base
+        less shift (its column in the x buffer it gathers from); all [T]; zeros from chunk `limit` on (value 0 adds
+        nothing) or past the weight's rows."""
+        ok = row_ok & (c < limit)
         at = rows * (chunks_per_row * 8) + c * 8 + lane
         value = gl.load(values_ptr + at, mask=ok, other=0)
         offset = gl.load(offsets_ptr + at, mask=ok, other=0)
-        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=0)
+        base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=shift) - shift
         return value, offset, base
 
     @gluon.jit
@@ -196,57 +199,46 @@ if GLUON_SHARED_GATHER:
         return acc_lo, acc_hi
 
     @gluon.jit
-    def _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, chunks_per_row,
-                  UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr, word_layout: gl.constexpr):
-        """Each thread's share of its weight row's products with x's rows, [T, WORDS] twice (rows 2w, 2w + 1).
-        UNROLL sets of entries in flight (1, 2 or 4), each reloaded right after its use, so a load has the other
-        sets' work to land in; warp group g takes chunks g, g + GROUPS, ..."""
-        acc_lo = gl.zeros([rows.shape[0], WORDS], gl.float32, word_layout)
-        acc_hi = gl.zeros([rows.shape[0], WORDS], gl.float32, word_layout)
-        a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
-                                                  chunks_per_row)
+    def _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, first, limit, chunks_per_row,
+                  shift, acc_lo, acc_hi, UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr,
+                  word_layout: gl.constexpr):
+        """acc_lo, acc_hi ([T, WORDS], x rows 2w and 2w + 1) plus each thread's share of its weight row's products
+        over chunks [first, limit), gathering x from x_s (bases less shift: scripts/exp_gluon_xshared.py holds x in
+        two buffers). UNROLL sets of entries in flight (1, 2 or 4), each reloaded right after its use, so a load has
+        the other sets' work to land in; warp group g takes chunks first + g, first + g + GROUPS, ..."""
+        gl.static_assert((UNROLL == 1) or (UNROLL == 2) or (UNROLL == 4))
+        a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
+                                                  first + group, chunks_per_row, limit, shift)
         if UNROLL >= 2:
             b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                      group + GROUPS, chunks_per_row)
+                                                      first + group + GROUPS, chunks_per_row, limit, shift)
         if UNROLL >= 4:
             c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                      group + 2 * GROUPS, chunks_per_row)
+                                                      first + group + 2 * GROUPS, chunks_per_row, limit, shift)
             d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                      group + 3 * GROUPS, chunks_per_row)
+                                                      first + group + 3 * GROUPS, chunks_per_row, limit, shift)
         STEP: gl.constexpr = UNROLL * GROUPS
-        for c0 in range(0, chunks_per_row, STEP):
+        for c0 in range(first, limit, STEP):
             c = c0 + STEP + group              # the chunk each set loads next
             acc_lo, acc_hi = _accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
             a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c,
-                                                      chunks_per_row)
+                                                      chunks_per_row, limit, shift)
             if UNROLL >= 2:
                 acc_lo, acc_hi = _accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
                 b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                          c + GROUPS, chunks_per_row)
+                                                          c + GROUPS, chunks_per_row, limit, shift)
             if UNROLL >= 4:
                 acc_lo, acc_hi = _accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
                 c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                          c + 2 * GROUPS, chunks_per_row)
+                                                          c + 2 * GROUPS, chunks_per_row, limit, shift)
                 acc_lo, acc_hi = _accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
                 d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
-                                                          c + 3 * GROUPS, chunks_per_row)
+                                                          c + 3 * GROUPS, chunks_per_row, limit, shift)
         return acc_lo, acc_hi
 
-    @gluon.jit
-    def _activation(x, KIND: gl.constexpr):
-        """activation.apply_activation in Gluon: x float32 -> act(x), KIND one of ACTIVATION_CODES."""
-        if KIND == 0:
-            y = x / (1.0 + gl.exp(-x))
-        elif KIND == 1:
-            y = gl.maximum(x, 0.0)
-        elif KIND == 2:
-            y = 0.5 * x * (1.0 + gl.erf(x * 0.7071067811865476))
-        else:
-            inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            decay = gl.exp(-2.0 * gl.abs(inner))
-            magnitude = (1.0 - decay) / (1.0 + decay)
-            y = 0.5 * x * (1.0 + gl.where(inner >= 0.0, magnitude, -magnitude))
-        return y
+    # activation.apply_activation re-jitted as a Gluon function: its tl operations are elementwise, so they keep the
+    # layout of what they are given (all four activations compile)
+    _activation = gluon.jit(apply_activation.fn)
 
     @gluon.jit
     def _finish(gate, up, first_feature, parity, row_group, bias_ptr, residual_ptr, out_ptr, M, N,
@@ -326,8 +318,11 @@ if GLUON_SHARED_GATHER:
                 rows = gl.where(slot < F, feature, feature + N)
             else:
                 rows = feature
-            acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group,
-                                       chunks_per_row, UNROLL, GROUPS, WORDS, word_layout)
+            acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
+                                       chunks_per_row, chunks_per_row, 0,
+                                       gl.zeros([T, WORDS], gl.float32, word_layout),
+                                       gl.zeros([T, WORDS], gl.float32, word_layout), UNROLL, GROUPS, WORDS,
+                                       word_layout)
             # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
             # the epilogue's layout (gate rows then up rows)
             lo_s.store(gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
