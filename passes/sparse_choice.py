@@ -49,13 +49,14 @@ SPARSE_EFFICIENCY = {
 # with 0.66 the model put the kernel 11-30% over its measured time and kept 50%-sparse layers dense that run
 # 1.25-1.34x faster than cuBLAS at M = 1), the H200 at the 66% it was fitted to. Unmeasured targets take 0.66.
 # chunked_csr_xshared (x staged in shared memory, 4 or 8 rows gathered together; codegen/kernels/
-# chunked_csr_xshared.py): issue slots per stored entry fitted to the same kernel design's H100 runs with the
-# entries bank-spread (docs/perf/2026-12-07-gluon-xshared.md, runs 3 and 5, Llama-2-7B's shapes at 70%: 20.8-25.1
-# at 4 rows, 24.5-30.0 at 8, the higher figures o_proj's, whose 128 row blocks leave multiprocessors idle), plus
-# each program's copy of x into shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed).
+# chunked_csr_xshared.py): issue slots per stored entry fitted to the bundle kernel's H100 runs with the entries
+# bank-spread (docs/perf/2026-12-07-xshared-bundles.md, Llama-2-7B's shapes at 70%), 12% more where x's buffer
+# leaves room for one program a multiprocessor (down_proj at 4 rows, 128 KB), plus each program's copy of x into
+# shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed).
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
-                          "xshared_ops_per_entry": {4: 22.0, 8: 26.0}, "xshared_stage_gbs": 100.0,
+                          "xshared_ops_per_entry": {4: 21.5, 8: 25.5}, "xshared_lone_program": 1.12,
+                          "xshared_stage_gbs": 100.0,
                           "interleave_us": {2: 0.3, 4: 0.65, 8: 1.4}, "densify_bandwidth": 0.68,
                           "densify_us_per_kilo_column": 10.5, "densified_gemm_compute": 0.4}
 # Targets chunked_csr_xshared is offered for: the Hopper GPUs its design was measured on (an H100); other NVIDIA
@@ -111,6 +112,11 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 
+def xshared_buffer_bytes(k: int, rows: int) -> int:
+    """Shared memory x takes in chunked_csr_xshared: K rounded up to a power of two, rows fp16 values a column."""
+    return 2 * rows * (1 << max(0, (k - 1).bit_length()))
+
+
 def xshared_offered(m: int, k: int, dtype: str, target) -> bool:
     """Whether chunked_csr_xshared is a candidate at m rows: 3-8 rows (gathered as 4 or 8), float16, a target of
     XSHARED_ARCHS whose shared memory holds x, and a compiling Triton whose Gluon has the shared-memory gather."""
@@ -130,6 +136,8 @@ def xshared_cost_us(m: int, n: int, k: int, density: float, target, value_bytes:
     memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
     together = 4 if m <= 4 else 8
     gather_us = n * chunks * chunk * eff["xshared_ops_per_entry"][together] / int_ops_per_us(target)
+    if 2 * xshared_buffer_bytes(k, together) > target.shared_memory_per_block_kb << 10:     # one program a
+        gather_us *= eff["xshared_lone_program"]                                                # multiprocessor
     stage_us = value_bytes * k * together / (eff["xshared_stage_gbs"] * 1e3)
     return max(memory_us, gather_us) + stage_us + eff["interleave_us"][together] + LAUNCH_US
 
@@ -233,7 +241,8 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
     dense_cost(m) -> microseconds of the best dense kernel at m rows.
     measured(fmt, m) -> a profile's sparse entry (measured_sparse_config) or None: where one exists, its time
     replaces the cost model's for the CUDA-core chunked-CSR kernel at m rows (in the format's total, the kernel
-    choice and the expected speedup), and its config replaces the wrapper's default in that choice unless the
+    choice and the expected speedup; chunked_csr_xshared's modelled time is scaled by the same measured/modelled
+    ratio), and its config replaces the wrapper's default in that choice unless the
     default measured within MIN_CONFIG_GAIN of it (measured_time_and_config); gpu names the profile's GPU in the
     reason.
     Returns {"format", "tile", "choices" (KernelChoices; empty for dense), "expected_speedup" (decode, batch 1),
@@ -249,7 +258,11 @@ def choose_sparse_linear(n: int, k: int, density: float, dtype: str, forced: str
         costs = _sparse_kernels(fmt, m, n, k, density, target, dtype)
         entry = measured(fmt, m) if measured and "chunked_csr_gemv" in costs else None
         if entry:
+            modelled = costs["chunked_csr_gemv"]
             costs["chunked_csr_gemv"] = measured_time_and_config(entry)[0]
+            if "chunked_csr_xshared" in costs:     # unmeasured by the profile: scaled as the model has it against
+                # the L1 kernel, so both stand on the profile's (graph-replay) timing rather than the model's launch
+                costs["chunked_csr_xshared"] *= costs["chunked_csr_gemv"] / modelled
         return costs, entry
 
     total = {"dense": sum(dense_cost(m) for m in decode_buckets)}

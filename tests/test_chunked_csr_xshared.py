@@ -187,3 +187,21 @@ def test_launch_spec_refuses_xshared_without_gluons_gather(monkeypatch, xshared_
     monkeypatch.setattr(launch_specs, "chunked_csr_xshared_kernel", None)
     with pytest.raises(CompileError, match="needs a Triton whose Gluon has the shared-memory gather"):
         aot.collect_launches(bundle.plan, bundle.manifest.dtype, {k: tuple(v.shape) for k, v in bundle.weights.items()})
+
+
+@needs_gather
+def test_h100_profile_puts_each_llama_shape_on_the_kernel_measured_faster_at_4_and_8_rows():
+    """With the shipped H100 profile (the L1 kernel measured by `fdcc tune`, xshared scaled to its timing), the 70%
+    Llama-2-7B linears take what docs/perf/2026-12-07-xshared-bundles.md measured faster: xshared for o_proj at 4
+    and 8 rows and for q/k/v and gate/up, the L1 kernel for down_proj (at 8 rows its x does not fit)."""
+    import json
+    from pathlib import Path
+    from fdpp.passes.select_kernels import pruned_linear_decision
+    profile = json.loads((Path(__file__).resolve().parents[1] / "compiler" / "profiles" / "h100.json").read_text())
+    expected = {(12288, 4096, False, False): "chunked_csr_xshared", (4096, 4096, False, True): "chunked_csr_xshared",
+                (22016, 4096, True, False): "chunked_csr_xshared", (4096, 11008, False, True): "chunked_csr_gemv"}
+    for (n, k, gated, residual), kernel in expected.items():
+        decision = pruned_linear_decision(n, k, 0.3, gated, residual, get_target("h100"), profile, "float16",
+                                          "chunked_csr", [1, 2, 4, 8], (1, 2, 4, 8))
+        picked = {c.max_rows: c.kernel for c in decision["choices"]}
+        assert picked[1] == picked[2] == "chunked_csr_gemv" and picked[4] == picked[8] == kernel, (n, k, picked)
