@@ -5,8 +5,10 @@ At 4-8 rows the L1 kernel gathers each entry's column of x (8 or 16 bytes) from 
 it: on an H100 it runs at about cuBLAS's speed at 8 rows. Here each program first copies the whole of x's row
 group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2), into shared memory, and each
 entry gathers its column with Gluon's `shared_memory_descriptor.gather` (one ld.shared.v2/.v4 an entry). Measured
-on an H100 (docs/perf/2026-12-07-gluon-xshared.md, the experiment this kernel comes from): at 70%, 4 rows
-1.49-1.77x cuBLAS, 8 rows 1.15-1.56x, against 1.40-1.59x and 0.92-1.05x for the L1 kernel.
+on an H100 as bundles build it (docs/perf/2026-12-07-xshared-bundles.md, 70%, with each layer's epilogue): 4 rows
+1.46-1.77x cuBLAS (o_proj, q/k/v, gate/up; down_proj 1.49x, where the L1 kernel's 1.62x is kept), 8 rows
+1.10-1.27x, against 1.39-1.59x and 0.94-1.10x for the L1 kernel. The experiment this kernel comes from
+(scripts/exp_gluon_xshared.py, which shares its loop) stays 15-20% faster at 8 rows, for a reason not found.
 
 The loop design carries what that record found:
 - a thread takes 4 entries of a chunk, loaded as one int64 of values and one int32 of offsets and unpacked only
