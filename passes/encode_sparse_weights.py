@@ -1,11 +1,11 @@
 """EncodeSparseWeights: re-encode each pruned weight the dataflow chose to store sparse (Tiled-CSL or bitmap).
 
 The pruned weight is cast to the bundle dtype (so the encoded bits are exactly the bundle's weight), encoded
-by runtime/sparse_formats.py (chunked CSR read by chunked_csr_xshared in some bucket with its chunks' entries
-bank-spread, `spread_banks`), and the LINEAR is rewired to read the encoding's parts as weights named
-`<param>.<format>.<part>`: inputs become (x, part, part, ..., [bias]) in the format's PARTS order, and the
-`sparse` attr holds the encoding's facts (format, shape, padding, tile, nonzeros, density, bytes) that the
-kernels and executors need. Encoded tensors are held in memory (they are smaller than the dense weights
+by runtime/sparse_formats.py (chunked CSR with each chunk's entries bank-spread, `spread_banks`, as
+chunked_csr_xshared wants them; the L1 kernel measured the same at 1-2 rows and faster at 8), and the LINEAR is
+rewired to read the encoding's parts as weights named `<param>.<format>.<part>`: inputs become (x, part, part,
+..., [bias]) in the format's PARTS order, and the `sparse` attr holds the encoding's facts (format, shape,
+padding, tile, nonzeros, density, bytes) that the kernels and executors need. Encoded tensors are held in memory (they are smaller than the dense weights
 they replace); dense weights stay in the lazy store.
 
 Needs: select_kernels (the `sparse_format` attr). Guarantees: no LINEAR with a sparse `sparse_format` reads a
@@ -27,19 +27,18 @@ def encode_sparse_weights(graph: Graph, ctx: PassContext) -> PassResult:
     sparse = [node for node in graph.nodes if node.op is Op.LINEAR and node.attr("sparse_format")
               and node.attr("sparse_format")["format"] != "dense"]
     chosen: dict[str, tuple[str, tuple[int, int] | None]] = {}     # weight -> (format, tile), first linear's
-    spread: set[str] = set()        # weights a linear reads with chunked_csr_xshared: entries bank-spread
     for node in sparse:
         decision = node.attr("sparse_format")
         chosen.setdefault(node.attr("pruned")["weight"],
                           (decision["format"], tuple(decision["tile"]) if decision["tile"] else None))
-        if any(choice["kernel"] == "chunked_csr_xshared" for choice in node.attrs.get("kernels", ())):
-            spread.add(node.attr("pruned")["weight"])
     if not sparse:
         return PassResult(graph, {})
 
     def encode_one(key: str) -> SparseWeight:
         fmt, tile = chosen[key]
-        return encode(graph.weights.get(key).to(dtype), fmt, tile, spread=key in spread)
+        # chunked CSR always bank-spread, whatever the kernels and target: the weights of a multi-target compile
+        # are written once, so they must not depend on the target
+        return encode(graph.weights.get(key).to(dtype), fmt, tile, spread=fmt == "chunked_csr")
     encoded = dict(zip(chosen, map_weights(encode_one, chosen, ctx.counter("encoded weights"))))
 
     edit = GraphEditor(graph)

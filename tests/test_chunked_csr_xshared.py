@@ -91,10 +91,12 @@ def test_xshared_config_and_shared_memory():
 
 
 def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
+    """gated: False, or an activation name of ACTIVATION_CODES."""
     from fdpp.codegen.build import compile_kernel
+    from fdpp.codegen.kernels.activation import ACTIVATION_CODES
     config = X.default_xshared_config(22016 if gated else 4096, k, rows)
     constexprs = X.xshared_constexprs(k, config, has_bias=bias, has_residual=residual,
-                                      activation=0 if gated else None, out_rows=out_rows)
+                                      activation=ACTIVATION_CODES[gated] if gated else None, out_rows=out_rows)
     return compile_kernel(X.chunked_csr_xshared_kernel, get_target("h100"), X.XSHARED_SIGNATURE, constexprs,
                           name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}",
                           num_warps=config["num_warps"], num_stages=1, dependent_launch=dependent_launch)
@@ -102,8 +104,9 @@ def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
 
 @needs_gather
 @pytest.mark.parametrize("k,rows,gated,residual,bias,out_rows", [
-    (4096, 8, True, False, False, 8), (4096, 8, False, True, False, 1), (768, 4, False, False, True, 4),
-    (11008, 4, False, True, False, 1), (576, 8, True, False, True, 1)])
+    (4096, 8, "silu", False, False, 8), (4096, 8, False, True, False, 1), (768, 4, False, False, True, 4),
+    (11008, 4, False, True, False, 1), (576, 8, "gelu_tanh", False, True, 1), (1536, 4, "gelu", True, False, 4),
+    (2048, 8, "relu", False, False, 1)])
 def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, gated, residual, bias, out_rows):
     kernel = _compiled(k, rows, gated, residual, bias, out_rows)
     body = kernel.ptx[kernel.ptx.index(".entry"):]
@@ -157,8 +160,16 @@ def test_bundle_launches_xshared_with_x_written_interleaved_and_spread_entries(x
             assert kernels == ["interleave_rows_kernel", "chunked_csr_xshared_kernel"], step.output
         else:
             assert choice.config["x_interleaved"] and kernels == ["chunked_csr_xshared_kernel"], step.output
-        # its weight's chunks are bank-spread: entries sorted by column mod 8 within every chunk
-        prefix = step.inputs[1].removeprefix("@").removesuffix(".values")        # @<param>.chunked_csr.values
+        # one recorded argument per runtime parameter, the weight's parts in the kernel's order
+        launch = choice.launches[-1]
+        assert len(launch["args"]) == len(X.XSHARED_SIGNATURE), step.output
+        assert [ref for _, ref in launch["args"][1:4]] == list(step.inputs[1:4]), step.output
+    # every chunked-CSR weight is bank-spread (whichever kernel reads it: weights must not depend on the target),
+    # entries sorted by column mod 8 within every chunk
+    spread = [name for name in bundle.weights if name.endswith(".chunked_csr.bases")]
+    assert spread
+    for name in spread:
+        prefix = name.removesuffix(".bases")
         bases, offsets = bundle.weights[prefix + ".bases"], bundle.weights[prefix + ".offsets"]
         columns = bases.long().repeat_interleave(32, 1) + offsets.long()
         group = (columns % 8).view(bases.shape[0], -1, 32)
@@ -167,7 +178,8 @@ def test_bundle_launches_xshared_with_x_written_interleaved_and_spread_entries(x
 
 
 def test_sparse_bundle_with_xshared_equals_the_pruned_dense_bundle_on_the_reference_executor(xshared_bundle, tmp_path):
-    """The spread encoding decodes to the same pruned weights: token for token the dense bundle's output."""
+    """The spread encoding the bundle stores decodes to the same pruned weights: token for token the dense
+    bundle's output."""
     import fdpp
     from fdpp.compiler.driver import compile_model
     from helpers import tiny_llama

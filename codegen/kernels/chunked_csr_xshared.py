@@ -5,10 +5,11 @@ At 4-8 rows the L1 kernel gathers each entry's column of x (8 or 16 bytes) from 
 it: on an H100 it runs at about cuBLAS's speed at 8 rows. Here each program first copies the whole of x's row
 group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2), into shared memory, and each
 entry gathers its column with Gluon's `shared_memory_descriptor.gather` (one ld.shared.v2/.v4 an entry). Measured
-on an H100 as bundles build it (docs/perf/2026-12-07-xshared-bundles.md, 70%, with each layer's epilogue): 4 rows
-1.46-1.77x cuBLAS (o_proj, q/k/v, gate/up; down_proj 1.49x, where the L1 kernel's 1.62x is kept), 8 rows
-1.10-1.27x, against 1.39-1.59x and 0.94-1.10x for the L1 kernel. The experiment this kernel comes from
-(scripts/exp_gluon_xshared.py, which shares its loop) stays 15-20% faster at 8 rows, for a reason not found.
+on an H100 as bundles build it (docs/perf/2026-12-07-xshared-bundles.md, run 2, 70%, with each layer's epilogue):
+4 rows 1.50-1.77x cuBLAS (o_proj, q/k/v, gate/up; o_proj 1.45-1.50x over three runs; down_proj 1.49x, where the
+L1 kernel's 1.62x is kept), 8 rows 1.10-1.27x, against 1.39-1.59x and 0.94-1.10x for the L1 kernel. The experiment
+this kernel comes from (scripts/exp_gluon_xshared.py, which shares its loop) stays 15-20% faster at 8 rows, for a
+reason not found.
 
 The loop design carries what that record found:
 - a thread takes 4 entries of a chunk, loaded as one int64 of values and one int32 of offsets and unpacked only
@@ -18,7 +19,7 @@ The loop design carries what that record found:
 - GROUPS warp groups may share a row block's chunks (for weights with few rows, e.g. o_proj);
 - a persistent grid (PROGRAMS a multiprocessor) for weights with many rows.
 Entries are best arranged so the 8 entries one gather instruction reads fall in different bank groups
-(runtime/sparse_formats.spread_banks, applied by the encoder where a layer runs this kernel).
+(runtime/sparse_formats.spread_banks, which the encoder applies to every chunked-CSR weight).
 
 x must fit in shared memory: K rounded up to a power of two (Gluon's allocations must be), times 4 * WORDS bytes,
 under the target's limit; down_proj (K = 11008) fits at 4 rows, not at 8 (`xshared_fits`). The epilogues are the
