@@ -5,8 +5,8 @@ by runtime/sparse_formats.py (chunked CSR with each chunk's entries bank-spread,
 chunked_csr_xshared wants them; the L1 kernel measured the same at 1-2 rows and faster at 8), and the LINEAR is
 rewired to read the encoding's parts as weights named `<param>.<format>.<part>`: inputs become (x, part, part,
 ..., [bias]) in the format's PARTS order, and the `sparse` attr holds the encoding's facts (format, shape,
-padding, tile, nonzeros, density, bytes) that the kernels and executors need. Encoded tensors are held in memory (they are smaller than the dense weights
-they replace); dense weights stay in the lazy store.
+padding, tile, nonzeros, density, bytes) that the kernels and executors need. Encoded tensors are held in memory
+(they are smaller than the dense weights they replace); dense weights stay in the lazy store.
 
 Needs: select_kernels (the `sparse_format` attr). Guarantees: no LINEAR with a sparse `sparse_format` reads a
 dense weight.
