@@ -222,14 +222,14 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
     config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
     time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
     from fdpp.runtime.reference_ops import fused_linear
-    from fdpp.runtime.sparse_formats import encode_chunked_csr
+    from fdpp.runtime.sparse_formats import encode
 
     torch_dtype = getattr(torch, dtype)
     time_us = time_us or graph_time_us
     entries = []
     for n, k, gated in shapes:
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)
-        encoded = encode_chunked_csr(weight.cpu())
+        encoded = encode(weight.cpu(), "chunked_csr", spread=True)      # as bundles store it (bank-spread)
         first = {part: t.to(device) for part, t in encoded.tensors.items()}
         encodings = [first] + [{part: t.clone() for part, t in first.items()}
                                for _ in range(rotation_copies(encoded.nbytes) - 1)]
