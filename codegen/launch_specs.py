@@ -427,16 +427,14 @@ def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, part
     except ValueError as error:
         raise CompileError(f"step {c.step.output}: {error}") from None
     x, _, interleaved = _interleaved_x(b, c, k, together, bool(cfg.get("x_interleaved")))
-    signature = XSHARED_SIGNATURE
+    values = {"x_ptr": x, "values_ptr": parts["values"], "offsets_ptr": parts["offsets"], "bases_ptr": parts["bases"],
+              "bias_ptr": bias_ref or c.ref(0), "residual_ptr": residual_ref or c.ref(0),   # never read without them
+              "out_ptr": "out", "M": "rows", "N": out_n, "chunks_per_row": chunks,
+              "row_blocks": xshared_row_blocks(out_n, bool(gated), cfg)}
     b.launch(chunked_csr_xshared_kernel, (xshared_grid(out_n, bool(gated), cfg, cfg["multiprocessors"]),
-                                          f"cdiv(rows, {together})"), [
-        ("x_ptr", signature["x_ptr"], x), ("values_ptr", signature["values_ptr"], parts["values"]),
-        ("offsets_ptr", signature["offsets_ptr"], parts["offsets"]),
-        ("bases_ptr", signature["bases_ptr"], parts["bases"]),
-        ("bias_ptr", "*fp16", bias_ref or c.ref(0)), ("residual_ptr", "*fp16", residual_ref or c.ref(0)),
-        ("out_ptr", "*fp16", "out"), ("M", "i32", "rows"), ("N", "i32", out_n), ("chunks_per_row", "i32", chunks),
-        ("row_blocks", "i32", xshared_row_blocks(out_n, bool(gated), cfg))],
-        constexprs, num_warps=cfg["num_warps"], num_stages=1, workspace=interleaved)
+                                          f"cdiv(rows, {together})"),
+             [(name, kind, values[name]) for name, kind in XSHARED_SIGNATURE.items()],   # the kernel's order
+             constexprs, num_warps=cfg["num_warps"], num_stages=1, workspace=interleaved)
 
 
 def _densified_gemm(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str], shape: tuple[int, int],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from fdpp.codegen.kernels import chunked_csr_xshared as xshared_kernel
 from fdpp.compiler.errors import CompileError
 from fdpp.runtime.schema import KernelChoice
 from fdpp.runtime.sparse_formats import CHUNKED_CSR_CHUNK, TILED_CSL_TILE, chunked_csr_chunks, encoded_bytes
@@ -97,14 +98,21 @@ def sparse_tile(fmt: str, k: int, density: float) -> tuple[int, int]:
     return bitmap_tile(k)
 
 
+def _chunked_csr_memory_us(m: int, n: int, k: int, density: float, target, value_bytes: int) -> float:
+    """Microseconds a CUDA-core chunked-CSR kernel takes to stream the entries, x and the output."""
+    eff = CHUNKED_CSR_EFFICIENCY
+    tile = sparse_tile("chunked_csr", k, density)
+    moved = encoded_bytes("chunked_csr", (n, k), density, tile, value_bytes) + value_bytes * (m * k + m * n)
+    bandwidth = eff["bandwidth_by_target"].get(target.name, eff["bandwidth"])
+    return moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
+
+
 def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
     """Microseconds of the chunked-CSR kernel: streaming the entries, or gathering x for each entry and group
     of rows (as many as default_chunked_csr_config gathers together: up to 8)."""
     eff = CHUNKED_CSR_EFFICIENCY
     chunks, chunk = sparse_tile("chunked_csr", k, density)
-    moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
-    bandwidth = eff["bandwidth_by_target"].get(target.name, eff["bandwidth"])
-    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
+    memory_us = _chunked_csr_memory_us(m, n, k, density, target, value_bytes)
     together = min(1 << (m - 1).bit_length(), 8)
     groups = math.ceil(m / together)
     gather_us = groups * n * chunks * chunk * eff["ops_per_entry"][together] / int_ops_per_us(target)
@@ -112,18 +120,13 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
     return max(memory_us, gather_us) + interleave_us + LAUNCH_US
 
 
-def xshared_buffer_bytes(k: int, rows: int) -> int:
-    """Shared memory x takes in chunked_csr_xshared: K rounded up to a power of two, rows fp16 values a column."""
-    return 2 * rows * (1 << max(0, (k - 1).bit_length()))
-
-
 def xshared_offered(m: int, k: int, dtype: str, target) -> bool:
     """Whether chunked_csr_xshared is a candidate at m rows: 3-8 rows (gathered as 4 or 8), float16, a target of
     XSHARED_ARCHS whose shared memory holds x, and a compiling Triton whose Gluon has the shared-memory gather."""
-    from fdpp.codegen.kernels.chunked_csr_xshared import GLUON_SHARED_GATHER, xshared_fits
-    rows = 4 if m <= 4 else 8
-    return (GLUON_SHARED_GATHER and 3 <= m <= 8 and dtype == "float16" and target.vendor == "cuda"
-            and target.arch in XSHARED_ARCHS and xshared_fits(k, rows, target.shared_memory_per_block_kb << 10))
+    return (xshared_kernel.GLUON_SHARED_GATHER and 3 <= m <= 8 and dtype == "float16" and target.vendor == "cuda"
+            and target.arch in XSHARED_ARCHS
+            and xshared_kernel.xshared_fits(k, xshared_kernel.xshared_rows(m),
+                                            target.shared_memory_per_block_kb << 10))
 
 
 def xshared_cost_us(m: int, n: int, k: int, density: float, target, value_bytes: int = 2) -> float:
@@ -131,14 +134,12 @@ def xshared_cost_us(m: int, n: int, k: int, density: float, target, value_bytes:
     (4 or 8 rows at once), plus each program's copy of x into shared memory."""
     eff = CHUNKED_CSR_EFFICIENCY
     chunks, chunk = sparse_tile("chunked_csr", k, density)
-    moved = encoded_bytes("chunked_csr", (n, k), density, (chunks, chunk), value_bytes) + value_bytes * (m * k + m * n)
-    bandwidth = eff["bandwidth_by_target"].get(target.name, eff["bandwidth"])
-    memory_us = moved / (target.memory_bandwidth_gbs * 1e3 * bandwidth)
-    together = 4 if m <= 4 else 8
+    together = xshared_kernel.xshared_rows(m)
     gather_us = n * chunks * chunk * eff["xshared_ops_per_entry"][together] / int_ops_per_us(target)
-    if 2 * xshared_buffer_bytes(k, together) > target.shared_memory_per_block_kb << 10:     # one program a
-        gather_us *= eff["xshared_lone_program"]                                                # multiprocessor
+    if 2 * xshared_kernel.xshared_x_bytes(k, together) > target.shared_memory_per_block_kb << 10:   # one program
+        gather_us *= eff["xshared_lone_program"]                                                     # an SM
     stage_us = value_bytes * k * together / (eff["xshared_stage_gbs"] * 1e3)
+    memory_us = _chunked_csr_memory_us(m, n, k, density, target, value_bytes)
     return max(memory_us, gather_us) + stage_us + eff["interleave_us"][together] + LAUNCH_US
 
 

@@ -47,24 +47,33 @@ except ImportError:     # a Triton without Gluon
     GLUON_SHARED_GATHER = False
 
 __all__ = ["GLUON_SHARED_GATHER", "XSHARED_ROWS", "default_xshared_config", "xshared_constexprs", "xshared_fits",
-           "xshared_grid", "xshared_shared_bytes"]
+           "xshared_grid", "xshared_rows", "xshared_shared_bytes", "xshared_x_bytes"]
 
 XSHARED_ROWS = (4, 8)          # rows of x gathered together (one int32 word holds two rows' fp16 values)
 LANES = 8                      # threads a chunk: 4 entries each of the format's 32
-ENTRIES_PER_THREAD = 4
 STAGE_COLUMNS = 256            # x's columns copied into shared memory a step (at most; a power of two dividing K)
 
 
-def _x_alloc_columns(k: int) -> int:
-    return triton.next_power_of_2(k)
+def xshared_rows(m: int) -> int:
+    """Rows of x a program gathers together for a bucket of up to m (<= 8) rows: 4 or 8."""
+    return 4 if m <= 4 else 8
+
+
+def xshared_x_bytes(k: int, rows: int) -> int:
+    """Shared memory x's buffer takes: K rounded up to a power of two (Gluon's allocations must be), rows fp16
+    values a column."""
+    return 2 * rows * triton.next_power_of_2(k)
+
+
+def _block_rows(config: dict) -> int:
+    """Weight rows a row block: a chunk takes 8 threads, and `groups` warp groups share a row's chunks."""
+    return config["num_warps"] * 32 // (LANES * config["groups"])
 
 
 def xshared_shared_bytes(k: int, rows: int, config: dict) -> int:
     """Shared memory a program takes: x ([pow2(K), rows / 2] int32) and the row block's sums (two [R, WORDS]
     float32 buffers)."""
-    words = rows // 2
-    block_rows = config["num_warps"] * 32 // (LANES * config["groups"])
-    return 4 * words * (_x_alloc_columns(k) + 2 * block_rows)
+    return xshared_x_bytes(k, rows) + 2 * 4 * (rows // 2) * _block_rows(config)
 
 
 def xshared_fits(k: int, rows: int, shared_limit: int, config: dict | None = None) -> bool:
@@ -85,10 +94,11 @@ def default_xshared_config(n: int, k: int, m: int) -> dict:
     - more rows (qkv, gate/up) take 8 warps in one group on a persistent grid of 3 programs a multiprocessor
       (qkv at 8 rows 25.8 us, against 29.0 with 16 warps in two groups); where x's buffer exceeds 64 KB (K > 4096
       at 8 rows, unmeasured) the o_proj rule instead."""
-    rows = 4 if m <= 4 else 8
-    big_x = 2 * rows * triton.next_power_of_2(k) >= BIG_X_BYTES
-    if n <= 8192 or 2 * rows * triton.next_power_of_2(k) > BIG_X_BYTES:
-        return {"rows": rows, "num_warps": 16 if big_x else 8, "groups": 2, "unroll": 4, "programs": 0}
+    rows = xshared_rows(m)
+    x_bytes = xshared_x_bytes(k, rows)
+    if n <= 8192 or x_bytes > BIG_X_BYTES:
+        return {"rows": rows, "num_warps": 16 if x_bytes >= BIG_X_BYTES else 8, "groups": 2, "unroll": 4,
+                "programs": 0}
     return {"rows": rows, "num_warps": 8, "groups": 1, "unroll": 4, "programs": 3}
 
 
@@ -98,7 +108,7 @@ def _stage_columns(k: int) -> int:
 
 def xshared_row_blocks(out_features: int, gated: bool, config: dict) -> int:
     """Row blocks of the weight: R = num_warps * 32 / (8 * groups) weight rows each (R / 2 features when gated)."""
-    block_rows = config["num_warps"] * 32 // (LANES * config["groups"])
+    block_rows = _block_rows(config)
     features = block_rows // 2 if gated else block_rows
     return triton.cdiv(out_features, features)
 
@@ -121,7 +131,7 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
     if config["num_warps"] * 32 % (LANES * config["groups"] * 2):
         raise ValueError(f"chunked_csr_xshared: {config['num_warps']} warps do not split into {config['groups']} "
                          f"groups of an even number of rows")
-    return {"K": k, "K_ALLOC": _x_alloc_columns(k), "WORDS": rows // 2, "XB": _stage_columns(k),
+    return {"K": k, "K_ALLOC": triton.next_power_of_2(k), "WORDS": rows // 2, "XB": _stage_columns(k),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
             "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
