@@ -53,7 +53,9 @@ SPARSE_EFFICIENCY = {
 # chunked_csr_xshared.py): issue slots per stored entry fitted to the bundle kernel's H100 runs with the entries
 # bank-spread (docs/perf/2026-12-07-xshared-bundles.md, Llama-2-7B's shapes at 70%), 12% more where x's buffer
 # leaves room for one program a multiprocessor (down_proj at 4 rows, 128 KB), plus each program's copy of x into
-# shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed).
+# shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed). Not refitted since q/k/v's sums come
+# from registers (25.8 against 30.5 us at 8 rows, docs/perf/2026-12-07-xshared-few-rows.md): the model overstates
+# q/k/v at 8 rows by ~18%, where it picks this kernel already.
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
                           "xshared_ops_per_entry": {4: 21.5, 8: 25.5}, "xshared_lone_program": 1.12,
@@ -121,7 +123,8 @@ def chunked_csr_cost_us(m: int, n: int, k: int, density: float, target, value_by
 
 
 def xshared_offered(m: int, k: int, dtype: str, target) -> bool:
-    """Whether chunked_csr_xshared is a candidate at m rows: 3-8 rows (gathered as 4 or 8), float16, a target of
+    """Whether chunked_csr_xshared is a candidate at m rows: 3-8 rows (gathered as 4 or 8; at 1-2 rows it measured
+    no faster than the L1 kernel on an H100, docs/perf/2026-12-07-xshared-few-rows.md), float16, a target of
     XSHARED_ARCHS whose shared memory holds x, and a compiling Triton whose Gluon has the shared-memory gather."""
     return (xshared_kernel.GLUON_SHARED_GATHER and 3 <= m <= 8 and dtype == "float16" and target.vendor == "cuda"
             and target.arch in XSHARED_ARCHS

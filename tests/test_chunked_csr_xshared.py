@@ -85,20 +85,34 @@ def test_xshared_config_and_shared_memory():
     # 8 warps in one group: 32 weight rows a block, 16 features when gated; a persistent grid of 3 a multiprocessor
     assert X.xshared_row_blocks(11008, True, config) == 688 and X.xshared_grid(11008, True, config, 132) == 396
     assert X.xshared_shared_bytes(4096, 8, config) == 4 * 4 * (4096 + 64)
-    with pytest.raises(ValueError, match="rows must be 4 or 8"):
-        X.xshared_constexprs(4096, {**config, "rows": 2}, has_bias=False, has_residual=False, activation=None,
+    # one and two rows: a word a column (one row's value zero-extended), so x's buffer is the same size
+    assert X.xshared_x_bytes(4096, 1) == X.xshared_x_bytes(4096, 2) == 4 * 4096
+    assert [X.xshared_rows(m) for m in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert X.xshared_constexprs(4096, {**config, "rows": 1}, has_bias=False, has_residual=False, activation=None,
+                                out_rows=1)["SINGLE"]
+    # sums from registers where a row block is one warp group and not gated (measured faster at 8 rows), unless
+    # the config says otherwise
+    plain = dict(has_bias=False, has_residual=False, activation=None, out_rows=1)
+    assert X.xshared_constexprs(4096, config, **plain)["DIRECT"]
+    assert not X.xshared_constexprs(4096, X.default_xshared_config(4096, 4096, 8), **plain)["DIRECT"]   # 2 groups
+    assert not X.xshared_constexprs(4096, config, **{**plain, "activation": 0})["DIRECT"]             # gated
+    assert not X.xshared_constexprs(4096, {**config, "direct": False}, **plain)["DIRECT"]
+    with pytest.raises(ValueError, match="rows must be one of"):
+        X.xshared_constexprs(4096, {**config, "rows": 3}, has_bias=False, has_residual=False, activation=None,
                              out_rows=1)
 
 
-def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
-    """gated: False, or an activation name of ACTIVATION_CODES."""
+def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True, n=None, direct=None):
+    """gated: False, or an activation name of ACTIVATION_CODES; n: the weight's rows for its default config."""
     from fdpp.codegen.build import compile_kernel
     from fdpp.codegen.kernels.activation import ACTIVATION_CODES
-    config = X.default_xshared_config(22016 if gated else 4096, k, rows)
+    config = X.default_xshared_config(n or (22016 if gated else 4096), k, rows)
+    if direct is not None:
+        config["direct"] = direct
     constexprs = X.xshared_constexprs(k, config, has_bias=bias, has_residual=residual,
                                       activation=ACTIVATION_CODES[gated] if gated else None, out_rows=out_rows)
     return compile_kernel(X.chunked_csr_xshared_kernel, get_target("h100"), X.XSHARED_SIGNATURE, constexprs,
-                          name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}",
+                          name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}_{n}_{direct}",
                           num_warps=config["num_warps"], num_stages=1, dependent_launch=dependent_launch)
 
 
@@ -106,13 +120,15 @@ def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True):
 @pytest.mark.parametrize("k,rows,gated,residual,bias,out_rows", [
     (4096, 8, "silu", False, False, 8), (4096, 8, False, True, False, 1), (768, 4, False, False, True, 4),
     (11008, 4, False, True, False, 1), (576, 8, "gelu_tanh", False, True, 1), (1536, 4, "gelu", True, False, 4),
-    (2048, 8, "relu", False, False, 1)])
+    (2048, 8, "relu", False, False, 1), (4096, 2, "silu", False, False, 2), (11008, 1, False, True, False, 1),
+    (4096, 1, "silu", False, True, 1), (768, 2, False, True, True, 1)])
 def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, gated, residual, bias, out_rows):
     kernel = _compiled(k, rows, gated, residual, bias, out_rows)
     body = kernel.ptx[kernel.ptx.index(".entry"):]
-    # 4 unrolled sets of 4 entries: 16 gathers of rows / 2 words each, one vector load apiece
-    assert len(re.findall(rf"ld\.shared\.v{rows // 2}\.b32", body)) >= 16
-    assert "ld.shared.v" in body and kernel.programmatic_dependent_launch
+    # 4 unrolled sets of 4 entries: 16 gathers of a column's words each, one load apiece (a vector from 4 rows)
+    gather = r"ld\.shared\.b32" if rows <= 2 else rf"ld\.shared\.v{rows // 2}\.b32"
+    assert len(re.findall(gather, body)) >= 16
+    assert kernel.programmatic_dependent_launch
     lines = body.splitlines()
     wait = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
     memory = [i for i, line in enumerate(lines) if re.search(r"\b(?:ld|st)\.global\b", line)]
@@ -120,6 +136,22 @@ def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, g
     assert sum("griddepcontrol.launch_dependents" in line for line in lines) == 1
     assert kernel.shared_memory_bytes <= X.xshared_shared_bytes(k, rows, X.default_xshared_config(
         22016 if gated else 4096, k, rows)) + 2048
+
+
+@needs_gather
+@pytest.mark.parametrize("rows,gated,bias", [(8, False, True), (1, False, False), (8, "silu", True), (2, "silu", False)])
+def test_direct_sums_leave_out_the_shared_round_trip(rows, gated, bias):
+    """Sums from registers (q/k/v's default; gated only when asked for, unmeasured): one barrier, after x's copy,
+    against one per row block more through shared memory; gated rows pair with a shuffle 8 lanes apart."""
+    def barriers(kernel):
+        body = kernel.ptx[kernel.ptx.index(".entry"):]
+        return len(re.findall(r"\bbar\.sync\b|\bbarrier\.sync\b", body))
+    direct = _compiled(4096, rows, gated, False, bias, 1, n=12288 if not gated else 22016, direct=True)
+    through_shared = _compiled(4096, rows, gated, False, bias, 1, n=12288 if not gated else 22016, direct=False)
+    assert barriers(direct) < barriers(through_shared)
+    if gated:       # the pairing's shuffle (the reductions' own use offsets 4, 2, 1)
+        assert re.search(r"shfl\.sync\.bfly\.b32 %r\d+, %r\d+, 8, 0x1f", direct.ptx)
+        assert not re.search(r"shfl\.sync\.bfly\.b32 %r\d+, %r\d+, 8, 0x1f", through_shared.ptx)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,17 @@
-"""Chunked-CSR linear for 4 or 8 rows of x with x staged in shared memory (Gluon): the dataflow's
-`chunked_csr_xshared`, beside chunked_csr_linear's L1-gathering kernel (architecture note 35).
+"""Chunked-CSR linear for 1-8 rows of x with x staged in shared memory (Gluon): the dataflow's
+`chunked_csr_xshared`, beside chunked_csr_linear's L1-gathering kernel (architecture notes 35 and 37).
 
 At 4-8 rows the L1 kernel gathers each entry's column of x (8 or 16 bytes) from scattered addresses and L1 bounds
 it: on an H100 it runs at about cuBLAS's speed at 8 rows. Here each program first copies the whole of x's row
-group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2), into shared memory, and each
-entry gathers its column with Gluon's `shared_memory_descriptor.gather` (one ld.shared.v2/.v4 an entry). Measured
-on an H100 as bundles build it (docs/perf/2026-12-07-xshared-bundles.md, run 2, 70%, with each layer's epilogue):
-4 rows 1.50-1.77x cuBLAS (o_proj, q/k/v, gate/up; o_proj 1.45-1.50x over three runs; down_proj 1.49x, where the
-L1 kernel's 1.62x is kept), 8 rows 1.10-1.27x, against 1.39-1.59x and 0.94-1.10x for the L1 kernel. The experiment
-this kernel comes from (scripts/exp_gluon_xshared.py, which shares its loop) stays 15-20% faster at 8 rows, for a
-reason not found.
+group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2; one row: each value zero-extended
+to a word), into shared memory, and each entry gathers its column with Gluon's `shared_memory_descriptor.gather`
+(one ld.shared an entry, a vector from 4 rows). Measured on an H100 as bundles build it, 70%, with each layer's
+epilogue (docs/perf/2026-12-07-xshared-bundles.md run 2, docs/perf/2026-12-07-xshared-few-rows.md run 1): 4 rows
+1.50-1.81x cuBLAS (o_proj at the edge; down_proj 1.50x, where the L1 kernel's 1.63x is kept), 8 rows 1.10x
+(o_proj), 1.27x (gate/up) and 1.46x (q/k/v, whose sums come from registers: 30.5 us with them through shared memory
+before, which was the experiment's 15-20% lead), against 0.94-1.10x for the L1 kernel. At 1 and 2 rows it is no
+faster than the L1 kernel there (the best of six configs: 1 row 1-15% slower, 2 rows 12% slower to 3.5% faster),
+so the dataflow offers it from 3 rows.
 
 The loop design carries what that record found:
 - a thread takes 4 entries of a chunk, loaded as one int64 of values and one int32 of offsets and unpacked only
@@ -17,7 +19,10 @@ The loop design carries what that record found:
 - UNROLL sets of entries in flight, each reloaded right after its use (a register prefetch rotated by copies
   waited in the iteration that loaded it);
 - GROUPS warp groups may share a row block's chunks (for weights with few rows, e.g. o_proj);
-- a persistent grid (PROGRAMS a multiprocessor) for weights with many rows.
+- a persistent grid (PROGRAMS a multiprocessor) for weights with many rows;
+- a row block of one warp group that is not gated hands its sums to the epilogue from registers (DIRECT); gated
+  blocks can pair gate and up rows 8 lanes apart and do the same (config "direct": compiled, not yet run on a GPU),
+  and by default go through shared memory.
 Entries are best arranged so the 8 entries one gather instruction reads fall in different bank groups
 (runtime/sparse_formats.spread_banks, which the encoder applies to every chunked-CSR weight).
 
@@ -49,20 +54,26 @@ except ImportError:     # a Triton without Gluon
 __all__ = ["GLUON_SHARED_GATHER", "XSHARED_ROWS", "default_xshared_config", "xshared_constexprs", "xshared_fits",
            "xshared_grid", "xshared_rows", "xshared_shared_bytes", "xshared_x_bytes"]
 
-XSHARED_ROWS = (4, 8)          # rows of x gathered together (one int32 word holds two rows' fp16 values)
+XSHARED_ROWS = (1, 2, 4, 8)    # rows of x gathered together (one int32 word holds two rows' fp16 values; one row:
+                               # its value zero-extended to a word)
 LANES = 8                      # threads a chunk: 4 entries each of the format's 32
 STAGE_COLUMNS = 256            # x's columns copied into shared memory a step (at most; a power of two dividing K)
 
 
 def xshared_rows(m: int) -> int:
-    """Rows of x a program gathers together for a bucket of up to m (<= 8) rows: 4 or 8."""
-    return 4 if m <= 4 else 8
+    """Rows of x a program gathers together for a bucket of up to m (<= 8) rows: 1, 2, 4 or 8."""
+    return next(rows for rows in XSHARED_ROWS if m <= rows)
+
+
+def xshared_words(rows: int) -> int:
+    """int32 words a column of x takes in shared memory: two rows' fp16 values a word, one row's value alone."""
+    return max(rows // 2, 1)
 
 
 def xshared_x_bytes(k: int, rows: int) -> int:
-    """Shared memory x's buffer takes: K rounded up to a power of two (Gluon's allocations must be), rows fp16
-    values a column."""
-    return 2 * rows * triton.next_power_of_2(k)
+    """Shared memory x's buffer takes: K rounded up to a power of two (Gluon's allocations must be) columns of
+    xshared_words(rows) int32 words."""
+    return 4 * xshared_words(rows) * triton.next_power_of_2(k)
 
 
 def _block_rows(config: dict) -> int:
@@ -73,7 +84,7 @@ def _block_rows(config: dict) -> int:
 def xshared_shared_bytes(k: int, rows: int, config: dict) -> int:
     """Shared memory a program takes: x ([pow2(K), rows / 2] int32) and the row block's sums (two [R, WORDS]
     float32 buffers)."""
-    return xshared_x_bytes(k, rows) + 2 * 4 * (rows // 2) * _block_rows(config)
+    return xshared_x_bytes(k, rows) + 2 * 4 * xshared_words(rows) * _block_rows(config)
 
 
 def xshared_fits(k: int, rows: int, shared_limit: int, config: dict | None = None) -> bool:
@@ -125,13 +136,18 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
     (activation.ACTIVATION_CODES), None for a plain linear."""
     rows = config["rows"]
     if rows not in XSHARED_ROWS:
-        raise ValueError(f"chunked_csr_xshared: rows must be 4 or 8, got {rows}")
+        raise ValueError(f"chunked_csr_xshared: rows must be one of {XSHARED_ROWS}, got {rows}")
     if config["unroll"] not in (1, 2, 4):
         raise ValueError(f"chunked_csr_xshared: unroll must be 1, 2 or 4, got {config['unroll']}")
     if config["num_warps"] * 32 % (LANES * config["groups"] * 2):
         raise ValueError(f"chunked_csr_xshared: {config['num_warps']} warps do not split into {config['groups']} "
                          f"groups of an even number of rows")
-    return {"K": k, "K_ALLOC": triton.next_power_of_2(k), "WORDS": rows // 2, "XB": _stage_columns(k),
+    return {"K": k, "K_ALLOC": triton.next_power_of_2(k), "WORDS": xshared_words(rows), "SINGLE": rows == 1,
+            "XB": _stage_columns(k),
+            # a row block's sums straight to the epilogue from registers (no shared-memory round trip, no barriers):
+            # q/k/v at 8 rows 25.7 against 30.5 us on an H100 (docs/perf/2026-12-07-xshared-few-rows.md); gated
+            # blocks pair gate and up rows of other warps, and warp groups sum across warps, so neither can
+            "DIRECT": bool(config.get("direct", activation is None and config["groups"] == 1)),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
             "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
@@ -159,15 +175,19 @@ if GLUON_SHARED_GATHER:
 
     @gluon.jit
     def _stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
-                 layout: gl.constexpr):
-        """x's K columns ([K, WORDS] int32 at x_ptr) copied into a [K_ALLOC, WORDS] shared buffer XB columns a
-        step, then a barrier; returns the buffer."""
+                 layout: gl.constexpr, SINGLE: gl.constexpr = False):
+        """x's K columns ([K, WORDS] int32 at x_ptr; SINGLE: one row, [K] fp16, each value zero-extended to a word)
+        copied into a [K_ALLOC, WORDS] shared buffer XB columns a step, then a barrier; returns the buffer."""
         x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         kk = gl.arange(0, XB, layout=gl.SliceLayout(1, layout))
         ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout))
         for kb in gl.static_range(K // XB):
-            x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
-                                                    + gl.expand_dims(ww, 0)))
+            if SINGLE:
+                halves = x_ptr.to(gl.pointer_type(gl.int16)) + gl.expand_dims(kb * XB + kk, 1) + gl.expand_dims(ww, 0)
+                x_s.slice(kb * XB, XB, 0).store(gl.load(halves).to(gl.int32) & 0xFFFF)
+            else:
+                x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
+                                                        + gl.expand_dims(ww, 0)))
         gl.barrier()
         return x_s
 
@@ -177,6 +197,18 @@ if GLUON_SHARED_GATHER:
         return gl.inline_asm_elementwise(
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=f,=f,r",
             [words], dtype=(gl.float32, gl.float32), is_pure=True, pack=1)
+
+    @gluon.jit
+    def _low_half(words):
+        """The fp16 value in each int32 word's low half as float32."""
+        return gl.inline_asm_elementwise("{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, l; }", "=f,r",
+                                         [words], dtype=gl.float32, is_pure=True, pack=1)
+
+    @gluon.jit
+    def _partner_rows(sums):
+        """Each thread's value from the thread 8 lanes away (a row block's sums: row r ^ 1's)."""
+        return gl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, 0xffffffff;", "=f,f", [sums],
+                                         dtype=gl.float32, is_pure=True, pack=1)
 
     @gluon.jit
     def _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c, chunks_per_row, limit, shift):
@@ -191,30 +223,37 @@ if GLUON_SHARED_GATHER:
         return value, offset, base
 
     @gluon.jit
-    def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+    def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,
+                    SINGLE: gl.constexpr = False):
         index = gl.expand_dims(column, 1) + gl.zeros([column.shape[0], WORDS], gl.int32, word_layout)
         words = x_s.gather(index, 0)                                                          # [T, WORDS]
-        lo, hi = _halves(words)
         vv = gl.expand_dims(v, 1)
+        if SINGLE:                                # one row of x: acc_hi stays as it is
+            return acc_lo + vv * _low_half(words), acc_hi
+        lo, hi = _halves(words)
         return acc_lo + vv * lo, acc_hi + vv * hi
 
     @gluon.jit
-    def _accumulate(x_s, value, offset, base, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr):
+    def _accumulate(x_s, value, offset, base, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,
+                    SINGLE: gl.constexpr = False):
         """acc += value_j * x[:, column_j] for a thread's 4 entries, unpacked here from their loaded words."""
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
             "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
             "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l",
             [value], dtype=(gl.float32,) * 4, is_pure=True, pack=1)
-        acc_lo, acc_hi = _gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout)
+        acc_lo, acc_hi = _gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout, SINGLE)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout,
+                                     SINGLE)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout,
+                                     SINGLE)
+        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout,
+                                     SINGLE)
         return acc_lo, acc_hi
 
     @gluon.jit
     def _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, first, limit, chunks_per_row,
                   shift, acc_lo, acc_hi, UNROLL: gl.constexpr, GROUPS: gl.constexpr, WORDS: gl.constexpr,
-                  word_layout: gl.constexpr):
+                  word_layout: gl.constexpr, SINGLE: gl.constexpr = False):
         """acc_lo, acc_hi ([T, WORDS], x rows 2w and 2w + 1) plus each thread's share of its weight row's products
         over chunks [first, limit), gathering x from x_s (bases less shift: scripts/exp_gluon_xshared.py holds x in
         two buffers). UNROLL sets of entries in flight (1, 2 or 4), each reloaded right after its use, so a load has
@@ -233,18 +272,22 @@ if GLUON_SHARED_GATHER:
         STEP: gl.constexpr = UNROLL * GROUPS
         for c0 in range(first, limit, STEP):
             c = c0 + STEP + group              # the chunk each set loads next
-            acc_lo, acc_hi = _accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout)
+            acc_lo, acc_hi = _accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout,
+                                            SINGLE)
             a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c,
                                                       chunks_per_row, limit, shift)
             if UNROLL >= 2:
-                acc_lo, acc_hi = _accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout)
+                acc_lo, acc_hi = _accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout,
+                                            SINGLE)
                 b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + GROUPS, chunks_per_row, limit, shift)
             if UNROLL >= 4:
-                acc_lo, acc_hi = _accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout)
+                acc_lo, acc_hi = _accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout,
+                                            SINGLE)
                 c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + 2 * GROUPS, chunks_per_row, limit, shift)
-                acc_lo, acc_hi = _accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout)
+                acc_lo, acc_hi = _accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout,
+                                            SINGLE)
                 d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + 3 * GROUPS, chunks_per_row, limit, shift)
         return acc_lo, acc_hi
@@ -256,16 +299,20 @@ if GLUON_SHARED_GATHER:
     @gluon.jit
     def _finish(gate, up, first_feature, parity, row_group, bias_ptr, residual_ptr, out_ptr, M, N,
                 WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr,
-                ACTIVATION: gl.constexpr, OUT_ROWS: gl.constexpr):
+                ACTIVATION: gl.constexpr, OUT_ROWS: gl.constexpr, PAIRED: gl.constexpr = False):
         """Sums gate (and up when GATED) [F, WORDS] float32 of features first_feature.. for x rows
         row_group * 2 * WORDS + 2w + parity: + bias, act(gate) * up, + residual (row-major [M, N]), stored into
-        out [M, N] (OUT_ROWS > 1: interleaved by blocks of OUT_ROWS rows, _common.out_offsets)."""
+        out [M, N] (OUT_ROWS > 1: interleaved by blocks of OUT_ROWS rows, _common.out_offsets). PAIRED: gate and
+        up are [2F, WORDS], row 2f holding feature first_feature + f (odd rows are not stored)."""
         layout: gl.constexpr = gate.type.layout
-        features = first_feature + gl.arange(0, gate.shape[0], layout=gl.SliceLayout(1, layout))     # [F]
+        slots = gl.arange(0, gate.shape[0], layout=gl.SliceLayout(1, layout))
+        features = first_feature + (slots // 2 if PAIRED else slots)                                 # [F]
         x_rows = row_group * (2 * WORDS) + 2 * gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout)) + parity
         feature = gl.expand_dims(features, 1)                                                        # [F, 1]
         x_row = gl.expand_dims(x_rows, 0)                                                            # [1, WORDS]
         mask = (feature < N) & (x_row < M)
+        if PAIRED:
+            mask = mask & (gl.expand_dims(slots, 1) % 2 == 0)
         if HAS_BIAS:
             gate += gl.load(bias_ptr + feature, mask=feature < N, other=0.0).to(gl.float32)
             if GATED:
@@ -283,7 +330,8 @@ if GLUON_SHARED_GATHER:
     @gluon.jit
     def chunked_csr_xshared_kernel(
         x_ptr,              # [cdiv(M, 2 * WORDS), K, WORDS] int32: x interleaved (a column's rows side by side,
-                            # fp16 pairs), as interleave_rows writes it or x's producer does (OUT_ROWS)
+                            # fp16 pairs), as interleave_rows writes it or x's producer does (OUT_ROWS); SINGLE:
+                            # x's one row, [K] fp16
         values_ptr,         # [N_w, chunks_per_row * 8] int64: the chunked-CSR fp16 values, four a word
         offsets_ptr,        # [N_w, chunks_per_row * 8] int32: the uint8 offsets, four a word
         bases_ptr,          # [N_w, chunks_per_row] int32: each chunk's first column
@@ -294,13 +342,15 @@ if GLUON_SHARED_GATHER:
         chunks_per_row,     # chunks of every weight row
         row_blocks,         # xshared_row_blocks
         K: gl.constexpr, K_ALLOC: gl.constexpr,  # x's columns, and the power of two its buffer takes
-        WORDS: gl.constexpr,                     # int32 words a column of x (rows / 2: 2 or 4)
+        WORDS: gl.constexpr,                     # int32 words a column of x (xshared_words: 1, 1, 2 or 4)
+        SINGLE: gl.constexpr,                    # one row of x (M = 1): x_ptr is x's [K] fp16
         XB: gl.constexpr,                        # columns of x staged a step (divides K)
         WARPS: gl.constexpr,                     # warps a program (the launch's num_warps)
         GROUPS: gl.constexpr,                    # warp groups sharing a row block's chunks
         UNROLL: gl.constexpr,                    # chunks' entries in flight a thread (1, 2 or 4)
         HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr, ACTIVATION: gl.constexpr,
         OUT_ROWS: gl.constexpr,                  # > 1: out interleaved by blocks of OUT_ROWS rows
+        DIRECT: gl.constexpr,                    # sums to the epilogue from registers (GROUPS == 1)
         GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
     ):
         """Grid (xshared_grid, cdiv(M, 2 * WORDS)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
@@ -315,7 +365,7 @@ if GLUON_SHARED_GATHER:
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100)
-        x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout)
+        x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         t = gl.arange(0, T, layout=thread_layout)
@@ -323,12 +373,16 @@ if GLUON_SHARED_GATHER:
         group = t // (T // GROUPS)               # warp-uniform
         slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
-            feature = rb * F + slot % F
-            row_ok = feature < N
-            if GATED:
+            if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
+                feature = rb * F + slot // 2
+                rows = gl.where(slot % 2 == 0, feature, feature + N)
+            elif GATED:                    # the block's gate rows, then the same features' up rows
+                feature = rb * F + slot % F
                 rows = gl.where(slot < F, feature, feature + N)
             else:
+                feature = rb * F + slot
                 rows = feature
+            row_ok = feature < N
             # rows past the weight's are masked by row_ok in every load; clamped too, which measured faster at 8
             # rows on an H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)
             rows = gl.where(row_ok, rows, 0)
@@ -336,27 +390,42 @@ if GLUON_SHARED_GATHER:
                                        chunks_per_row, chunks_per_row, 0,
                                        gl.zeros([T, WORDS], gl.float32, word_layout),
                                        gl.zeros([T, WORDS], gl.float32, word_layout), UNROLL, GROUPS, WORDS,
-                                       word_layout)
-            # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
-            # the epilogue's layout (gate rows then up rows)
-            lo_s.store(gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
-            hi_s.store(gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
-            gl.barrier()
-            if GATED:
-                _finish(lo_s.slice(0, F, 0).load(word_layout), lo_s.slice(F, F, 0).load(word_layout), rb * F, 0,
-                        row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
-                        ACTIVATION, OUT_ROWS)
-                _finish(hi_s.slice(0, F, 0).load(word_layout), hi_s.slice(F, F, 0).load(word_layout), rb * F, 1,
-                        row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
-                        ACTIVATION, OUT_ROWS)
+                                       word_layout, SINGLE)
+            if DIRECT:
+                gl.static_assert(GROUPS == 1)
+                # a row's sums over the 8 threads of its chunk, in registers (warp shuffles), to the epilogue; gated:
+                # each even row (gate) takes its odd neighbour's (up) from 8 lanes away
+                lo = gl.sum(gl.reshape(acc_lo, [R, 8, WORDS]), axis=1)
+                _finish(lo, _partner_rows(lo) if GATED else lo, rb * F, 0, row_group, bias_ptr, residual_ptr,
+                        out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS, GATED)
+                if not SINGLE:
+                    hi = gl.sum(gl.reshape(acc_hi, [R, 8, WORDS]), axis=1)
+                    _finish(hi, _partner_rows(hi) if GATED else hi, rb * F, 1, row_group, bias_ptr, residual_ptr,
+                            out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS, GATED)
             else:
-                lo = lo_s.load(word_layout)
-                _finish(lo, lo, rb * F, 0, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
-                        HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
-                hi = hi_s.load(word_layout)
-                _finish(hi, hi, rb * F, 1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
-                        HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
-            gl.barrier()                        # the sums buffers are free for the next row block
+                # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
+                # the epilogue's layout (gate rows then up rows)
+                lo_s.store(gl.sum(gl.sum(gl.reshape(acc_lo, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
+                if not SINGLE:
+                    hi_s.store(gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
+                gl.barrier()
+                if GATED:
+                    _finish(lo_s.slice(0, F, 0).load(word_layout), lo_s.slice(F, F, 0).load(word_layout), rb * F, 0,
+                            row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
+                            ACTIVATION, OUT_ROWS)
+                    if not SINGLE:
+                        _finish(hi_s.slice(0, F, 0).load(word_layout), hi_s.slice(F, F, 0).load(word_layout), rb * F,
+                                1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL,
+                                GATED, ACTIVATION, OUT_ROWS)
+                else:
+                    lo = lo_s.load(word_layout)
+                    _finish(lo, lo, rb * F, 0, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                            HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
+                    if not SINGLE:
+                        hi = hi_s.load(word_layout)
+                        _finish(hi, hi, rb * F, 1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                                HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
+                gl.barrier()                        # the sums buffers are free for the next row block
         _let_next_start(GRID_DEPENDENCY, row_group)
 else:
     chunked_csr_xshared_kernel = None
