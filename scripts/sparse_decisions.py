@@ -23,13 +23,17 @@ SHAPES = {"qkv": (12288, 4096, False, False), "o": (4096, 4096, False, True),
           "gate_up": (22016, 4096, True, False), "down": (4096, 11008, False, True)}
 
 
-def decision(name: str, density: float, max_batch: int, target, profile: dict | None) -> str:
+def decision(name: str, density: float, max_batch: int, target, profile: dict | None, kernels: bool = False) -> str:
     n, k, gated, residual = SHAPES[name]
     buckets = row_buckets(max_batch)
     chosen = pruned_linear_decision(n, k, density, gated, residual, target, profile, "float16", "auto", buckets,
                                     tuple(buckets))
     sparse = min((us for fmt, us in chosen["costs"].items() if fmt != "dense"), default=float("nan"))
-    return f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x ({sparse:.0f}/{chosen['costs']['dense']:.0f} us)"
+    line = f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x ({sparse:.0f}/{chosen['costs']['dense']:.0f} us)"
+    if kernels:        # each row bucket's kernel and the costs it was chosen from
+        line += "".join(f"\n    up to {c.max_rows} rows: {c.kernel} ({c.reason.split(': ', 1)[-1]})"
+                        for c in chosen["choices"])
+    return line
 
 
 def main() -> None:
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--profile", default="shipped", help="a profile JSON, 'shipped' (default) or 'none'")
     parser.add_argument("--density", type=float, action="append", help="fraction of weights kept (default 0.3)")
     parser.add_argument("--max-batch", type=int, action="append", help="default 1 2 4 8 16")
+    parser.add_argument("--kernels", action="store_true", help="also each row bucket's kernel and its costs")
     args = parser.parse_args()
     try:
         target = get_target(args.target)
@@ -49,7 +54,7 @@ def main() -> None:
     for density in args.density or [0.3]:
         for max_batch in args.max_batch or [1, 2, 4, 8, 16]:
             print(f"density {density:.2f} --max-batch {max_batch:>2}: "
-                  + "  ".join(decision(name, density, max_batch, target, profile) for name in SHAPES))
+                  + "  ".join(decision(name, density, max_batch, target, profile, args.kernels) for name in SHAPES))
 
 
 if __name__ == "__main__":
