@@ -400,8 +400,8 @@ def _interleaved_x(b: _Builder, c: StepContext, k: int, together: int, written_s
 
 def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str],
                          shape: tuple[int, int], tile: tuple[int, int], wdt: str, bias_ref, residual_ref) -> None:
-    """chunked_csr_xshared: the CUDA-core chunked-CSR linear with x staged in shared memory (a Gluon kernel, 4 or 8
-    rows of x; codegen/kernels/chunked_csr_xshared.py), with the gated, residual and bias epilogues and the output
+    """chunked_csr_xshared: the CUDA-core chunked-CSR linear with x staged in shared memory (a Gluon kernel, 1-8
+    rows of x gathered together; codegen/kernels/chunked_csr_xshared.py), with the gated, residual and bias epilogues and the output
     interleaved for the next chunked-CSR linear. Config keys as default_xshared_config returns, plus
     multiprocessors (the target's, for the persistent grid; passes/sparse_choice.py records it), x_interleaved
     and out_rows_together (passes/interleave_sparse_inputs.py)."""
@@ -426,7 +426,10 @@ def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, part
                                         out_rows=_out_rows(c, choice)["OUT_ROWS"])
     except ValueError as error:
         raise CompileError(f"step {c.step.output}: {error}") from None
-    x, _, interleaved = _interleaved_x(b, c, k, together, bool(cfg.get("x_interleaved")))
+    x, x_block_stride, interleaved = _interleaved_x(b, c, k, together, bool(cfg.get("x_interleaved")))
+    if together == 1 and x_block_stride != k:
+        raise CompileError(f"{where} reads one row of x at a time from rows of {k} contiguous values; x's rows are "
+                           f"{x_block_stride} apart (a view): use chunked_csr_gemv for this step")
     values = {"x_ptr": x, "values_ptr": parts["values"], "offsets_ptr": parts["offsets"], "bases_ptr": parts["bases"],
               "bias_ptr": bias_ref or c.ref(0), "residual_ptr": residual_ref or c.ref(0),   # never read without them
               "out_ptr": "out", "M": "rows", "N": out_n, "chunks_per_row": chunks,

@@ -54,7 +54,7 @@ SPARSE_EFFICIENCY = {
 # bank-spread (docs/perf/2026-12-07-xshared-bundles.md, Llama-2-7B's shapes at 70%), 12% more where x's buffer
 # leaves room for one program a multiprocessor (down_proj at 4 rows, 128 KB), plus each program's copy of x into
 # shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed). Not refitted since q/k/v's sums come
-# from registers (25.8 against 30.5 us at 8 rows, docs/perf/2026-12-07-xshared-few-rows.md): the model overstates
+# from registers (25.7-25.9 against 30.5 us at 8 rows, docs/perf/2026-12-07-xshared-few-rows.md): the model overstates
 # q/k/v at 8 rows by ~18%, where it picks this kernel already.
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},

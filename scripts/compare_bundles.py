@@ -40,7 +40,7 @@ def main() -> int:
         generator = torch.Generator().manual_seed(3)
         prompts = [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (37, 5)]
         print(f"{path}: linear kernels {', '.join(linear_kernels(model))}")
-        # decode_logits: the prompt one token a step through the decode kernels (batch 1, as benched)
+        # decode_logits: the logits of 12 tokens through the decode path (batch 1, as benched)
         logits = model.decode_logits(prompts[0][:12]).float().cpu()
         tokens = [model.generate([p], max_new_tokens=16).token_ids[0] for p in prompts]
         results.append((logits, tokens))
@@ -51,7 +51,7 @@ def main() -> int:
     error = float((logits - ref_logits).norm() / ref_logits.norm())
     first_diffs = [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None) for r, t in zip(ref_tokens, tokens)]
     finite = bool(torch.isfinite(logits).all())
-    print(f"decode logits (12 steps, batch 1) relative error {error:.2e} (finite: {finite}); first differing greedy token per prompt "
+    print(f"decode_logits over 12 tokens (batch 1): relative error {error:.2e} (finite: {finite}); first differing greedy token per prompt "
           f"(batch 1, 16 new): {first_diffs}")
     return 0 if finite and error < MAX_ERROR else 1
 

@@ -6,11 +6,14 @@ and carried there, as bundles' kernels are:
     python3 scripts/gpu_xshared_check.py build out/xshared_check      # CPU machine: kernels and a sparse bundle
     python3 scripts/gpu_xshared_check.py check out/xshared_check      # on an H100/H200, carrying the folder
 
-`build` compiles the kernel for sm_90 with the dataflow's default config (default_xshared_config) for Llama-2-7B's
-four shapes at 4 and 8 rows of x (where x fits in shared memory) with each layer's epilogue in bundles (qkv plain,
-o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj), plus a bias
-variant, and compiles a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768) at 70% sparsity in
-chunked CSR for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows.
+`build` compiles the kernel for sm_90 as bundles would (default_xshared_config, the hints launch_specs gives) for
+Llama-2-7B's four shapes at 1, 2, 4 and 8 rows of x (where x fits in shared memory) with each layer's epilogue in
+bundles (qkv plain, o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj),
+and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS), q/k/v and gate/up with their sums from registers
+(config "direct") and through shared memory, o_proj and down_proj with one warp group and direct sums, bias
+variants. Then a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768) at 70% sparsity in chunked CSR
+compiled for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows. KERNELS_ONLY=1 (build and
+check) leaves the bundle out.
 
 `check` runs, for every kernel: a float64 check of the whole epilogue (fresh random x, residual and bias, relative
 error < 2e-3) on the bank-spread encoding bundles store, then medians over rotating copies against cuBLAS on the
@@ -18,7 +21,8 @@ dense weight (no epilogue) and against the L1 chunked-CSR kernel (chunked_csr_li
 same epilogue, x interleaved by its producer as in bundles) on the same encoding and on the column-ordered one.
 Then the L1 kernel at 1 and 2 rows on both encodings (what spreading costs the buckets that do not use this
 kernel), and the bundle against the CPU reference executor (gpu_sparse_check.compare: prefill logits, greedy
-tokens of a ragged batch of 8, eager and CUDA graphs). Prints tables; exits 1 on a failed check.
+tokens of a ragged batch of 8, eager and CUDA graphs; then batches of 3, 2 and 1 with graphs). Prints tables;
+exits 1 on a failed check.
 """
 
 from __future__ import annotations

@@ -13,13 +13,15 @@ seed, sparsity and format: the same weight names and shapes) and grafts:
 constants, chunks per row among them, follow the shapes). It reports how many weight members have the same sha256
 in both: random weights are drawn on each machine's CPU, so equal hashes mean identical weights; where they differ
 the grafted bundle still runs the plan over weights of the same shapes (good for timing; compare its outputs with
-the weights bundle's own, not with this machine's). The grafted manifest lists the members' actual hashes, so
-the loader's checks hold. Written under a temporary name and renamed when complete.
+the weights bundle's own, not with this machine's). The skeleton's members are checked against its manifest's
+hashes before anything is written; the grafted manifest lists the written members' hashes. Written under a
+temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -61,12 +63,20 @@ def graft(skeleton_path: Path, weights_bundle: Path, out: Path) -> int:
                              f"member, shape or dtype): compile the same model, sparsity and format on both machines")
         weight_members = sorted({w["member"] for w in manifest["weights"].values()})
         same = sum(manifest["members"].get(m) == theirs["members"].get(m) for m in weight_members)
-        tmp = out.with_name(f".{out.name}.partial")
+        carried = {}        # the skeleton's plan, tokenizer and kernels, each as its manifest hashed it
+        for name in skel.namelist():
+            if name == MANIFEST or name.startswith(WEIGHTS_PREFIX):
+                continue
+            data = skel.read(name)
+            if hashlib.sha256(data).hexdigest() != manifest["members"].get(name):
+                raise SystemExit(f"graft_bundle: the skeleton's {name} does not match its manifest (damaged in "
+                                 f"transit, or not from `graft_bundle.py skeleton`); make the skeleton again")
+            carried[name] = data
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        writer = _AlignedZip(tmp)
         try:
-            writer = _AlignedZip(tmp)
-            for name in skel.namelist():
-                if name != MANIFEST:
-                    writer.add_bytes(name, skel.read(name))
+            for name, data in carried.items():
+                writer.add_bytes(name, data)
             for member in weight_members:
                 writer.add(member, _member_chunks(heavy, member))
             manifest["members"] = dict(writer.hashes)
@@ -74,6 +84,7 @@ def graft(skeleton_path: Path, weights_bundle: Path, out: Path) -> int:
             writer.close()
             os.replace(tmp, out)
         except BaseException:
+            writer.close()
             tmp.unlink(missing_ok=True)
             raise
     print(f"{out}: {out.stat().st_size / 1e9:.2f} GB; weight members with the same sha256 in both: {same} of "

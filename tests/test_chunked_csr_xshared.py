@@ -97,6 +97,10 @@ def test_xshared_config_and_shared_memory():
     assert not X.xshared_constexprs(4096, X.default_xshared_config(4096, 4096, 8), **plain)["DIRECT"]   # 2 groups
     assert not X.xshared_constexprs(4096, config, **{**plain, "activation": 0})["DIRECT"]             # gated
     assert not X.xshared_constexprs(4096, {**config, "direct": False}, **plain)["DIRECT"]
+    with pytest.raises(ValueError, match="need one warp group"):
+        X.xshared_constexprs(4096, {**config, "groups": 2, "direct": True}, **plain)
+    with pytest.raises(ValueError, match="takes 1-8 rows"):
+        X.xshared_rows(9)
     with pytest.raises(ValueError, match="rows must be one of"):
         X.xshared_constexprs(4096, {**config, "rows": 3}, has_bias=False, has_residual=False, activation=None,
                              out_rows=1)
@@ -122,7 +126,7 @@ def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True, n
     (11008, 4, False, True, False, 1), (576, 8, "gelu_tanh", False, True, 1), (1536, 4, "gelu", True, False, 4),
     (2048, 8, "relu", False, False, 1), (4096, 2, "silu", False, False, 2), (11008, 1, False, True, False, 1),
     (4096, 1, "silu", False, True, 1), (768, 2, False, True, True, 1)])
-def test_kernel_compiles_for_sm90_with_a_vector_shared_load_per_entry(k, rows, gated, residual, bias, out_rows):
+def test_kernel_compiles_for_sm90_with_a_shared_load_per_entry(k, rows, gated, residual, bias, out_rows):
     kernel = _compiled(k, rows, gated, residual, bias, out_rows)
     body = kernel.ptx[kernel.ptx.index(".entry"):]
     # 4 unrolled sets of 4 entries: 16 gathers of a column's words each, one load apiece (a vector from 4 rows)

@@ -62,6 +62,8 @@ STAGE_COLUMNS = 256            # x's columns copied into shared memory a step (a
 
 def xshared_rows(m: int) -> int:
     """Rows of x a program gathers together for a bucket of up to m (<= 8) rows: 1, 2, 4 or 8."""
+    if not 1 <= m <= XSHARED_ROWS[-1]:
+        raise ValueError(f"chunked_csr_xshared: takes 1-{XSHARED_ROWS[-1]} rows of x, got {m}")
     return next(rows for rows in XSHARED_ROWS if m <= rows)
 
 
@@ -82,13 +84,13 @@ def _block_rows(config: dict) -> int:
 
 
 def xshared_shared_bytes(k: int, rows: int, config: dict) -> int:
-    """Shared memory a program takes: x ([pow2(K), rows / 2] int32) and the row block's sums (two [R, WORDS]
-    float32 buffers)."""
+    """Shared memory a program takes: x ([pow2(K), xshared_words(rows)] int32) and the row block's sums (two
+    [R, WORDS] float32 buffers, allocated whether or not the sums go through them)."""
     return xshared_x_bytes(k, rows) + 2 * 4 * xshared_words(rows) * _block_rows(config)
 
 
 def xshared_fits(k: int, rows: int, shared_limit: int, config: dict | None = None) -> bool:
-    """Whether x of K columns at `rows` rows (4 or 8) and the sums fit a block's shared memory."""
+    """Whether x of K columns at `rows` rows (1, 2, 4 or 8) and the sums fit a block's shared memory."""
     config = config or default_xshared_config(1, k, rows)
     return rows in XSHARED_ROWS and xshared_shared_bytes(k, rows, config) <= shared_limit
 
@@ -142,11 +144,15 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
     if config["num_warps"] * 32 % (LANES * config["groups"] * 2):
         raise ValueError(f"chunked_csr_xshared: {config['num_warps']} warps do not split into {config['groups']} "
                          f"groups of an even number of rows")
+    if config.get("direct") and config["groups"] != 1:
+        raise ValueError(f"chunked_csr_xshared: sums from registers (direct) need one warp group, got "
+                         f"{config['groups']}")
     return {"K": k, "K_ALLOC": triton.next_power_of_2(k), "WORDS": xshared_words(rows), "SINGLE": rows == 1,
             "XB": _stage_columns(k),
             # a row block's sums straight to the epilogue from registers (no shared-memory round trip, no barriers):
-            # q/k/v at 8 rows 25.7 against 30.5 us on an H100 (docs/perf/2026-12-07-xshared-few-rows.md); gated
-            # blocks pair gate and up rows of other warps, and warp groups sum across warps, so neither can
+            # q/k/v at 8 rows 25.7-25.9 against 30.5 us on an H100 (docs/perf/2026-12-07-xshared-few-rows.md). Warp
+            # groups sum across warps, so they cannot; gated blocks can, pairing gate and up rows 8 lanes apart,
+            # but that is not yet run on a GPU, so only when the config asks ("direct")
             "DIRECT": bool(config.get("direct", activation is None and config["groups"] == 1)),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
@@ -176,14 +182,14 @@ if GLUON_SHARED_GATHER:
     @gluon.jit
     def _stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
                  layout: gl.constexpr, SINGLE: gl.constexpr = False):
-        """x's K columns ([K, WORDS] int32 at x_ptr; SINGLE: one row, [K] fp16, each value zero-extended to a word)
+        """x's K columns ([K, WORDS] int32 at x_ptr; SINGLE: one row, [K] fp16 bits as int16, each value zero-extended)
         copied into a [K_ALLOC, WORDS] shared buffer XB columns a step, then a barrier; returns the buffer."""
         x_s = gl.allocate_shared_memory(gl.int32, [K_ALLOC, WORDS], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         kk = gl.arange(0, XB, layout=gl.SliceLayout(1, layout))
         ww = gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout))
         for kb in gl.static_range(K // XB):
-            if SINGLE:
-                halves = x_ptr.to(gl.pointer_type(gl.int16)) + gl.expand_dims(kb * XB + kk, 1) + gl.expand_dims(ww, 0)
+            if SINGLE:      # x_ptr: int16 (fp16 bits)
+                halves = x_ptr + gl.expand_dims(kb * XB + kk, 1) + gl.expand_dims(ww, 0)
                 x_s.slice(kb * XB, XB, 0).store(gl.load(halves).to(gl.int32) & 0xFFFF)
             else:
                 x_s.slice(kb * XB, XB, 0).store(gl.load(x_ptr + gl.expand_dims(kb * XB + kk, 1) * WORDS
@@ -297,17 +303,17 @@ if GLUON_SHARED_GATHER:
     _activation = gluon.jit(apply_activation.fn)
 
     @gluon.jit
-    def _finish(gate, up, first_feature, parity, row_group, bias_ptr, residual_ptr, out_ptr, M, N,
+    def _finish(gate, up, first_feature, parity, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N,
                 WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr,
                 ACTIVATION: gl.constexpr, OUT_ROWS: gl.constexpr, PAIRED: gl.constexpr = False):
         """Sums gate (and up when GATED) [F, WORDS] float32 of features first_feature.. for x rows
-        row_group * 2 * WORDS + 2w + parity: + bias, act(gate) * up, + residual (row-major [M, N]), stored into
+        first_x_row + 2w + parity: + bias, act(gate) * up, + residual (row-major [M, N]), stored into
         out [M, N] (OUT_ROWS > 1: interleaved by blocks of OUT_ROWS rows, _common.out_offsets). PAIRED: gate and
         up are [2F, WORDS], row 2f holding feature first_feature + f (odd rows are not stored)."""
         layout: gl.constexpr = gate.type.layout
         slots = gl.arange(0, gate.shape[0], layout=gl.SliceLayout(1, layout))
         features = first_feature + (slots // 2 if PAIRED else slots)                                 # [F]
-        x_rows = row_group * (2 * WORDS) + 2 * gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout)) + parity
+        x_rows = first_x_row + 2 * gl.arange(0, WORDS, layout=gl.SliceLayout(0, layout)) + parity
         feature = gl.expand_dims(features, 1)                                                        # [F, 1]
         x_row = gl.expand_dims(x_rows, 0)                                                            # [1, WORDS]
         mask = (feature < N) & (x_row < M)
@@ -331,7 +337,7 @@ if GLUON_SHARED_GATHER:
     def chunked_csr_xshared_kernel(
         x_ptr,              # [cdiv(M, 2 * WORDS), K, WORDS] int32: x interleaved (a column's rows side by side,
                             # fp16 pairs), as interleave_rows writes it or x's producer does (OUT_ROWS); SINGLE:
-                            # x's one row, [K] fp16
+                            # [M, K] fp16, rows contiguous, a row a row group
         values_ptr,         # [N_w, chunks_per_row * 8] int64: the chunked-CSR fp16 values, four a word
         offsets_ptr,        # [N_w, chunks_per_row * 8] int32: the uint8 offsets, four a word
         bases_ptr,          # [N_w, chunks_per_row] int32: each chunk's first column
@@ -353,8 +359,9 @@ if GLUON_SHARED_GATHER:
         DIRECT: gl.constexpr,                    # sums to the epilogue from registers (GROUPS == 1)
         GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
     ):
-        """Grid (xshared_grid, cdiv(M, 2 * WORDS)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
-        weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows)."""
+        """Grid (xshared_grid, cdiv(M, rows)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
+        weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows; with DIRECT each
+        feature's gate and up rows side by side)."""
         row_group = gl.program_id(1)
         _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         T: gl.constexpr = WARPS * 32
@@ -364,8 +371,14 @@ if GLUON_SHARED_GATHER:
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
-        # stride here cost 20-25% at 8 rows on an H100)
-        x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
+        # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
+        if SINGLE:
+            first_x_row = row_group
+            x_s = _stage_x(x_ptr.to(gl.pointer_type(gl.int16)) + row_group * K, K, K_ALLOC, WORDS, XB, word_layout,
+                           SINGLE)
+        else:
+            first_x_row = row_group * (2 * WORDS)
+            x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         t = gl.arange(0, T, layout=thread_layout)
@@ -396,11 +409,11 @@ if GLUON_SHARED_GATHER:
                 # a row's sums over the 8 threads of its chunk, in registers (warp shuffles), to the epilogue; gated:
                 # each even row (gate) takes its odd neighbour's (up) from 8 lanes away
                 lo = gl.sum(gl.reshape(acc_lo, [R, 8, WORDS]), axis=1)
-                _finish(lo, _partner_rows(lo) if GATED else lo, rb * F, 0, row_group, bias_ptr, residual_ptr,
+                _finish(lo, _partner_rows(lo) if GATED else lo, rb * F, 0, first_x_row, bias_ptr, residual_ptr,
                         out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS, GATED)
                 if not SINGLE:
                     hi = gl.sum(gl.reshape(acc_hi, [R, 8, WORDS]), axis=1)
-                    _finish(hi, _partner_rows(hi) if GATED else hi, rb * F, 1, row_group, bias_ptr, residual_ptr,
+                    _finish(hi, _partner_rows(hi) if GATED else hi, rb * F, 1, first_x_row, bias_ptr, residual_ptr,
                             out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS, GATED)
             else:
                 # a row's sums: over the 8 threads of its chunk and over the warp groups, through shared memory into
@@ -411,19 +424,19 @@ if GLUON_SHARED_GATHER:
                 gl.barrier()
                 if GATED:
                     _finish(lo_s.slice(0, F, 0).load(word_layout), lo_s.slice(F, F, 0).load(word_layout), rb * F, 0,
-                            row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
+                            first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
                             ACTIVATION, OUT_ROWS)
                     if not SINGLE:
                         _finish(hi_s.slice(0, F, 0).load(word_layout), hi_s.slice(F, F, 0).load(word_layout), rb * F,
-                                1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL,
+                                1, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL,
                                 GATED, ACTIVATION, OUT_ROWS)
                 else:
                     lo = lo_s.load(word_layout)
-                    _finish(lo, lo, rb * F, 0, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                    _finish(lo, lo, rb * F, 0, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
                             HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
                     if not SINGLE:
                         hi = hi_s.load(word_layout)
-                        _finish(hi, hi, rb * F, 1, row_group, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                        _finish(hi, hi, rb * F, 1, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
                                 HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
                 gl.barrier()                        # the sums buffers are free for the next row block
         _let_next_start(GRID_DEPENDENCY, row_group)
