@@ -401,10 +401,10 @@ def _interleaved_x(b: _Builder, c: StepContext, k: int, together: int, written_s
 def _chunked_csr_xshared(b: _Builder, c: StepContext, choice: KernelChoice, parts: dict[str, str],
                          shape: tuple[int, int], tile: tuple[int, int], wdt: str, bias_ref, residual_ref) -> None:
     """chunked_csr_xshared: the CUDA-core chunked-CSR linear with x staged in shared memory (a Gluon kernel, 1-8
-    rows of x gathered together; codegen/kernels/chunked_csr_xshared.py), with the gated, residual and bias epilogues and the output
-    interleaved for the next chunked-CSR linear. Config keys as default_xshared_config returns, plus
-    multiprocessors (the target's, for the persistent grid; passes/sparse_choice.py records it), x_interleaved
-    and out_rows_together (passes/interleave_sparse_inputs.py)."""
+    rows of x gathered together; codegen/kernels/chunked_csr_xshared.py), with the gated, residual and bias
+    epilogues and the output interleaved for the next chunked-CSR linear. Config keys as default_xshared_config
+    returns, plus multiprocessors (the target's, for the persistent grid; passes/sparse_choice.py records it),
+    x_interleaved and out_rows_together (passes/interleave_sparse_inputs.py)."""
     (n, k), (chunks, chunk) = shape, tile
     where = f"step {c.step.output}: chunked_csr_xshared"
     if chunked_csr_xshared_kernel is None:

@@ -19,6 +19,9 @@ import torch
 
 import fdpp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_sparse_check import first_differences  # noqa: E402
+
 MAX_ERROR = 2e-3
 
 
@@ -49,10 +52,10 @@ def main() -> int:
             torch.cuda.empty_cache()
     (ref_logits, ref_tokens), (logits, tokens) = results
     error = float((logits - ref_logits).norm() / ref_logits.norm())
-    first_diffs = [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None) for r, t in zip(ref_tokens, tokens)]
+    first_diffs = first_differences(ref_tokens, tokens)
     finite = bool(torch.isfinite(logits).all())
-    print(f"decode_logits over 12 tokens (batch 1): relative error {error:.2e} (finite: {finite}); first differing greedy token per prompt "
-          f"(batch 1, 16 new): {first_diffs}")
+    print(f"decode_logits over 12 tokens (batch 1): relative error {error:.2e} (finite: {finite}); first differing "
+          f"greedy token per prompt (batch 1, 16 new): {first_diffs}")
     return 0 if finite and error < MAX_ERROR else 1
 
 

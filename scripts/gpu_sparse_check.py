@@ -44,6 +44,11 @@ def compile_bundle(model: Path, out: Path, fmt: str, profile: Path | None = None
                    check=True, capture_output=True)
 
 
+def first_differences(reference: list[list[int]], got: list[list[int]]) -> list[int | None]:
+    """Per sequence, the index of the first token that differs from the reference's (None: all equal)."""
+    return [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None) for r, t in zip(reference, got)]
+
+
 def compare(path: Path) -> dict:
     cpu = fdpp.load(path, device="cpu")
     g = torch.Generator().manual_seed(1)
@@ -56,8 +61,7 @@ def compare(path: Path) -> dict:
         logits = gpu.logits(prompts[1:2]).cpu()
         row[f"{label}_logit_error"] = float((logits - reference_logits).norm() / reference_logits.norm())
         tokens = gpu.generate(prompts, max_new_tokens=12).token_ids
-        row[f"{label}_first_diffs"] = [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None)
-                                      for r, t in zip(reference_tokens, tokens)]
+        row[f"{label}_first_diffs"] = first_differences(reference_tokens, tokens)
     row["kernels"] = sorted({k.kernel for s in cpu.plan.steps for k in s.kernels if "linear" == s.op.value})
     return row
 

@@ -9,8 +9,8 @@ and carried there, as bundles' kernels are:
 `build` compiles the kernel for sm_90 as bundles would (default_xshared_config, the hints launch_specs gives) for
 Llama-2-7B's four shapes at 1, 2, 4 and 8 rows of x (where x fits in shared memory) with each layer's epilogue in
 bundles (qkv plain, o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj),
-and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS), q/k/v and gate/up with their sums from registers
-(config "direct") and through shared memory, o_proj and down_proj with one warp group and direct sums, bias
+and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS), q/k/v and gate/up with their sums taken the
+other way than their default (config "direct"), o_proj and down_proj with one warp group and direct sums, bias
 variants. Then a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768) at 70% sparsity in chunked CSR
 compiled for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows. KERNELS_ONLY=1 (build and
 check) leaves the bundle out.
@@ -51,9 +51,9 @@ FEW_ROW_VARIANTS = {"w8g1p3": (8, 1, 3), "w8g2": (8, 2, 0), "w4g1": (4, 1, 0), "
 
 def kernel_cases() -> list[dict]:
     """(shape, rows, epilogue, config) cases: each shape's layer epilogue at 1, 2, 4 and 8 rows with the default
-    config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken from
-    registers (config "direct") and through shared memory, o_proj and down_proj with one warp group and direct
-    sums, and bias variants of qkv and gate/up."""
+    config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken the other
+    way than their default (config "direct": q/k/v through shared memory, gate/up from registers), o_proj and
+    down_proj with one warp group and direct sums, and bias variants of qkv and gate/up."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
     for name, (n, k) in SHAPES.items():
@@ -64,13 +64,13 @@ def kernel_cases() -> list[dict]:
                     config = {"rows": m, "num_warps": warps, "groups": groups, "unroll": 4, "programs": programs}
                     cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
                                   "variant": tag, "config": config})
-    for name in ("qkv", "gate_up"):     # the sums taken from registers (config "direct") and not
+    # the other way of taking the sums than the default: q/k/v through shared memory, gate/up from registers
+    for name, direct in (("qkv", False), ("gate_up", True)):
         n, k = SHAPES[name]
         for m in (1, 2, 4, 8):
-            for direct in (True, False):
-                cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
-                              "variant": "direct" if direct else "shared_sums",
-                              "config": {**default_xshared_config(n, k, m), "direct": direct}})
+            cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
+                          "variant": "direct" if direct else "shared_sums",
+                          "config": {**default_xshared_config(n, k, m), "direct": direct}})
     for name in ("o", "down"):  # row blocks of one warp group, so their sums can come from registers too
         n, k = SHAPES[name]
         for m in (4, 8):
@@ -230,9 +230,10 @@ def check_kernels(directory: Path, cases: list[dict]) -> int:
         ours = BENCH.time_us([lambda t=t: xshared(t) for t in spread_sets])
         l1_spread = BENCH.time_us([lambda t=t: l1(t) for t in spread_sets])
         l1_plain = BENCH.time_us([lambda t=t: l1(t) for t in plain_sets])
-        print(f"| {case['shape']} M={m} {epilogue} {case.get('variant', 'default')} | {cublas:.1f} | {ours:.1f} ({cublas / ours:.2f}x) | "
-              f"{l1_spread:.1f} ({cublas / l1_spread:.2f}x) | {l1_plain:.1f} ({cublas / l1_plain:.2f}x) | "
-              f"{error:.1e} | {l1_error:.1e}{' FAIL' if bad else ''} |", flush=True)
+        print(f"| {case['shape']} M={m} {epilogue} {case.get('variant', 'default')} | {cublas:.1f} | "
+              f"{ours:.1f} ({cublas / ours:.2f}x) | {l1_spread:.1f} ({cublas / l1_spread:.2f}x) | "
+              f"{l1_plain:.1f} ({cublas / l1_plain:.2f}x) | {error:.1e} | {l1_error:.1e}{' FAIL' if bad else ''} |",
+              flush=True)
     return failed
 
 
@@ -267,6 +268,8 @@ def check_small_batches(path: Path) -> bool:
     """Batches of 3 (the 4-row bucket, one padding row), 2 and 1 (the buckets of one and two rows) decoded on the
     GPU with CUDA graphs against the CPU reference executor."""
     import fdpp
+    sys.path.insert(0, str(SCRIPTS))
+    import gpu_sparse_check
     g = torch.Generator().manual_seed(2)
     cpu, gpu = fdpp.load(path, device="cpu"), fdpp.load(path, device="cuda", cuda_graphs=True)
     ok = True
@@ -274,7 +277,7 @@ def check_small_batches(path: Path) -> bool:
         prompts = [torch.randint(3, 4096, (n,), generator=g).tolist() for n in lengths]
         reference = cpu.generate(prompts, max_new_tokens=12).token_ids
         got = gpu.generate(prompts, max_new_tokens=12).token_ids
-        diffs = [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None) for r, t in zip(reference, got)]
+        diffs = gpu_sparse_check.first_differences(reference, got)
         print(f"bundle, batch of {len(prompts)} (graphs): first token difference per prompt {diffs}")
         ok &= all(d is None for d in diffs)
     return ok

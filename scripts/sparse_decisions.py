@@ -29,7 +29,8 @@ def decision(name: str, density: float, max_batch: int, target, profile: dict | 
     chosen = pruned_linear_decision(n, k, density, gated, residual, target, profile, "float16", "auto", buckets,
                                     tuple(buckets))
     sparse = min((us for fmt, us in chosen["costs"].items() if fmt != "dense"), default=float("nan"))
-    line = f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x ({sparse:.0f}/{chosen['costs']['dense']:.0f} us)"
+    line = (f"{name} {chosen['format']} {chosen['expected_speedup']:.2f}x "
+            f"({sparse:.0f}/{chosen['costs']['dense']:.0f} us)")
     if kernels:        # each row bucket's kernel and the costs it was chosen from
         line += "".join(f"\n    up to {c.max_rows} rows: {c.kernel} ({c.reason.split(': ', 1)[-1]})"
                         for c in chosen["choices"])

@@ -143,15 +143,17 @@ def test_kernel_compiles_for_sm90_with_a_shared_load_per_entry(k, rows, gated, r
 
 
 @needs_gather
-@pytest.mark.parametrize("rows,gated,bias", [(8, False, True), (1, False, False), (8, "silu", True), (2, "silu", False)])
+@pytest.mark.parametrize("rows,gated,bias", [(8, False, True), (1, False, False), (8, "silu", True),
+                                             (2, "silu", False)])
 def test_direct_sums_leave_out_the_shared_round_trip(rows, gated, bias):
     """Sums from registers (q/k/v's default; gated only when asked for, unmeasured): one barrier, after x's copy,
     against one per row block more through shared memory; gated rows pair with a shuffle 8 lanes apart."""
     def barriers(kernel):
         body = kernel.ptx[kernel.ptx.index(".entry"):]
         return len(re.findall(r"\bbar\.sync\b|\bbarrier\.sync\b", body))
-    direct = _compiled(4096, rows, gated, False, bias, 1, n=12288 if not gated else 22016, direct=True)
-    through_shared = _compiled(4096, rows, gated, False, bias, 1, n=12288 if not gated else 22016, direct=False)
+    n = 22016 if gated else 12288       # gate/up, q/k/v: one warp group a row block by default
+    direct = _compiled(4096, rows, gated, False, bias, 1, n=n, direct=True)
+    through_shared = _compiled(4096, rows, gated, False, bias, 1, n=n, direct=False)
     assert barriers(direct) < barriers(through_shared)
     if gated:       # the pairing's shuffle (the reductions' own use offsets 4, 2, 1)
         assert re.search(r"shfl\.sync\.bfly\.b32 %r\d+, %r\d+, 8, 0x1f", direct.ptx)

@@ -279,21 +279,21 @@ if GLUON_SHARED_GATHER:
         for c0 in range(first, limit, STEP):
             c = c0 + STEP + group              # the chunk each set loads next
             acc_lo, acc_hi = _accumulate(x_s, a_value, a_offset, a_base, acc_lo, acc_hi, WORDS, word_layout,
-                                            SINGLE)
+                                         SINGLE)
             a_value, a_offset, a_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, c,
                                                       chunks_per_row, limit, shift)
             if UNROLL >= 2:
                 acc_lo, acc_hi = _accumulate(x_s, b_value, b_offset, b_base, acc_lo, acc_hi, WORDS, word_layout,
-                                            SINGLE)
+                                             SINGLE)
                 b_value, b_offset, b_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + GROUPS, chunks_per_row, limit, shift)
             if UNROLL >= 4:
                 acc_lo, acc_hi = _accumulate(x_s, c_value, c_offset, c_base, acc_lo, acc_hi, WORDS, word_layout,
-                                            SINGLE)
+                                             SINGLE)
                 c_value, c_offset, c_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + 2 * GROUPS, chunks_per_row, limit, shift)
                 acc_lo, acc_hi = _accumulate(x_s, d_value, d_offset, d_base, acc_lo, acc_hi, WORDS, word_layout,
-                                            SINGLE)
+                                             SINGLE)
                 d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + 3 * GROUPS, chunks_per_row, limit, shift)
         return acc_lo, acc_hi
