@@ -38,7 +38,10 @@ def main() -> int:
     args = parser.parse_args()
     results = []
     for path in (args.reference, args.other):
-        model = fdpp.load(path, device=args.device, cuda_graphs=args.graphs)
+        try:
+            model = fdpp.load(path, device=args.device, cuda_graphs=args.graphs)
+        except fdpp.BundleError as error:
+            raise SystemExit(f"compare_bundles: {error}") from None
         vocab = model.manifest.model["vocab_size"]
         generator = torch.Generator().manual_seed(3)
         prompts = [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (37, 5)]

@@ -36,11 +36,17 @@ CHUNK_BYTES = 1 << 24
 
 
 def skeleton(bundle: Path, out: Path) -> None:
-    """Every member of `bundle` but its weights, stored in a plain zip at `out`."""
-    with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
-        for info in source.infolist():
-            if not info.filename.startswith(WEIGHTS_PREFIX):
-                target.writestr(info.filename, source.read(info.filename))
+    """Every member of `bundle` but its weights, stored in a plain zip at `out` (written under a temporary name)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as target:
+            for info in source.infolist():
+                if not info.filename.startswith(WEIGHTS_PREFIX):
+                    target.writestr(info.filename, source.read(info.filename))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB (the plan, kernels and manifest of {bundle})")
 
 
@@ -92,6 +98,12 @@ def graft(skeleton_path: Path, weights_bundle: Path, out: Path) -> int:
     return 0
 
 
+def _readable_zip(path: Path, what: str) -> None:
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(f"graft_bundle: {what} {path} is {'not a zip archive' if path.is_file() else 'missing'}; "
+                         f"give a .fdpp bundle or a `graft_bundle.py skeleton` output")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -104,8 +116,11 @@ def main() -> int:
     g.add_argument("out", type=Path)
     args = parser.parse_args()
     if args.mode == "skeleton":
+        _readable_zip(args.bundle, "the bundle")
         skeleton(args.bundle, args.out)
         return 0
+    _readable_zip(args.skeleton, "the skeleton")
+    _readable_zip(args.weights_bundle, "the weights bundle")
     return graft(args.skeleton, args.weights_bundle, args.out)
 
 
