@@ -53,9 +53,10 @@ SPARSE_EFFICIENCY = {
 # chunked_csr_xshared.py): issue slots per stored entry fitted to the bundle kernel's H100 runs with the entries
 # bank-spread (docs/perf/2026-12-07-xshared-bundles.md, Llama-2-7B's shapes at 70%), 12% more where x's buffer
 # leaves room for one program a multiprocessor (down_proj at 4 rows, 128 KB), plus each program's copy of x into
-# shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed). Not refitted since q/k/v's sums come
-# from registers (25.7-25.9 against 30.5 us at 8 rows, docs/perf/2026-12-07-xshared-few-rows.md): the model overstates
-# q/k/v at 8 rows by ~18%, where it picks this kernel already.
+# shared memory at ~100 GB/s a multiprocessor (one wave of programs assumed). Not refitted since q/k/v's and gate/up's
+# sums come from registers (at 8 rows q/k/v 25.7-25.9 against 30.5 us, docs/perf/2026-12-07-xshared-few-rows.md;
+# gate/up 48.1 against 55.5, docs/perf/2026-12-07-gated-direct.md): the model (29.0 and 48.0 us) now overstates q/k/v
+# at 8 rows by ~13% and fits gate/up, and it picks this kernel for both there already.
 CHUNKED_CSR_EFFICIENCY = {"bandwidth": 0.66, "bandwidth_by_target": {"h100": 0.80},
                           "ops_per_entry": {1: 11.5, 2: 20.0, 4: 24.0, 8: 34.0},
                           "xshared_ops_per_entry": {4: 21.5, 8: 25.5}, "xshared_lone_program": 1.12,

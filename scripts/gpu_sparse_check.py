@@ -26,10 +26,10 @@ import fdpp  # noqa: E402
 from helpers import save_tiny_tokenizer, spread_profile  # noqa: E402
 
 
-def build_model(directory: Path) -> None:
+def build_model(directory: Path, intermediate_size: int = 2048, layers: int = 3) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=3, num_attention_heads=12,
-                         num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024,
+    config = LlamaConfig(hidden_size=768, intermediate_size=intermediate_size, num_hidden_layers=layers,
+                         num_attention_heads=12, num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024,
                          bos_token_id=256, eos_token_id=256, pad_token_id=0)
     torch.manual_seed(0)
     LlamaForCausalLM(config).eval().save_pretrained(directory)

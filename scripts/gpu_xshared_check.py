@@ -9,11 +9,14 @@ and carried there, as bundles' kernels are:
 `build` compiles the kernel for sm_90 as bundles would (default_xshared_config, the hints launch_specs gives) for
 Llama-2-7B's four shapes at 1, 2, 4 and 8 rows of x (where x fits in shared memory) with each layer's epilogue in
 bundles (qkv plain, o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj),
-and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS), q/k/v and gate/up with their sums taken the
-other way than their default (config "direct"), o_proj and down_proj with one warp group and direct sums, bias
-variants. Then a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768) at 70% sparsity in chunked CSR
-compiled for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows. KERNELS_ONLY=1 (build and
-check) leaves the bundle out.
+and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS) and for gate/up and o_proj at 8 rows, q/k/v and
+gate/up with their sums taken the other way than their default (config "direct"), o_proj and down_proj with one
+warp group and direct sums, bias variants. Then a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden
+768, intermediate 4608, 2 layers) at 70% sparsity in chunked CSR compiled for h100, whose dataflow puts q/k/v and
+gate/up on this kernel at 4-8 rows (gate/up at 8 rows with its sums from registers).
+KERNELS_ONLY=1 (build and check) leaves the bundle out.
+
+CASES=REGEX (build) keeps only the kernels whose names it finds, e.g. CASES='_m8_'.
 
 `check` runs, for every kernel: a float64 check of the whole epilogue (fresh random x, residual and bias, relative
 error < 2e-3) on the bank-spread encoding bundles store, then medians over rotating copies against cuBLAS on the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,13 +51,20 @@ SHARED_LIMIT = 227 << 10
 # configs tried at 1 and 2 rows besides the default (num_warps, groups, programs a multiprocessor; unroll 4)
 FEW_ROW_VARIANTS = {"w8g1p3": (8, 1, 3), "w8g2": (8, 2, 0), "w4g1": (4, 1, 0), "w4g1p6": (4, 1, 6),
                     "w16g2p2": (16, 2, 2)}
+# changes to the default config tried at 8 rows: gate/up (one warp group, sums from registers, 3 programs a
+# multiprocessor) and o_proj (16 warps in two groups, 128 row blocks of 32 rows)
+GATE_UP8_VARIANTS = {"p2": {"programs": 2}, "p4": {"programs": 4}, "w16p1": {"num_warps": 16, "programs": 1},
+                     "u2": {"unroll": 2}}
+O8_VARIANTS = {"w8g2": {"num_warps": 8}, "w16g4": {"groups": 4}, "w8g4": {"num_warps": 8, "groups": 4},
+               "w16g2u2": {"unroll": 2}}
 
 
 def kernel_cases() -> list[dict]:
     """(shape, rows, epilogue, config) cases: each shape's layer epilogue at 1, 2, 4 and 8 rows with the default
     config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken the other
-    way than their default (config "direct": q/k/v through shared memory, gate/up from registers), o_proj and
-    down_proj with one warp group and direct sums, and bias variants of qkv and gate/up."""
+    way than their default (config "direct": through shared memory, or for gate/up at 1-4 rows from registers),
+    o_proj and down_proj with one warp group and direct sums, gate/up and o_proj at 8 rows with GATE_UP8_VARIANTS'
+    and O8_VARIANTS' changes, and bias variants of qkv and gate/up. CASES (a regex on case_name) filters them."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
     for name, (n, k) in SHAPES.items():
@@ -64,10 +75,11 @@ def kernel_cases() -> list[dict]:
                     config = {"rows": m, "num_warps": warps, "groups": groups, "unroll": 4, "programs": programs}
                     cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
                                   "variant": tag, "config": config})
-    # the other way of taking the sums than the default: q/k/v through shared memory, gate/up from registers
-    for name, direct in (("qkv", False), ("gate_up", True)):
+    # the other way of taking the sums than the default (from registers; gate/up through shared memory at 1-4 rows)
+    for name in ("qkv", "gate_up"):
         n, k = SHAPES[name]
         for m in (1, 2, 4, 8):
+            direct = name == "gate_up" and m < 8
             cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
                           "variant": "direct" if direct else "shared_sums",
                           "config": {**default_xshared_config(n, k, m), "direct": direct}})
@@ -78,11 +90,18 @@ def kernel_cases() -> list[dict]:
                 config = {**default_xshared_config(n, k, m), "num_warps": warps, "groups": 1, "direct": True}
                 cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
                               "variant": f"w{warps}g1_direct", "config": config})
+    # other configs at 8 rows: gate/up's persistent grid, warps, unroll; o_proj's warps, groups, unroll
+    for tag, change in GATE_UP8_VARIANTS.items():
+        cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated", "variant": tag,
+                      "config": {**default_xshared_config(22016, 4096, 8), **change}})
+    for tag, change in O8_VARIANTS.items():
+        cases.append({"shape": "o", "n": 4096, "k": 4096, "m": 8, "epilogue": "residual", "variant": tag,
+                      "config": {**default_xshared_config(4096, 4096, 8), **change}})
     cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 4, "epilogue": "gated_bias"})   # added after run 3
-    cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias", "variant": "direct",
-                  "config": {**default_xshared_config(22016, 4096, 8), "direct": True}})
-    return cases
+    cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias"})
+    chosen = re.compile(os.environ.get("CASES", ""))        # CASES=regex: only the cases whose name it finds
+    return [case for case in cases if chosen.search(case_name(case))]
 
 
 def case_name(case: dict) -> str:
@@ -140,7 +159,9 @@ def build(directory: Path) -> None:
     import gpu_sparse_check
     scratch = tempfile.TemporaryDirectory()
     model = Path(scratch.name) / "mid-llama"          # float32 safetensors: not carried, only the bundle is
-    gpu_sparse_check.build_model(model)
+    # an MLP wide enough (stacked gate/up 9,216 rows > 8,192) for gate/up's row blocks of one warp group, whose sums
+    # come from registers at 8 rows; two layers, so the bundle and the kernels carry in under 64 MiB
+    gpu_sparse_check.build_model(model, intermediate_size=4608, layers=2)
     bundle = directory / "xshared.fdpp"
     compiled = subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(model), "-t", "h100", "-o",
                                str(bundle), "--dtype", "float16", "--max-batch", "8", "--max-seq-len", "256",

@@ -90,12 +90,15 @@ def test_xshared_config_and_shared_memory():
     assert [X.xshared_rows(m) for m in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
     assert X.xshared_constexprs(4096, {**config, "rows": 1}, has_bias=False, has_residual=False, activation=None,
                                 out_rows=1)["SINGLE"]
-    # sums from registers where a row block is one warp group and not gated (measured faster at 8 rows), unless
-    # the config says otherwise
+    # sums from registers where a row block is one warp group (measured faster at 8 rows; gated: only there unless
+    # asked for), unless the config says otherwise
     plain = dict(has_bias=False, has_residual=False, activation=None, out_rows=1)
     assert X.xshared_constexprs(4096, config, **plain)["DIRECT"]
     assert not X.xshared_constexprs(4096, X.default_xshared_config(4096, 4096, 8), **plain)["DIRECT"]   # 2 groups
-    assert not X.xshared_constexprs(4096, config, **{**plain, "activation": 0})["DIRECT"]             # gated
+    assert X.xshared_constexprs(4096, config, **{**plain, "activation": 0})["DIRECT"]                 # gated, 8 rows
+    four = X.default_xshared_config(22016, 4096, 4)
+    assert not X.xshared_constexprs(4096, four, **{**plain, "activation": 0})["DIRECT"]
+    assert X.xshared_constexprs(4096, {**four, "direct": True}, **{**plain, "activation": 0})["DIRECT"]
     assert not X.xshared_constexprs(4096, {**config, "direct": False}, **plain)["DIRECT"]
     with pytest.raises(ValueError, match="need one warp group"):
         X.xshared_constexprs(4096, {**config, "groups": 2, "direct": True}, **plain)
@@ -146,8 +149,9 @@ def test_kernel_compiles_for_sm90_with_a_shared_load_per_entry(k, rows, gated, r
 @pytest.mark.parametrize("rows,gated,bias", [(8, False, True), (1, False, False), (8, "silu", True),
                                              (2, "silu", False)])
 def test_direct_sums_leave_out_the_shared_round_trip(rows, gated, bias):
-    """Sums from registers (q/k/v's default; gated only when asked for, unmeasured): one barrier, after x's copy,
-    against one per row block more through shared memory; gated rows pair with a shuffle 8 lanes apart."""
+    """Sums from registers (the default for row blocks of one warp group: q/k/v, and gate/up at 8 rows): one barrier,
+    after x's copy, against one per row block more through shared memory; gated rows pair with a shuffle 8 lanes
+    apart."""
     def barriers(kernel):
         body = kernel.ptx[kernel.ptx.index(".entry"):]
         return len(re.findall(r"\bbar\.sync\b|\bbarrier\.sync\b", body))

@@ -6,10 +6,11 @@ it: on an H100 it runs at about cuBLAS's speed at 8 rows. Here each program firs
 group, interleaved ([K, ROWS] fp16 as [K, WORDS] int32 words, WORDS = ROWS / 2; one row: each value zero-extended
 to a word), into shared memory, and each entry gathers its column with Gluon's `shared_memory_descriptor.gather`
 (one ld.shared an entry, a vector from 4 rows). Measured on an H100 as bundles build it, 70%, with each layer's
-epilogue (docs/perf/2026-12-07-xshared-bundles.md run 2, docs/perf/2026-12-07-xshared-few-rows.md run 1): 4 rows
-1.50-1.81x cuBLAS (o_proj at the edge; down_proj 1.50x, where the L1 kernel's 1.63x is kept), 8 rows 1.10x
-(o_proj), 1.27x (gate/up) and 1.46x (q/k/v, whose sums come from registers: 30.5 us with them through shared memory
-before, which was the experiment's 15-20% lead), against 0.94-1.10x for the L1 kernel. At 1 and 2 rows it is no
+epilogue (docs/perf/2026-12-07-xshared-bundles.md run 2, docs/perf/2026-12-07-xshared-few-rows.md run 1,
+docs/perf/2026-12-07-gated-direct.md run 1): 4 rows 1.50-1.81x cuBLAS (o_proj at the edge; down_proj 1.50x, where
+the L1 kernel's 1.63x is kept), 8 rows 1.10x (o_proj), 1.46x (gate/up) and 1.46-1.49x (q/k/v); both of the latter
+take their sums from registers (q/k/v 30.5 us, gate/up 55.5 us with them through shared memory), against 0.94-1.10x
+for the L1 kernel. At 1 and 2 rows it is no
 faster than the L1 kernel there (the best of six configs: 1 row 1-15% slower, 2 rows 12% slower to 3.5% faster),
 so the dataflow offers it from 3 rows.
 
@@ -20,9 +21,9 @@ The loop design carries what that record found:
   waited in the iteration that loaded it);
 - GROUPS warp groups may share a row block's chunks (for weights with few rows, e.g. o_proj);
 - a persistent grid (PROGRAMS a multiprocessor) for weights with many rows;
-- a row block of one warp group that is not gated hands its sums to the epilogue from registers (DIRECT); gated
-  blocks can pair gate and up rows 8 lanes apart and do the same (config "direct": compiled, not yet run on a GPU),
-  and by default go through shared memory.
+- a row block of one warp group hands its sums to the epilogue from registers (DIRECT), a gated one (at 8 rows by
+  default) with each feature's gate and up rows 8 lanes apart, paired by one shuffle; other row blocks sum through
+  shared memory.
 Entries are best arranged so the 8 entries one gather instruction reads fall in different bank groups
 (runtime/sparse_formats.spread_banks, which the encoder applies to every chunked-CSR weight).
 
@@ -149,11 +150,12 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
                          f"{config['groups']}")
     return {"K": k, "K_ALLOC": triton.next_power_of_2(k), "WORDS": xshared_words(rows), "SINGLE": rows == 1,
             "XB": _stage_columns(k),
-            # a row block's sums straight to the epilogue from registers (no shared-memory round trip, no barriers):
-            # q/k/v at 8 rows 25.7-25.9 against 30.5 us on an H100 (docs/perf/2026-12-07-xshared-few-rows.md). Warp
-            # groups sum across warps, so they cannot; gated blocks can, pairing gate and up rows 8 lanes apart,
-            # but that is not yet run on a GPU, so only when the config asks ("direct")
-            "DIRECT": bool(config.get("direct", activation is None and config["groups"] == 1)),
+            # a row block's sums straight to the epilogue from registers (no shared-memory round trip, no barriers;
+            # gated blocks pair gate and up rows 8 lanes apart): on an H100 q/k/v at 8 rows 25.7-25.9 against 30.5
+            # us (docs/perf/2026-12-07-xshared-few-rows.md), gate/up at 8 rows 48.1 against 55.5
+            # (docs/perf/2026-12-07-gated-direct.md); gated at 1-4 rows unmeasured, so there only when asked for.
+            # Warp groups sum across warps, so they cannot
+            "DIRECT": bool(config.get("direct", config["groups"] == 1 and (activation is None or rows == 8))),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
             "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
