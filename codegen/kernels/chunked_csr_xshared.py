@@ -10,9 +10,8 @@ epilogue (docs/perf/2026-12-07-xshared-bundles.md run 2, docs/perf/2026-12-07-xs
 docs/perf/2026-12-07-gated-direct.md run 1): 4 rows 1.50-1.81x cuBLAS (o_proj at the edge; down_proj 1.50x, where
 the L1 kernel's 1.63x is kept), 8 rows 1.10x (o_proj), 1.46x (gate/up) and 1.46-1.49x (q/k/v); both of the latter
 take their sums from registers (q/k/v 30.5 us, gate/up 55.5 us with them through shared memory), against 0.94-1.10x
-for the L1 kernel. At 1 and 2 rows it is no
-faster than the L1 kernel there (the best of six configs: 1 row 1-15% slower, 2 rows 12% slower to 3.5% faster),
-so the dataflow offers it from 3 rows.
+for the L1 kernel. At 1 and 2 rows it is no faster than the L1 kernel there (the best of six configs: 1 row 1-15%
+slower, 2 rows 12% slower to 3.5% faster), so the dataflow offers it from 3 rows.
 
 The loop design carries what that record found:
 - a thread takes 4 entries of a chunk, loaded as one int64 of values and one int32 of offsets and unpacked only
