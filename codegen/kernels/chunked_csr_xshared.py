@@ -248,13 +248,10 @@ if GLUON_SHARED_GATHER:
             "{ .reg .b16 a, b, c, d; mov.b64 {a, b, c, d}, $4; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; "
             "cvt.f32.f16 $2, c; cvt.f32.f16 $3, d; }", "=f,=f,=f,=f,l",
             [value], dtype=(gl.float32,) * 4, is_pure=True, pack=1)
-        acc_lo, acc_hi = _gather_one(x_s, base + (offset & 255), v0, acc_lo, acc_hi, WORDS, word_layout, SINGLE)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 8) & 255), v1, acc_lo, acc_hi, WORDS, word_layout,
-                                     SINGLE)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 16) & 255), v2, acc_lo, acc_hi, WORDS, word_layout,
-                                     SINGLE)
-        acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> 24) & 255), v3, acc_lo, acc_hi, WORDS, word_layout,
-                                     SINGLE)
+        v = (v0, v1, v2, v3)
+        for j in gl.static_range(4):            # entry j's column: its base plus the offset in byte j
+            acc_lo, acc_hi = _gather_one(x_s, base + ((offset >> (8 * j)) & 255), v[j], acc_lo, acc_hi, WORDS,
+                                         word_layout, SINGLE)
         return acc_lo, acc_hi
 
     @gluon.jit
@@ -298,6 +295,18 @@ if GLUON_SHARED_GATHER:
                 d_value, d_offset, d_base = _load_entries(values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane,
                                                           c + 3 * GROUPS, chunks_per_row, limit, shift)
         return acc_lo, acc_hi
+
+    @gluon.jit
+    def _gate_and_up(sums_s, F: gl.constexpr, GATED: gl.constexpr, layout: gl.constexpr):
+        """A row block's sums ([R, WORDS] in shared memory) as _finish's gate and up: when GATED the first F rows
+        and the next F; otherwise all R rows as both (up unused)."""
+        if GATED:
+            gate = sums_s.slice(0, F, 0).load(layout)
+            up = sums_s.slice(F, F, 0).load(layout)
+        else:
+            gate = sums_s.load(layout)
+            up = gate
+        return gate, up
 
     # activation.apply_activation re-jitted as a Gluon function: its tl operations are elementwise, so they keep the
     # layout of what they are given (all four activations compile)
@@ -423,22 +432,13 @@ if GLUON_SHARED_GATHER:
                 if not SINGLE:
                     hi_s.store(gl.sum(gl.sum(gl.reshape(acc_hi, [GROUPS, R, 8, WORDS]), axis=2), axis=0))
                 gl.barrier()
-                if GATED:
-                    _finish(lo_s.slice(0, F, 0).load(word_layout), lo_s.slice(F, F, 0).load(word_layout), rb * F, 0,
-                            first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL, GATED,
-                            ACTIVATION, OUT_ROWS)
-                    if not SINGLE:
-                        _finish(hi_s.slice(0, F, 0).load(word_layout), hi_s.slice(F, F, 0).load(word_layout), rb * F,
-                                1, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS, HAS_RESIDUAL,
-                                GATED, ACTIVATION, OUT_ROWS)
-                else:
-                    lo = lo_s.load(word_layout)
-                    _finish(lo, lo, rb * F, 0, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                gate, up = _gate_and_up(lo_s, F, GATED, word_layout)
+                _finish(gate, up, rb * F, 0, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
+                        HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
+                if not SINGLE:
+                    gate, up = _gate_and_up(hi_s, F, GATED, word_layout)
+                    _finish(gate, up, rb * F, 1, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
                             HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
-                    if not SINGLE:
-                        hi = hi_s.load(word_layout)
-                        _finish(hi, hi, rb * F, 1, first_x_row, bias_ptr, residual_ptr, out_ptr, M, N, WORDS, HAS_BIAS,
-                                HAS_RESIDUAL, GATED, ACTIVATION, OUT_ROWS)
                 gl.barrier()                        # the sums buffers are free for the next row block
         _let_next_start(GRID_DEPENDENCY, row_group)
 else:
