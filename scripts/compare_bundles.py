@@ -20,13 +20,9 @@ import torch
 import fdpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_sparse_check import first_differences  # noqa: E402
+from gpu_sparse_check import first_differences, linear_kernels  # noqa: E402
 
 MAX_ERROR = 2e-3
-
-
-def linear_kernels(model) -> list[str]:
-    return sorted({k.kernel for step in model.plan.steps for k in step.kernels if step.op.value == "linear"})
 
 
 def main() -> int:

@@ -49,6 +49,11 @@ def first_differences(reference: list[list[int]], got: list[list[int]]) -> list[
     return [next((j for j, (a, b) in enumerate(zip(r, t)) if a != b), None) for r, t in zip(reference, got)]
 
 
+def linear_kernels(model) -> list[str]:
+    """The kernels a loaded bundle's plan runs its linear steps with, sorted."""
+    return sorted({k.kernel for step in model.plan.steps for k in step.kernels if step.op.value == "linear"})
+
+
 def compare(path: Path) -> dict:
     cpu = fdpp.load(path, device="cpu")
     g = torch.Generator().manual_seed(1)
@@ -62,7 +67,7 @@ def compare(path: Path) -> dict:
         row[f"{label}_logit_error"] = float((logits - reference_logits).norm() / reference_logits.norm())
         tokens = gpu.generate(prompts, max_new_tokens=12).token_ids
         row[f"{label}_first_diffs"] = first_differences(reference_tokens, tokens)
-    row["kernels"] = sorted({k.kernel for s in cpu.plan.steps for k in s.kernels if "linear" == s.op.value})
+    row["kernels"] = linear_kernels(cpu)
     return row
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from fdpp.compiler.bundle_writer import _AlignedZip
@@ -35,18 +36,25 @@ WEIGHTS_PREFIX = "weights/"
 CHUNK_BYTES = 1 << 24
 
 
-def skeleton(bundle: Path, out: Path) -> None:
-    """Every member of `bundle` but its weights, stored in a plain zip at `out` (written under a temporary name)."""
+@contextmanager
+def _written_at(out: Path):
+    """A temporary path beside `out` to write to: renamed to `out` when the block completes, removed if it fails."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as target:
-            for info in source.infolist():
-                if not info.filename.startswith(WEIGHTS_PREFIX):
-                    target.writestr(info.filename, source.read(info.filename))
+        yield tmp
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def skeleton(bundle: Path, out: Path) -> None:
+    """Every member of `bundle` but its weights, stored in a plain zip at `out` (written under a temporary name)."""
+    with _written_at(out) as tmp, zipfile.ZipFile(bundle) as source, \
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            if not info.filename.startswith(WEIGHTS_PREFIX):
+                target.writestr(info.filename, source.read(info.filename))
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB (the plan, kernels and manifest of {bundle})")
 
 
@@ -78,21 +86,17 @@ def graft(skeleton_path: Path, weights_bundle: Path, out: Path) -> int:
                 raise SystemExit(f"graft_bundle: the skeleton's {name} does not match its manifest (damaged in "
                                  f"transit, or not from `graft_bundle.py skeleton`); make the skeleton again")
             carried[name] = data
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-        writer = _AlignedZip(tmp)
-        try:
-            for name, data in carried.items():
-                writer.add_bytes(name, data)
-            for member in weight_members:
-                writer.add(member, _member_chunks(heavy, member))
-            manifest["members"] = dict(writer.hashes)
-            writer.add_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
-            writer.close()
-            os.replace(tmp, out)
-        except BaseException:
-            writer.close()
-            tmp.unlink(missing_ok=True)
-            raise
+        with _written_at(out) as tmp:
+            writer = _AlignedZip(tmp)
+            try:
+                for name, data in carried.items():
+                    writer.add_bytes(name, data)
+                for member in weight_members:
+                    writer.add(member, _member_chunks(heavy, member))
+                manifest["members"] = dict(writer.hashes)
+                writer.add_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+            finally:
+                writer.close()
     print(f"{out}: {out.stat().st_size / 1e9:.2f} GB; weight members with the same sha256 in both: {same} of "
           f"{len(weight_members)}")
     return 0
