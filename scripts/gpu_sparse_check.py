@@ -36,12 +36,17 @@ def build_model(directory: Path, intermediate_size: int = 2048, layers: int = 3)
     save_tiny_tokenizer(directory)
 
 
-def compile_bundle(model: Path, out: Path, fmt: str, profile: Path | None = None) -> None:
-    subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(model), "-t", "h200", "-o", str(out),
-                    "--dtype", "float16", "--max-batch", "8", "--max-seq-len", "256", "--sparsity", "0.7",
-                    "--prune", "magnitude", "--sparse-format", fmt, "--softmax", "synchronized",
-                    *(["--profile", str(profile)] if profile else [])],
-                   check=True, capture_output=True)
+def compile_bundle(model: Path, out: Path, fmt: str, profile: Path | None = None, target: str = "h200") -> None:
+    """The check bundle: `model` at 70% (magnitude) in format `fmt` for `target`, float16, max batch 8; fdcc's own
+    error line and exit 1 if the compile fails."""
+    compiled = subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(model), "-t", target, "-o",
+                               str(out), "--dtype", "float16", "--max-batch", "8", "--max-seq-len", "256",
+                               "--sparsity", "0.7", "--prune", "magnitude", "--sparse-format", fmt,
+                               "--softmax", "synchronized", *(["--profile", str(profile)] if profile else [])],
+                              capture_output=True, text=True)
+    if compiled.returncode:
+        error = (compiled.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"compiling {out.name} for {target} failed: {error}")
 
 
 def first_differences(reference: list[list[int]], got: list[list[int]]) -> list[int | None]:
