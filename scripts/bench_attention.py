@@ -35,6 +35,8 @@ SMS = 132
 ROTATE_BYTES = 512 << 20          # input sets rotate through at least this much memory (L2 is 50-60 MB)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"   # cpu: a dry run under TRITON_INTERPRET=1, tiny sizes
 DEPENDENT = False                 # --dependent-launch: also time the default unified kernel launched dependent
+SWEEP_BLOCK_N = (64, 128)         # --sweep-block-n: key tiles the sweep tries
+SWEEP_MIN_KEYS = (MIN_SPLIT_KEYS,)  # --sweep-min-keys: shortest slices the sweep tries (the split count follows)
 
 
 def graph_time_us(calls: list, moved: int, repeats: int = 15) -> float:
@@ -65,12 +67,12 @@ def reference(s, heads, kv_heads, head_dim, rows: int = 2) -> torch.Tensor:
 
 
 def ours(s, heads, kv_heads, head_dim, unified, splits, block_n, warps, fallbacks, stages=DECODE_NUM_STAGES,
-         dependent=False):
+         dependent=False, min_split_keys=MIN_SPLIT_KEYS):
     b = s["q"].shape[0]
     key = ("ws", splits)
     if key not in s:
         s[key] = allocate_decode_workspace(b, heads, kv_heads, head_dim, splits, DEVICE)
-    min_keys = max(MIN_SPLIT_KEYS // block_n, 1) * block_n
+    min_keys = max(min_split_keys // block_n, 1) * block_n
     return lambda: attention_decode(s["q"], s["k"], s["v"], s["positions"], n_heads=heads, n_kv_heads=kv_heads,
                                     head_dim=head_dim, scale=head_dim ** -0.5,
                                     unified=(PHI, LOW, HIGH) if unified else None, fallbacks=fallbacks,
@@ -122,16 +124,23 @@ def bench_shape(name, batch, length, copy_gbs, sms, log, sweep: bool) -> dict:
         row[f"{scheme}_us"] = timed(lambda s: ours(s, heads, kv_heads, head_dim, scheme == "unified", splits,
                                                    DECODE_BLOCK_N, 4, fallbacks))
         best = (row[f"{scheme}_us"], f"S={splits} N={DECODE_BLOCK_N} w=4 st={DECODE_NUM_STAGES}")
-        variants = itertools.product((0.5, 1, 2), (64, 128), (4, 8), (2, 3)) if sweep else ()
-        for factor, block_n, warps, stages in variants:
-            s_try = max(1, min(64, int(splits * factor)))
-            if ((factor, block_n, warps, stages) == (1, DECODE_BLOCK_N, 4, DECODE_NUM_STAGES)
-                    or (factor != 1 and s_try == splits)):
+        variants = itertools.product((0.5, 1, 2), SWEEP_BLOCK_N, (4, 8), (2, 3), SWEEP_MIN_KEYS) if sweep else ()
+        for factor, block_n, warps, stages, min_keys in variants:
+            if min_keys % block_n:              # slices are whole key tiles
                 continue
+            base = choose_splits(batch, kv_heads, sms, length, min_split_keys=min_keys)
+            s_try = max(1, min(64, int(base * factor)))
+            if ((factor, block_n, warps, stages, min_keys) == (1, DECODE_BLOCK_N, 4, DECODE_NUM_STAGES, MIN_SPLIT_KEYS)
+                    or (factor != 1 and s_try == base)):
+                continue
+            out = ours(sets[0], heads, kv_heads, head_dim, scheme == "unified", s_try, block_n, warps, fallbacks,
+                       stages, min_split_keys=min_keys)()
+            err = rel_error(out, ref)
+            assert torch.isfinite(out).all() and err < 2e-3, (name, batch, length, scheme, s_try, block_n, min_keys, err)
             us = timed(lambda s: ours(s, heads, kv_heads, head_dim, scheme == "unified", s_try, block_n, warps,
-                                      fallbacks, stages))
+                                      fallbacks, stages, min_split_keys=min_keys))
             if us < best[0]:
-                best = (us, f"S={s_try} N={block_n} w={warps} st={stages}")
+                best = (us, f"S={s_try} N={block_n} w={warps} st={stages} k={min_keys}")
         row[f"{scheme}_best_us"], row[f"{scheme}_best_cfg"] = best
     if DEPENDENT:   # each call a programmatic dependent of the one before, as in a sm_90 bundle's graph
         row["unified_dependent_us"] = timed(lambda s: ours(s, heads, kv_heads, head_dim, True, splits, DECODE_BLOCK_N,
@@ -215,6 +224,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
+    global SMS, DEPENDENT, SWEEP_BLOCK_N, SWEEP_MIN_KEYS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -222,12 +232,19 @@ def main() -> int:
     parser.add_argument("--heads", type=int, nargs=3, action="append", metavar=("HQ", "HKV", "D"),
                         help="head shapes instead of the two defaults (dry runs)")
     parser.add_argument("--adversarial", type=str, default="8x1,8x97,8x4097,2x32768",
-                        help="BATCHxLENGTH cases of the adversarial checks")
+                        help="BATCHxLENGTH cases of the adversarial checks (empty: none)")
+    parser.add_argument("--sweep-block-n", type=int, nargs="+", default=list(SWEEP_BLOCK_N),
+                        help="key tiles the config sweep tries (>= 16)")
+    parser.add_argument("--sweep-min-keys", type=int, nargs="+", default=list(SWEEP_MIN_KEYS),
+                        help="shortest slices the config sweep tries (multiples of a key tile); the split count "
+                             "follows each, as the dataflow's choose_splits would give it")
     parser.add_argument("--dependent-launch", action="store_true",
                         help="also time the default unified kernel launched as a programmatic dependent (sm_90+)")
     args = parser.parse_args()
-    global SMS, DEPENDENT
     DEPENDENT = args.dependent_launch
+    SWEEP_BLOCK_N, SWEEP_MIN_KEYS = tuple(args.sweep_block_n), tuple(args.sweep_min_keys)
+    if min(SWEEP_BLOCK_N) < 16 or not any(k % n == 0 for k in SWEEP_MIN_KEYS for n in SWEEP_BLOCK_N):
+        parser.error("--sweep-block-n must be >= 16 and divide at least one of --sweep-min-keys")
     if DEPENDENT and (DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9):
         parser.error("--dependent-launch needs an NVIDIA GPU of sm_90 or later")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +264,7 @@ def main() -> int:
             r = rows[-1]
             print(f"{name} b{batch} L{length}: unified {r['unified_us']:.1f}us ({100 * r['unified_bw']:.0f}%) "
                   f"sync {r['synchronized_us']:.1f}us sdpa {r['sdpa_us']:.1f}us", flush=True)
-    cases = [tuple(int(x) for x in case.split("x")) for case in args.adversarial.split(",")]
+    cases = [tuple(int(x) for x in case.split("x")) for case in args.adversarial.split(",") if case]
     hq, hkv, d = next(iter(SHAPES.values())) if args.heads else (32, 32, 128)
     checks = [adversarial(kind, batch, length, hq, hq, d) for kind in ("huge", "tiny", "dominant", "equal", "mixed")
               for batch, length in cases]
