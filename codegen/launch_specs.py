@@ -374,7 +374,7 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
          "GATED": bool(gated), "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "ROWS": together,
          "BLOCK_N": block_n, "BLOCK_F": block_f,
          "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"],
-         "PREFETCH": cfg["prefetch"], **out_rows},
+         "PREFETCH": cfg["prefetch"], "PREFETCH_L2": bool(cfg.get("prefetch_l2")), **out_rows},
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)

@@ -11,7 +11,8 @@ weights (for a gated shape, without the activation that our fused kernels also d
 
 With a sparsity, the chunked-CSR kernel's configs too (`sparse_entries`): for each shape a random weight pruned
 by magnitude within each row to that sparsity and encoded, each config of CHUNKED_CSR_GRID (and the wrapper's
-default) checked against torch and timed the same way over rotating copies of the encoding, for up to 8 rows
+default; on sm_90 and later also with the entries bulk-prefetched into L2) checked against torch and timed the
+same way over rotating copies of the encoding, for up to 8 rows
 (the kernel gathers at most 8 rows of x together; past that the dataflow densifies). The profile records the
 fastest config per shape, row count and density; the dataflow uses it for the layers it stores in that
 format (passes/sparse_choice.py measured_sparse_config).
@@ -194,15 +195,19 @@ def magnitude_pruned(n: int, k: int, sparsity: float, dtype: torch.dtype, seed: 
     return weight.to(dtype)
 
 
-def chunked_csr_candidates(n: int, chunks_per_row: int, m: int) -> list[dict]:
+def chunked_csr_candidates(n: int, chunks_per_row: int, m: int, bulk_prefetch: bool = False) -> list[dict]:
     """The wrapper's default config for weight rows n and m rows of x, then CHUNKED_CSR_GRID's others (rows of x
     gathered together, entries per load and pipelining as the default has them; split-K 1, which the fused
-    epilogues need)."""
+    epilogues need). bulk_prefetch (a GPU of sm_90 or later): also each config of 4 warps with its entries
+    prefetched into L2 first (`prefetch_l2`, a bulk copy of Hopper's)."""
     from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
     default = default_chunked_csr_config(n, chunks_per_row, m)
     grid = [{**default, "block_n": bn, "chunks": ch, "num_warps": w, "split_k": 1}
             for bn, ch, w in itertools.product(*CHUNKED_CSR_GRID.values())]
-    return [default] + [config for config in grid if config != default]
+    candidates = [default] + [config for config in grid if config != default]
+    if bulk_prefetch:
+        candidates += [{**config, "prefetch_l2": True} for config in candidates if config["num_warps"] == 4]
+    return candidates
 
 
 def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
@@ -226,6 +231,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
 
     torch_dtype = getattr(torch, dtype)
     time_us = time_us or graph_time_us
+    bulk_prefetch = device == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability() >= (9, 0)
     entries = []
     for n, k, gated in shapes:
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)
@@ -238,7 +244,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
         for m in (m for m in rows if m <= SPARSE_MAX_ROWS):
             x = torch.randn(m, k, device=device, dtype=torch_dtype)
             reference = fused_linear(x.float(), weight.float(), gated="silu" if gated else None)
-            candidates = chunked_csr_candidates(n, chunks_per_row, m)
+            candidates = chunked_csr_candidates(n, chunks_per_row, m, bulk_prefetch)
             timed = [(us, config) for config in candidates
                      if (us := checked_time_us(_chunked_csr_runner(x, (n, k), gated, config), encodings,
                                                reference, time_us)) is not None]

@@ -67,7 +67,8 @@ def kernel_cases() -> list[dict]:
     config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken the other
     way than their default (config "direct": through shared memory, or for gate/up at 1-4 rows from registers),
     o_proj and down_proj with one warp group and direct sums, gate/up and o_proj at 8 rows with GATE_UP8_VARIANTS'
-    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', and bias variants of qkv and gate/up. CASES (a regex on case_name) filters them."""
+    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', every shape's default at 4 and 8 rows with
+    its entries prefetched into L2 (prefetch_l2), and bias variants of qkv and gate/up. CASES (a regex on case_name) filters them."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
     for name, (n, k) in SHAPES.items():
@@ -101,6 +102,13 @@ def kernel_cases() -> list[dict]:
         for tag, change in variants.items():
             cases.append({"shape": "o", "n": 4096, "k": 4096, "m": m, "epilogue": "residual", "variant": tag,
                           "config": {**default_xshared_config(4096, 4096, m), **change}})
+    # each row block's entries asked into L2 ahead (config prefetch_l2), on the default configs at 4 and 8 rows
+    for name, (n, k) in SHAPES.items():
+        for m in (4, 8) if name != "down" else (4,):
+            cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name], "variant": "pf",
+                          "config": {**default_xshared_config(n, k, m), "prefetch_l2": True}})
+    cases.append({"shape": "o", "n": 4096, "k": 4096, "m": 4, "epilogue": "residual", "variant": "w8g2p1_pf",
+                  "config": {**default_xshared_config(4096, 4096, 4), "programs": 1, "prefetch_l2": True}})
     cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 4, "epilogue": "gated_bias"})   # added after run 3
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias"})

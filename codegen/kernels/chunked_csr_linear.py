@@ -154,6 +154,22 @@ def _gather_rows(chunk_x, offset, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_rows_l2(values_ptr, offsets_ptr, features, first_chunk, last_chunk, chunks_per_row,
+                      CHUNK: tl.constexpr):
+    """Asks L2 for the program's slice of each weight row's values and offsets (uint8), one bulk prefetch each
+    (sm_90's cp.async.bulk.prefetch.L2; the slices start 16-byte aligned and span whole chunks of 32 entries).
+    Every thread holding a row asks (Triton spreads [BLOCK_N] over all of them); L2 takes the repeats as one."""
+    VALUE_BYTES: tl.constexpr = values_ptr.dtype.element_ty.primitive_bitwidth // 8
+    first = features.to(tl.int64) * (chunks_per_row * CHUNK) + first_chunk * CHUNK                 # [BLOCK_N]
+    entries = (last_chunk - first_chunk) * CHUNK + features * 0                                  # [BLOCK_N] int32
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $4; "
+        "@p cp.async.bulk.prefetch.L2.global [$2], $3; mov.b32 $0, 0; }", "=r,l,l,r,r",
+        [values_ptr + first, offsets_ptr + first, entries, entries * VALUE_BYTES], dtype=tl.int32, is_pure=False,
+        pack=1)
+
+
+@triton.jit
 def _load_step(c, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
                chunks_per_row, BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr, CHUNK: tl.constexpr,
                VECTOR: tl.constexpr):
@@ -225,8 +241,11 @@ def chunked_csr_linear_kernel(
     PREFETCH: tl.constexpr,      # load each step's entries during the step before
     OUT_ROWS: tl.constexpr = 1,  # > 1 (SPLIT_K 1): out interleaved by blocks of OUT_ROWS rows (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
+    PREFETCH_L2: tl.constexpr = False,      # sm_90+: the program's entries asked into L2 first, before the wait
+                                            # for x's producer (opt-in, unmeasured)
 ):
-    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
+    if not PREFETCH_L2:
+        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     row_block, split, row_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # the program's weight rows: BLOCK_F features, and when GATED the same features' up rows N further on
     slot = tl.arange(0, BLOCK_N)                                                             # [BLOCK_N]
@@ -236,6 +255,9 @@ def chunked_csr_linear_kernel(
     steps = tl.cdiv(tl.cdiv(chunks_per_row, CHUNKS), SPLIT_K)
     first_chunk = split * steps * CHUNKS
     last_chunk = tl.minimum(first_chunk + steps * CHUNKS, chunks_per_row)
+    if PREFETCH_L2:     # the weights do not depend on the kernel before, so their reads can start before the wait
+        _prefetch_rows_l2(values_ptr, offsets_ptr, features, first_chunk, last_chunk, chunks_per_row, CHUNK)
+        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     chunk = tl.arange(0, CHUNKS)                                                            # [CHUNKS]
     entry_in_step = (chunk[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :])[None, :, :]   # [1, CHUNKS, CHUNK]
     row_entries = features.to(tl.int64)[:, None, None] * (chunks_per_row * CHUNK)            # [BLOCK_N, 1, 1]
@@ -468,6 +490,6 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
             HAS_BIAS=bias is not None and split_k == 1, HAS_RESIDUAL=residual is not None, GATED=bool(gated),
             ACTIVATION=ACTIVATION_CODES[gated] if gated else 0, ROWS=together, BLOCK_N=block_n, BLOCK_F=block_f,
             CHUNKS=cfg["chunks"], CHUNK=chunk, SPLIT_K=split_k, VECTOR=cfg["vector"], PREFETCH=cfg["prefetch"],
-            OUT_ROWS=out_rows_together, num_warps=cfg["num_warps"])
+            OUT_ROWS=out_rows_together, PREFETCH_L2=cfg.get("prefetch_l2", False), num_warps=cfg["num_warps"])
         _sum_splits(partial, bias_arg, out, bias is not None)
     return out if out_rows_together > 1 else out.view(*x.shape[:-1], n)

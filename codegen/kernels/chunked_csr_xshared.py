@@ -155,6 +155,9 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
             # (docs/perf/2026-12-07-gated-direct.md); gated at 1-4 rows unmeasured, so there only when asked for.
             # Warp groups sum across warps, so they cannot
             "DIRECT": bool(config.get("direct", config["groups"] == 1 and (activation is None or rows == 8))),
+            # each row block's rows of values and offsets asked into L2 ahead (cp.async.bulk.prefetch): the first
+            # block's before x is staged, the next block's while this one runs. Opt-in, unmeasured
+            "PREFETCH_L2": bool(config.get("prefetch_l2", False)),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
             "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
@@ -228,6 +231,35 @@ if GLUON_SHARED_GATHER:
         offset = gl.load(offsets_ptr + at, mask=ok, other=0)
         base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=shift) - shift
         return value, offset, base
+
+    @gluon.jit
+    def _row_block_rows(rb, slot, N, F: gl.constexpr, GATED: gl.constexpr, DIRECT: gl.constexpr):
+        """Each thread's weight row in row block rb ([T]: its slot's), its output feature, and whether that is < N.
+        Rows past the weight's are clamped to 0 (row_ok masks their loads), which measured faster at 8 rows on an
+        H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)."""
+        if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
+            feature = rb * F + slot // 2
+            rows = gl.where(slot % 2 == 0, feature, feature + N)
+        elif GATED:                    # the block's gate rows, then the same features' up rows
+            feature = rb * F + slot % F
+            rows = gl.where(slot < F, feature, feature + N)
+        else:
+            feature = rb * F + slot
+            rows = feature
+        row_ok = feature < N
+        return gl.where(row_ok, rows, 0), row_ok
+
+    @gluon.jit
+    def _prefetch_rows_l2(values_ptr, offsets_ptr, rows, leader, chunks_per_row):
+        """Asks L2 for the whole of each leader thread's weight row of values (chunks_per_row * 64 bytes) and offsets
+        (* 32), one bulk prefetch each (sm_90's cp.async.bulk.prefetch.L2; rows start 16-byte aligned)."""
+        words = chunks_per_row * 8
+        gl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $4; "
+            "@p cp.async.bulk.prefetch.L2.global [$2], $5; mov.b32 $0, 0; }", "=r,l,l,r,r,r",
+            [values_ptr + rows * words, offsets_ptr + rows * words, leader.to(gl.int32),
+             gl.zeros_like(rows) + words * 8, gl.zeros_like(rows) + words * 4],
+            dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,
@@ -367,6 +399,7 @@ if GLUON_SHARED_GATHER:
         HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr, ACTIVATION: gl.constexpr,
         OUT_ROWS: gl.constexpr,                  # > 1: out interleaved by blocks of OUT_ROWS rows
         DIRECT: gl.constexpr,                    # sums to the epilogue from registers (GROUPS == 1)
+        PREFETCH_L2: gl.constexpr = False,       # row blocks' entries asked into L2 ahead (bulk prefetch)
         GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
     ):
         """Grid (xshared_grid, cdiv(M, rows)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
@@ -380,6 +413,14 @@ if GLUON_SHARED_GATHER:
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % 8
+        group = t // (T // GROUPS)               # warp-uniform
+        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
+        leader = (lane == 0) & (group == 0)      # a thread a row: the one that asks for the row's prefetch
+        if PREFETCH_L2:                          # the first row block's entries, while x is staged
+            rows, row_ok = _row_block_rows(gl.program_id(0), slot, N, F, GATED, DIRECT)
+            _prefetch_rows_l2(values_ptr, offsets_ptr, rows, leader & row_ok, chunks_per_row)
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
         if SINGLE:
@@ -391,24 +432,11 @@ if GLUON_SHARED_GATHER:
             x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
-        t = gl.arange(0, T, layout=thread_layout)
-        lane = t % 8
-        group = t // (T // GROUPS)               # warp-uniform
-        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
-            if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
-                feature = rb * F + slot // 2
-                rows = gl.where(slot % 2 == 0, feature, feature + N)
-            elif GATED:                    # the block's gate rows, then the same features' up rows
-                feature = rb * F + slot % F
-                rows = gl.where(slot < F, feature, feature + N)
-            else:
-                feature = rb * F + slot
-                rows = feature
-            row_ok = feature < N
-            # rows past the weight's are masked by row_ok in every load; clamped too, which measured faster at 8
-            # rows on an H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)
-            rows = gl.where(row_ok, rows, 0)
+            if PREFETCH_L2:                      # the next row block's entries, while this one runs
+                next_rows, next_ok = _row_block_rows(rb + gl.num_programs(0), slot, N, F, GATED, DIRECT)
+                _prefetch_rows_l2(values_ptr, offsets_ptr, next_rows, leader & next_ok, chunks_per_row)
+            rows, row_ok = _row_block_rows(rb, slot, N, F, GATED, DIRECT)
             acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
                                        chunks_per_row, chunks_per_row, 0,
                                        gl.zeros([T, WORDS], gl.float32, word_layout),
