@@ -4,7 +4,9 @@ write a profile that `fdcc compile --profile FILE` uses instead of the cost mode
 Candidates: the CUDA-core GEMV (M <= 4, a grid of N tiles, K chunks and warps), the Triton flat GEMM
 (M <= 64: N tiles, K chunks, pipeline depths; up to M = 16 also grids of 1-4 programs per multiprocessor,
 each owning a run of about N / programs features; from M = 32 also 64-row tiles, the plain tensor-core GEMM
-with our fused epilogues) and the vendor GEMM through torch. Timing: CUDA-graph replays
+with our fused epilogues) and the vendor GEMM through torch. On sm_90+ GPUs, for weights that fit L2
+(PREFETCH_MAX_BYTES), the GEMV and 16-row flat GEMM configs up to M = 16 again with each program asking L2
+for its weight rows first (prefetch_l2). Timing: CUDA-graph replays
 of one launch per weight copy, the copies together far larger than L2 (graph_time_us), each candidate
 checked against torch first (a wrong candidate is never chosen). `vendor_us` is plain cuBLAS on the same
 weights (for a gated shape, without the activation that our fused kernels also do).
@@ -41,6 +43,9 @@ GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many
 FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
 CHUNKED_CSR_GRID = {"block_n": (2, 4, 8), "chunks": (4, 8, 16, 32), "num_warps": (4, 8)}
 SPARSE_MAX_ROWS = 8          # chunked-CSR configs are measured up to this many rows
+# on sm_90+ the flat GEMM and GEMV configs up to SPREAD_MAX_ROWS are tried again with each program asking L2 for
+# its weight rows first (prefetch_l2), for weights of at most this many bytes (all of them then fit the H100's L2)
+PREFETCH_MAX_BYTES = 48 << 20
 MAX_ERROR = 5e-3             # a candidate's relative error against float32 torch, at most
 ROTATION_BYTES = 512 << 20   # weight copies rotated per timing: several times any L2
 
@@ -76,7 +81,11 @@ def spread_candidates(n: int, multiprocessors: int) -> list[dict]:
     return out
 
 
-def _candidates(m: int, n: int = 0, multiprocessors: int = 0) -> list[tuple[str, dict]]:
+def _candidates(m: int, n: int = 0, multiprocessors: int = 0,
+                bulk_prefetch: bool = False) -> list[tuple[str, dict]]:
+    """(kernel, config) candidates for m rows of x and n output features; bulk_prefetch (a GPU of sm_90 or later
+    and a weight of at most PREFETCH_MAX_BYTES): up to SPREAD_MAX_ROWS rows, each 16-row flat GEMM and GEMV
+    config again with prefetch_l2."""
     out: list[tuple[str, dict]] = [("tc_gemm", {})]
     if m <= FLAT_GEMM_MAX_ROWS:
         out += [("flat_gemm", {"block_n": bn, "block_k": bk, "num_stages": st, "num_warps": 4})
@@ -89,7 +98,15 @@ def _candidates(m: int, n: int = 0, multiprocessors: int = 0) -> list[tuple[str,
     if m <= GEMV_MAX_ROWS:
         out += [("gemv", {"block_n": bn, "block_k": bk, "num_warps": w})
                 for bn, bk, w in itertools.product(*GEMV_GRID.values())]
+    if bulk_prefetch and m <= SPREAD_MAX_ROWS:
+        out += [(kernel, {**config, "prefetch_l2": True}) for kernel, config in out
+                if kernel == "gemv" or (kernel == "flat_gemm" and "block_m" not in config)]
     return out
+
+
+def _bulk_prefetch_here() -> bool:
+    """Whether the local GPU has sm_90's bulk L2 prefetch (the kernels' prefetch_l2 option): NVIDIA, sm_90+."""
+    return torch.version.hip is None and torch.cuda.get_device_capability() >= (9, 0)
 
 
 def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -105,9 +122,10 @@ def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable
     if kernel == "flat_gemm":
         return lambda w: gemm(x, w, gated=activation, block_m=config.get("block_m", 16), block_n=config["block_n"],
                               block_k=config["block_k"], num_stages=config["num_stages"],
-                              num_warps=config["num_warps"], spread=config.get("spread", 0))
+                              num_warps=config["num_warps"], spread=config.get("spread", 0),
+                              prefetch_l2=config.get("prefetch_l2", False))
     return lambda w: gemv(x, w, gated=activation, block_n=config["block_n"], block_k=config["block_k"],
-                          num_warps=config["num_warps"])
+                          num_warps=config["num_warps"], prefetch_l2=config.get("prefetch_l2", False))
 
 
 def time_candidate(kernel: str, config: dict, x: torch.Tensor, weights: list[torch.Tensor], gated: bool,
@@ -159,22 +177,31 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
         raise CompileError("fdcc tune measures kernels on a GPU; torch sees none here")
     torch_dtype = getattr(torch, dtype)
     multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
+    hopper = _bulk_prefetch_here()
     entries = []
     for n, k, gated in shapes if dense else []:
         weights = rotating_weights(n, k, torch_dtype)
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
             reference = fused_linear(x.float(), weights[0].float(), gated="silu" if gated else None)
-            candidates = _candidates(m, n // 2 if gated else n, multiprocessors)
+            candidates = _candidates(m, n // 2 if gated else n, multiprocessors,
+                                     hopper and n * k * torch_dtype.itemsize <= PREFETCH_MAX_BYTES)
             timings = [(us, kernel, config) for kernel, config in candidates
                        if (us := time_candidate(kernel, config, x, weights, gated, reference)) is not None]
             us, kernel, config = min(timings, key=lambda t: t[0])
             cublas_us = graph_time_us(lambda w: torch.nn.functional.linear(x, w), weights)
+            # where prefetching candidates ran: the best time with and without the prefetch
+            split = {with_prefetch: min((t for t, _, c in timings if bool(c.get("prefetch_l2")) == with_prefetch),
+                                        default=None) for with_prefetch in (False, True)}
             entries.append({"n": n, "k": k, "gated": gated, "m": m, "kernel": kernel, "config": config, "us": us,
                             "vendor_us": cublas_us,
-                            "weight_gb_per_s": n * k * torch_dtype.itemsize / (us * 1e-6) / 1e9})
+                            "weight_gb_per_s": n * k * torch_dtype.itemsize / (us * 1e-6) / 1e9,
+                            **({"best_plain_us": split[False], "best_prefetch_l2_us": split[True]}
+                               if split[True] is not None else {})})
             say(f"[{n}, {k}]{' gated' if gated else ''} M={m}: {kernel} {config} {us:.1f} us "
-                f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)")
+                f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)"
+                + (f"; best without prefetch {split[False]:.1f} us, with {split[True]:.1f} us"
+                   if split[True] is not None else ""))
         del weights
     sparse = tune_chunked_csr(shapes, rows, sparsity, dtype, say) if sparsity is not None else []
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
@@ -231,7 +258,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
 
     torch_dtype = getattr(torch, dtype)
     time_us = time_us or graph_time_us
-    bulk_prefetch = device == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability() >= (9, 0)
+    bulk_prefetch = device == "cuda" and _bulk_prefetch_here()
     entries = []
     for n, k, gated in shapes:
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)

@@ -1,9 +1,10 @@
-"""The chunked-CSR kernels' opt-in L2 bulk prefetch (config `prefetch_l2`; sm_90's cp.async.bulk.prefetch.L2),
-which `fdcc tune --sparsity` tries on Hopper GPUs: compiled for sm_90 it asks L2 for each weight row's values and
-offsets, in the L1 kernel before the wait for x's producer (the weights are no kernel's output) and in the xshared
-kernel before x is staged and again for the next row block; without it the kernels have no prefetch. Whether it is
-faster is measured on a GPU (scripts/bench_chunked_csr.py --prefetch-l2 0,1, scripts/gpu_xshared_check.py's "pf"
-cases); here only what is compiled."""
+"""The linear kernels' opt-in L2 bulk prefetch (config `prefetch_l2`; sm_90's cp.async.bulk.prefetch.L2, from
+one thread a program), which `fdcc tune` tries on Hopper GPUs: compiled for sm_90 the dense GEMV and flat GEMM and
+the chunked-CSR L1 kernel ask L2 for their program's weight rows (values and offsets) before the wait for x's
+producer (the weights are no kernel's output), the xshared kernel for its first row block before x is staged and
+for the next one in the loop; without the option no kernel has a prefetch and the wait comes first. Whether it is
+faster is measured on a GPU (fdcc tune; scripts/bench_chunked_csr.py --prefetch-l2 0,1; scripts/gpu_xshared_check.py's
+"pf" cases); here only what is compiled and which candidates the tune tries."""
 
 import re
 
@@ -26,6 +27,45 @@ def _entry_lines(ptx: str) -> list[str]:
     return ptx[ptx.index(".entry"):].splitlines()
 
 
+def _compiled(spec, key):
+    return compile_kernel(spec.fn, get_target("h100"), dict(spec.signature), dict(spec.constexprs), name=key,
+                          num_warps=spec.num_warps, num_stages=spec.num_stages, divisible_by_16=spec.divisible_by_16,
+                          dependent_launch=True)
+
+
+def _dense_kernel(kernel: str, config: dict, gated: bool = False):
+    """A dense linear's gemv or flat GEMM as a bundle's launch spec records it, compiled for h100."""
+    shapes = {"x": ("batch", "seq", 512), "@w.weight": (192 if gated else 96, 512)}
+    step = Step(OpKind.LINEAR, ("x", "@w.weight"), "y", {"gated": "silu"} if gated else {},
+                out_shape=("batch", "seq", 96))
+    (key, spec), = step_launches(step, KernelChoice(4, kernel, config), "float16", shapes.__getitem__).specs.items()
+    assert dict(spec.constexprs)["PREFETCH_L2"] is bool(config.get("prefetch_l2"))
+    return _compiled(spec, key)
+
+
+def _prefetches_then_wait(ptx: str) -> tuple[int, bool]:
+    """How many bulk prefetches the kernel has, and whether all come before its one wait, which comes before its
+    first global access."""
+    lines = _entry_lines(ptx)
+    prefetches = [i for i, line in enumerate(lines) for _ in PREFETCH.findall(line)]
+    waits = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
+    accesses = [i for i, line in enumerate(lines) if GLOBAL_ACCESS.search(line)]
+    assert len(waits) == 1 and waits[0] < accesses[0]
+    return len(prefetches), all(i < waits[0] for i in prefetches)
+
+
+@pytest.mark.parametrize("kernel,config", [
+    ("gemv", {"block_n": 4, "block_k": 256}),
+    ("flat_gemm", {"block_n": 32, "block_k": 128, "num_stages": 3}),
+    ("flat_gemm", {"block_n": 16, "block_k": 128, "num_stages": 3, "spread": 8})])
+@pytest.mark.parametrize("gated", [False, True])
+def test_dense_kernels_prefetch_their_weight_rows_before_waiting_for_x(kernel, config, gated):
+    # one range a program (the gated ones: gate rows and up rows)
+    assert _prefetches_then_wait(_dense_kernel(kernel, {**config, "prefetch_l2": True}, gated).ptx) == (
+        2 if gated else 1, True)
+    assert _prefetches_then_wait(_dense_kernel(kernel, config, gated).ptx)[0] == 0
+
+
 def _l1_kernel(config: dict, gated: bool = False):
     """The chunked-CSR L1 kernel as a bundle's launch spec records it (decode bucket of 1 row), compiled for h100
     with dependent launch."""
@@ -39,26 +79,14 @@ def _l1_kernel(config: dict, gated: bool = False):
     specs = step_launches(step, KernelChoice(1, "chunked_csr_gemv", config), "float16", shapes.__getitem__).specs
     (key, spec), = [(key, spec) for key, spec in specs.items() if "chunked_csr_linear" in key]
     assert dict(spec.constexprs)["PREFETCH_L2"] is bool(config.get("prefetch_l2"))
-    return compile_kernel(spec.fn, get_target("h100"), dict(spec.signature), dict(spec.constexprs), name=key,
-                          num_warps=spec.num_warps, num_stages=spec.num_stages, divisible_by_16=spec.divisible_by_16,
-                          dependent_launch=True)
+    return _compiled(spec, key)
 
 
 @pytest.mark.parametrize("gated", [False, True])
 def test_l1_kernel_prefetches_its_rows_before_waiting_for_x(gated):
-    lines = _entry_lines(_l1_kernel({"prefetch_l2": True}, gated).ptx)
-    prefetches = [i for i, line in enumerate(lines) for _ in PREFETCH.findall(line)]
-    waits = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
-    accesses = [i for i, line in enumerate(lines) if GLOBAL_ACCESS.search(line)]
-    assert len(prefetches) == 2 and len(waits) == 1           # values and offsets; one wait, as every kernel has
-    assert max(prefetches) < waits[0] < accesses[0]             # reads of x and the entries wait; the prefetch not
-
-
-def test_l1_kernel_without_the_option_has_no_prefetch():
-    lines = _entry_lines(_l1_kernel({}).ptx)
-    assert not any(PREFETCH.search(line) for line in lines)
-    waits = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
-    assert len(waits) == 1 and waits[0] < min(i for i, line in enumerate(lines) if GLOBAL_ACCESS.search(line))
+    # values and offsets of the program's rows (the gated ones: of its gate rows and of its up rows)
+    assert _prefetches_then_wait(_l1_kernel({"prefetch_l2": True}, gated).ptx) == (4 if gated else 2, True)
+    assert _prefetches_then_wait(_l1_kernel({}, gated).ptx)[0] == 0
 
 
 @pytest.mark.skipif(not X.GLUON_SHARED_GATHER, reason="this Triton's Gluon has no shared-memory gather")
@@ -72,12 +100,24 @@ def test_xshared_kernel_prefetches_the_first_and_each_next_row_block(n, rows, ga
                               name=f"xshared_prefetch_{n}_{rows}_{prefetch}", num_warps=config["num_warps"],
                               num_stages=1, dependent_launch=True).ptx
     with_prefetch = _entry_lines(ptx(True))
-    # two call sites (the first row block, before x's copy; the next one in the loop), values and offsets each
-    assert sum(len(PREFETCH.findall(line)) for line in with_prefetch) == 4
+    # two call sites (the first row block, before x's copy; the next one in the loop), values and offsets each, of
+    # the block's rows (the gated ones: its gate rows and its up rows)
+    assert sum(len(PREFETCH.findall(line)) for line in with_prefetch) == (8 if gated else 4)
     first_prefetch = min(i for i, line in enumerate(with_prefetch) if PREFETCH.search(line))
     first_shared_store = min(i for i, line in enumerate(with_prefetch) if re.search(r"\bst\.shared\b", line))
     assert first_prefetch < first_shared_store
     assert not PREFETCH.search(ptx(False))
+
+
+def test_tune_tries_the_dense_prefetch_up_to_16_rows_where_asked():
+    plain = tune._candidates(4, 4096, 132)
+    hopper = tune._candidates(4, 4096, 132, bulk_prefetch=True)
+    assert hopper[:len(plain)] == plain and not any(config.get("prefetch_l2") for _, config in plain)
+    added = hopper[len(plain):]
+    assert {kernel for kernel, _ in added} == {"gemv", "flat_gemm"}
+    assert all(config["prefetch_l2"] and "block_m" not in config for _, config in added)
+    assert any(config.get("spread") for _, config in added)
+    assert tune._candidates(32, 4096, 132, bulk_prefetch=True) == tune._candidates(32, 4096, 132)
 
 
 def test_tune_tries_the_prefetch_on_hopper_only():

@@ -27,7 +27,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from fdpp.codegen.kernels._common import (as_rows, block_for, empty_output, interleaved_shape, let_next_start,
-                                          require, require_float, wait_for_producers)
+                                          prefetch_l2, require, require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -154,19 +154,13 @@ def _gather_rows(chunk_x, offset, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_rows_l2(values_ptr, offsets_ptr, features, first_chunk, last_chunk, chunks_per_row,
-                      CHUNK: tl.constexpr):
-    """Asks L2 for the program's slice of each weight row's values and offsets (uint8), one bulk prefetch each
-    (sm_90's cp.async.bulk.prefetch.L2; the slices start 16-byte aligned and span whole chunks of 32 entries).
-    Every thread holding a row asks (Triton spreads [BLOCK_N] over all of them); L2 takes the repeats as one."""
-    VALUE_BYTES: tl.constexpr = values_ptr.dtype.element_ty.primitive_bitwidth // 8
-    first = features.to(tl.int64) * (chunks_per_row * CHUNK) + first_chunk * CHUNK                 # [BLOCK_N]
-    entries = (last_chunk - first_chunk) * CHUNK + features * 0                                  # [BLOCK_N] int32
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $4; "
-        "@p cp.async.bulk.prefetch.L2.global [$2], $3; mov.b32 $0, 0; }", "=r,l,l,r,r",
-        [values_ptr + first, offsets_ptr + first, entries, entries * VALUE_BYTES], dtype=tl.int32, is_pure=False,
-        pack=1)
+def _prefetch_rows(values_ptr, offsets_ptr, first_row, rows, N, row_entries):
+    """Asks L2 for weight rows [first_row, first_row + rows) of values and offsets (clipped to the N features'
+    block the rows belong to: rows past N hold another block's or nothing), each a contiguous range."""
+    kept = tl.minimum(rows, N - first_row % N).to(tl.int64) * row_entries
+    start = first_row.to(tl.int64) * row_entries
+    prefetch_l2(values_ptr + start, kept * (values_ptr.dtype.element_ty.primitive_bitwidth // 8))
+    prefetch_l2(offsets_ptr + start, kept)
 
 
 @triton.jit
@@ -256,7 +250,10 @@ def chunked_csr_linear_kernel(
     first_chunk = split * steps * CHUNKS
     last_chunk = tl.minimum(first_chunk + steps * CHUNKS, chunks_per_row)
     if PREFETCH_L2:     # the weights do not depend on the kernel before, so their reads can start before the wait
-        _prefetch_rows_l2(values_ptr, offsets_ptr, features, first_chunk, last_chunk, chunks_per_row, CHUNK)
+        tl.static_assert(SPLIT_K == 1, "prefetch_l2 asks for whole rows: it needs split_k 1")
+        _prefetch_rows(values_ptr, offsets_ptr, row_block * BLOCK_F, BLOCK_F, N, chunks_per_row * CHUNK)
+        if GATED:       # the same features' up rows
+            _prefetch_rows(values_ptr, offsets_ptr, N + row_block * BLOCK_F, BLOCK_F, N, chunks_per_row * CHUNK)
         wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     chunk = tl.arange(0, CHUNKS)                                                            # [CHUNKS]
     entry_in_step = (chunk[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :])[None, :, :]   # [1, CHUNKS, CHUNK]

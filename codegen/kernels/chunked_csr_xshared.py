@@ -42,6 +42,7 @@ import math
 
 import triton
 
+from fdpp.codegen.kernels._common import prefetch_l2
 from fdpp.codegen.kernels.activation import apply_activation
 
 try:
@@ -249,17 +250,18 @@ if GLUON_SHARED_GATHER:
         row_ok = feature < N
         return gl.where(row_ok, rows, 0), row_ok
 
+    # _common.prefetch_l2 re-jitted as a Gluon function (scalar operands only, so no layouts)
+    _prefetch_l2 = gluon.jit(prefetch_l2.fn)
+
     @gluon.jit
-    def _prefetch_rows_l2(values_ptr, offsets_ptr, rows, leader, chunks_per_row):
-        """Asks L2 for the whole of each leader thread's weight row of values (chunks_per_row * 64 bytes) and offsets
-        (* 32), one bulk prefetch each (sm_90's cp.async.bulk.prefetch.L2; rows start 16-byte aligned)."""
-        words = chunks_per_row * 8
-        gl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $4; "
-            "@p cp.async.bulk.prefetch.L2.global [$2], $5; mov.b32 $0, 0; }", "=r,l,l,r,r,r",
-            [values_ptr + rows * words, offsets_ptr + rows * words, leader.to(gl.int32),
-             gl.zeros_like(rows) + words * 8, gl.zeros_like(rows) + words * 4],
-            dtype=gl.int32, is_pure=False, pack=1)
+    def _prefetch_block(values_ptr, offsets_ptr, rb, F: gl.constexpr, N, chunks_per_row, GATED: gl.constexpr):
+        """Asks L2 for row block rb's entries (values and offsets of its F features' rows, and when GATED of their
+        up rows N further on; each a contiguous range, clipped at N; nothing past the last block)."""
+        kept = gl.maximum(gl.minimum(N - rb * F, F), 0).to(gl.int64) * chunks_per_row * 8         # entry words
+        for half in gl.static_range(2 if GATED else 1):
+            start = (half * N + rb * F).to(gl.int64) * chunks_per_row * 8
+            _prefetch_l2(values_ptr + start, kept * 8)
+            _prefetch_l2(offsets_ptr + start, kept * 4)
 
     @gluon.jit
     def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,
@@ -417,10 +419,8 @@ if GLUON_SHARED_GATHER:
         lane = t % 8
         group = t // (T // GROUPS)               # warp-uniform
         slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
-        leader = (lane == 0) & (group == 0)      # a thread a row: the one that asks for the row's prefetch
         if PREFETCH_L2:                          # the first row block's entries, while x is staged
-            rows, row_ok = _row_block_rows(gl.program_id(0), slot, N, F, GATED, DIRECT)
-            _prefetch_rows_l2(values_ptr, offsets_ptr, rows, leader & row_ok, chunks_per_row)
+            _prefetch_block(values_ptr, offsets_ptr, gl.program_id(0), F, N, chunks_per_row, GATED)
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
         if SINGLE:
@@ -434,8 +434,7 @@ if GLUON_SHARED_GATHER:
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
             if PREFETCH_L2:                      # the next row block's entries, while this one runs
-                next_rows, next_ok = _row_block_rows(rb + gl.num_programs(0), slot, N, F, GATED, DIRECT)
-                _prefetch_rows_l2(values_ptr, offsets_ptr, next_rows, leader & next_ok, chunks_per_row)
+                _prefetch_block(values_ptr, offsets_ptr, rb + gl.num_programs(0), F, N, chunks_per_row, GATED)
             rows, row_ok = _row_block_rows(rb, slot, N, F, GATED, DIRECT)
             acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
                                        chunks_per_row, chunks_per_row, 0,
