@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from fdpp.compiler.errors import CompileError
+from fdpp.compiler.targets import get_target
 from fdpp.passes.select_kernels import LINEAR_KERNELS
 
 PROFILE_VERSION = 1
@@ -333,17 +334,18 @@ def load_profile(path: str | Path, target_name: str) -> dict:
     if profile.get("target") != target_name:
         raise CompileError(f"profile {path} was measured for {profile.get('target')}, not {target_name}; "
                            f"run `fdcc tune -t {target_name}` on that GPU or drop --profile")
-    for index, entry in enumerate(profile["entries"]):
-        problem = _entry_problem(entry)
-        if problem:
-            raise CompileError(f"profile {path}: entry {index} {problem}; rerun fdcc tune or fix the entry")
     sparse = profile.get("sparse_entries", [])
     if not isinstance(sparse, list):
         raise CompileError(f"profile {path}: sparse_entries must be a list; rerun fdcc tune or fix the profile")
-    for index, entry in enumerate(sparse):
-        problem = _sparse_entry_problem(entry)
-        if problem:
-            raise CompileError(f"profile {path}: sparse entry {index} {problem}; rerun fdcc tune or fix the entry")
+    bulk_prefetch = get_target(target_name).bulk_prefetch
+    for what, entries, problem_of in (("entry", profile["entries"], _entry_problem),
+                                      ("sparse entry", sparse, _sparse_entry_problem)):
+        for index, entry in enumerate(entries):
+            problem = problem_of(entry)
+            if not problem and entry["config"].get("prefetch_l2") and not bulk_prefetch:
+                problem = f"asks for prefetch_l2, which {target_name} cannot run (NVIDIA sm_90 or later only)"
+            if problem:
+                raise CompileError(f"profile {path}: {what} {index} {problem}; rerun fdcc tune or fix the entry")
     return profile
 
 

@@ -38,6 +38,12 @@ class Target:
         return self.vendor == "cuda" and self.compute_capability >= 90
 
     @property
+    def bulk_prefetch(self) -> bool:
+        """Whether kernels can ask L2 for a range in one instruction (cp.async.bulk.prefetch.L2, the linear kernels'
+        prefetch_l2 option): NVIDIA sm_90 and later."""
+        return self.vendor == "cuda" and self.compute_capability >= 90
+
+    @property
     def triton_arch(self) -> int | str:
         """The `arch` field of triton's GPUTarget: an int capability for CUDA, the gfx name for HIP."""
         return self.compute_capability if self.vendor == "cuda" else self.arch
