@@ -267,11 +267,14 @@ def _tune_shape(text: str) -> tuple[int, int, bool]:
               help="Also measure the chunked-CSR sparse kernel's configs (up to 8 rows) on weights magnitude-pruned "
                    "to this fraction (0-1), for bundles compiled with --sparsity.")
 @click.option("--sparse-only", is_flag=True, help="With --sparsity: measure only the sparse kernel's configs.")
+@click.option("--sparse-configs", type=click.Choice(["all", "default"]), default="all", show_default=True,
+              help="With --sparsity: every chunked-CSR config of the grid, or only the wrapper's default (and on "
+                   "sm_90+ GPUs the same with its entries prefetched into L2): a quick answer to that question.")
 @click.option("--base", type=click.Path(dir_okay=False), default=None,
               help="A profile for the same target whose measurements are kept where this run has none for the "
                    "same shape and row count (e.g. compiler/profiles/h200.json).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Profile JSON to write.")
-def tune(target, model, shapes, rows, dtype, sparsity, sparse_only, base, output):
+def tune(target, model, shapes, rows, dtype, sparsity, sparse_only, sparse_configs, base, output):
     """Measure every linear-kernel candidate on this GPU and write a profile for `fdcc compile --profile`."""
     from fdpp.compiler.sources import BUILTINS
     from fdpp.compiler.targets import get_target
@@ -290,7 +293,8 @@ def tune(target, model, shapes, rows, dtype, sparsity, sparse_only, base, output
         wanted += model_linear_shapes(BUILTINS[model].config)
     if not wanted:
         raise CompileError("give --model NAME or --shape N:K")
-    profile = run_tune(target, sorted(set(wanted)), sorted(set(rows)), dtype, _say, sparsity, dense=not sparse_only)
+    profile = run_tune(target, sorted(set(wanted)), sorted(set(rows)), dtype, _say, sparsity, dense=not sparse_only,
+                       sparse_grid=sparse_configs == "all")
     if base_profile:
         profile = merged_profile(base_profile, profile)
     Path(output).write_text(json.dumps(profile, indent=1))

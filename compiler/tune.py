@@ -167,10 +167,12 @@ def rotation_copies(nbytes: int, total_bytes: int = ROTATION_BYTES) -> int:
 
 
 def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int], dtype: str,
-         say: Callable[[str], None], sparsity: float | None = None, dense: bool = True) -> dict:
+         say: Callable[[str], None], sparsity: float | None = None, dense: bool = True,
+         sparse_grid: bool = True) -> dict:
     """Measure and return the profile (a JSON-ready dict): the dense candidates (unless not `dense`) and, with a
-    sparsity, the chunked-CSR configs (tune_chunked_csr). Every candidate is checked against a float32 torch
-    reference before it is timed (a wrong one is never chosen); timings by graph_time_us."""
+    sparsity, the chunked-CSR configs (tune_chunked_csr; sparse_grid False: the default config alone, with and
+    without the L2 prefetch). Every candidate is checked against a float32 torch reference before it is timed (a
+    wrong one is never chosen); timings by graph_time_us."""
     import triton
     from fdpp.runtime.reference_ops import fused_linear
 
@@ -204,7 +206,7 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
                 + (f"; best without prefetch {split[False]:.1f} us, with {split[True]:.1f} us"
                    if split[True] is not None else ""))
         del weights
-    sparse = tune_chunked_csr(shapes, rows, sparsity, dtype, say) if sparsity is not None else []
+    sparse = tune_chunked_csr(shapes, rows, sparsity, dtype, say, grid=sparse_grid) if sparsity is not None else []
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
             "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "timing": "cuda-graph replay over rotating weights",
@@ -223,16 +225,17 @@ def magnitude_pruned(n: int, k: int, sparsity: float, dtype: torch.dtype, seed: 
     return weight.to(dtype)
 
 
-def chunked_csr_candidates(n: int, chunks_per_row: int, m: int, bulk_prefetch: bool = False) -> list[dict]:
-    """The wrapper's default config for weight rows n and m rows of x, then CHUNKED_CSR_GRID's others (rows of x
-    gathered together, entries per load and pipelining as the default has them; split-K 1, which the fused
-    epilogues need). bulk_prefetch (a GPU of sm_90 or later): also each config of 4 warps with its entries
-    prefetched into L2 first (`prefetch_l2`, a bulk copy of Hopper's)."""
+def chunked_csr_candidates(n: int, chunks_per_row: int, m: int, bulk_prefetch: bool = False,
+                           grid: bool = True) -> list[dict]:
+    """The wrapper's default config for weight rows n and m rows of x, then (unless not `grid`) CHUNKED_CSR_GRID's
+    others (rows of x gathered together, entries per load and pipelining as the default has them; split-K 1, which
+    the fused epilogues need). bulk_prefetch (a GPU of sm_90 or later): also each config of 4 warps with its
+    entries prefetched into L2 first (`prefetch_l2`, a bulk copy of Hopper's)."""
     from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
     default = default_chunked_csr_config(n, chunks_per_row, m)
-    grid = [{**default, "block_n": bn, "chunks": ch, "num_warps": w, "split_k": 1}
-            for bn, ch, w in itertools.product(*CHUNKED_CSR_GRID.values())]
-    candidates = [default] + [config for config in grid if config != default]
+    others = [{**default, "block_n": bn, "chunks": ch, "num_warps": w, "split_k": 1}
+              for bn, ch, w in itertools.product(*CHUNKED_CSR_GRID.values())] if grid else []
+    candidates = [default] + [config for config in others if config != default]
     if bulk_prefetch:
         candidates += [{**config, "prefetch_l2": True} for config in candidates if config["num_warps"] == 4]
     return candidates
@@ -249,9 +252,10 @@ def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
 
 
 def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], sparsity: float, dtype: str,
-                     say: Callable[[str], None], device: str = "cuda", time_us=None) -> list[dict]:
-    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates) per shape and row count (up to
-    SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's `sparse_entries`: the fastest
+                     say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True) -> list[dict]:
+    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per
+    shape and row count (up to SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's
+    `sparse_entries`: the fastest
     config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
     time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
     from fdpp.runtime.reference_ops import fused_linear
@@ -272,7 +276,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
         for m in (m for m in rows if m <= SPARSE_MAX_ROWS):
             x = torch.randn(m, k, device=device, dtype=torch_dtype)
             reference = fused_linear(x.float(), weight.float(), gated="silu" if gated else None)
-            candidates = chunked_csr_candidates(n, chunks_per_row, m, bulk_prefetch)
+            candidates = chunked_csr_candidates(n, chunks_per_row, m, bulk_prefetch, grid)
             timed = [(us, config) for config in candidates
                      if (us := checked_time_us(_chunked_csr_runner(x, (n, k), gated, config), encodings,
                                                reference, time_us)) is not None]

@@ -129,3 +129,5 @@ def test_tune_tries_the_prefetch_on_hopper_only():
     assert added and all(config["prefetch_l2"] and config["num_warps"] == 4 for config in added)
     assert {**plain[0], "prefetch_l2": True} in added                     # the default config among them
     assert len(added) == sum(config["num_warps"] == 4 for config in plain)
+    quick = tune.chunked_csr_candidates(4096, 40, 1, bulk_prefetch=True, grid=False)    # --sparse-configs default
+    assert quick == [plain[0], {**plain[0], "prefetch_l2": True}]
