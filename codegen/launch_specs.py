@@ -354,6 +354,8 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         raise CompileError(f"step {c.step.output}: chunked_csr rows must be 1, 2, 4 or 8, got {together}")
     if split_k > 1 and (gated or residual_ref):
         raise CompileError(f"step {c.step.output}: the gated and residual epilogues need split_k 1, got {split_k}")
+    if split_k > 1 and cfg.get("prefetch_l2"):
+        raise CompileError(f"step {c.step.output}: prefetch_l2 asks for whole rows and needs split_k 1, got {split_k}")
     if gated and block_n % 2:
         raise CompileError(f"step {c.step.output}: a gated chunked_csr program needs an even block_n, got {block_n}")
     out_rows = _out_rows(c, choice)

@@ -180,7 +180,7 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
         raise CompileError("fdcc tune measures kernels on a GPU; torch sees none here")
     torch_dtype = getattr(torch, dtype)
     multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
-    hopper = _bulk_prefetch_here()
+    hopper = _bulk_prefetch_here() and get_target(target_name).bulk_prefetch     # this GPU and the bundles' target
     entries = []
     for n, k, gated in shapes if dense else []:
         weights = rotating_weights(n, k, torch_dtype)
@@ -206,7 +206,8 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
                 + (f"; best without prefetch {split[False]:.1f} us, with {split[True]:.1f} us"
                    if split[True] is not None else ""))
         del weights
-    sparse = tune_chunked_csr(shapes, rows, sparsity, dtype, say, grid=sparse_grid) if sparsity is not None else []
+    sparse = (tune_chunked_csr(shapes, rows, sparsity, dtype, say, grid=sparse_grid, bulk_prefetch=hopper)
+              if sparsity is not None else [])
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
             "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "timing": "cuda-graph replay over rotating weights",
@@ -252,18 +253,19 @@ def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
 
 
 def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], sparsity: float, dtype: str,
-                     say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True) -> list[dict]:
+                     say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True,
+                     bulk_prefetch: bool = False) -> list[dict]:
     """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per
     shape and row count (up to SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's
     `sparse_entries`: the fastest
     config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
-    time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
+    time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies;
+    bulk_prefetch (this GPU and the profile's target have Hopper's bulk prefetch): the prefetching configs too."""
     from fdpp.runtime.reference_ops import fused_linear
     from fdpp.runtime.sparse_formats import encode
 
     torch_dtype = getattr(torch, dtype)
     time_us = time_us or graph_time_us
-    bulk_prefetch = device == "cuda" and _bulk_prefetch_here()
     entries = []
     for n, k, gated in shapes:
         weight = magnitude_pruned(n, k, sparsity, torch_dtype, device=device)

@@ -1,8 +1,8 @@
 """The linear kernels' opt-in L2 bulk prefetch (config `prefetch_l2`; sm_90's cp.async.bulk.prefetch.L2, from
 one thread a program), which `fdcc tune` tries on Hopper GPUs: compiled for sm_90 the dense GEMV and flat GEMM and
 the chunked-CSR L1 kernel ask L2 for their program's weight rows (values and offsets) before the wait for x's
-producer (the weights are no kernel's output), the xshared kernel for its first row block before x is staged and
-for the next one in the loop; without the option no kernel has a prefetch and the wait comes first. Whether it is
+producer (the weights are no kernel's output), the xshared kernel for its first row block before the wait too
+and for the next one in the loop; without the option no kernel has a prefetch and the wait comes first. Whether it is
 faster is measured on a GPU (fdcc tune; scripts/bench_chunked_csr.py --prefetch-l2 0,1; scripts/gpu_xshared_check.py's
 "pf" cases); here only what is compiled and which candidates the tune tries."""
 
@@ -15,6 +15,7 @@ from fdpp.codegen.build import compile_kernel
 from fdpp.codegen.kernels import chunked_csr_xshared as X
 from fdpp.codegen.launch_specs import step_launches
 from fdpp.compiler import tune
+from fdpp.compiler.errors import CompileError
 from fdpp.compiler.targets import get_target
 from fdpp.runtime.schema import KernelChoice, OpKind, Step
 from fdpp.runtime.sparse_formats import PARTS, encode_chunked_csr
@@ -91,7 +92,7 @@ def test_l1_kernel_prefetches_its_rows_before_waiting_for_x(gated):
 
 @pytest.mark.skipif(not X.GLUON_SHARED_GATHER, reason="this Triton's Gluon has no shared-memory gather")
 @pytest.mark.parametrize("n,rows,gated", [(4096, 4, False), (22016, 8, True)])
-def test_xshared_kernel_prefetches_the_first_and_each_next_row_block(n, rows, gated):
+def test_xshared_kernel_prefetches_the_first_row_block_before_the_wait_and_each_next_one(n, rows, gated):
     def ptx(prefetch: bool) -> str:
         config = {**X.default_xshared_config(n, 4096, rows), "prefetch_l2": prefetch}
         constexprs = X.xshared_constexprs(4096, config, has_bias=False, has_residual=not gated,
@@ -100,13 +101,19 @@ def test_xshared_kernel_prefetches_the_first_and_each_next_row_block(n, rows, ga
                               name=f"xshared_prefetch_{n}_{rows}_{prefetch}", num_warps=config["num_warps"],
                               num_stages=1, dependent_launch=True).ptx
     with_prefetch = _entry_lines(ptx(True))
-    # two call sites (the first row block, before x's copy; the next one in the loop), values and offsets each, of
+    # two call sites (the first row block, before the wait; the next one in the loop), values and offsets each, of
     # the block's rows (the gated ones: its gate rows and its up rows)
     assert sum(len(PREFETCH.findall(line)) for line in with_prefetch) == (8 if gated else 4)
     first_prefetch = min(i for i, line in enumerate(with_prefetch) if PREFETCH.search(line))
-    first_shared_store = min(i for i, line in enumerate(with_prefetch) if re.search(r"\bst\.shared\b", line))
-    assert first_prefetch < first_shared_store
+    wait = [i for i, line in enumerate(with_prefetch) if "griddepcontrol.wait" in line]
+    first_access = min(i for i, line in enumerate(with_prefetch) if GLOBAL_ACCESS.search(line))
+    assert len(wait) == 1 and first_prefetch < wait[0] < first_access
     assert not PREFETCH.search(ptx(False))
+
+
+def test_chunked_csr_prefetch_refuses_split_k():
+    with pytest.raises(CompileError, match="prefetch_l2 asks for whole rows and needs split_k 1, got 2"):
+        _l1_kernel({"prefetch_l2": True, "split_k": 2})
 
 
 def test_tune_tries_the_dense_prefetch_up_to_16_rows_where_asked():

@@ -157,7 +157,7 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
             # Warp groups sum across warps, so they cannot
             "DIRECT": bool(config.get("direct", config["groups"] == 1 and (activation is None or rows == 8))),
             # each row block's rows of values and offsets asked into L2 ahead (cp.async.bulk.prefetch): the first
-            # block's before x is staged, the next block's while this one runs. Opt-in, unmeasured
+            # block's before the wait for x's producer, the next block's while this one runs. Opt-in, unmeasured
             "PREFETCH_L2": bool(config.get("prefetch_l2", False)),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
@@ -408,10 +408,12 @@ if GLUON_SHARED_GATHER:
         weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows; with DIRECT each
         feature's gate and up rows side by side)."""
         row_group = gl.program_id(1)
-        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         T: gl.constexpr = WARPS * 32
         R: gl.constexpr = T // (8 * GROUPS)
         F: gl.constexpr = R // 2 if GATED else R                                         # features a row block
+        if PREFETCH_L2:     # the first row block's entries, before the wait: the weights are no kernel's output
+            _prefetch_block(values_ptr, offsets_ptr, gl.program_id(0), F, N, chunks_per_row, GATED)
+        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -419,8 +421,6 @@ if GLUON_SHARED_GATHER:
         lane = t % 8
         group = t // (T // GROUPS)               # warp-uniform
         slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
-        if PREFETCH_L2:                          # the first row block's entries, while x is staged
-            _prefetch_block(values_ptr, offsets_ptr, gl.program_id(0), F, N, chunks_per_row, GATED)
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
         if SINGLE:
