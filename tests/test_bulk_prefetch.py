@@ -138,3 +138,37 @@ def test_tune_tries_the_prefetch_on_hopper_only():
     assert len(added) == sum(config["num_warps"] == 4 for config in plain)
     quick = tune.chunked_csr_candidates(4096, 40, 1, bulk_prefetch=True, grid=False)    # --sparse-configs default
     assert quick == [plain[0], {**plain[0], "prefetch_l2": True}]
+
+
+def test_a_profile_forcing_the_prefetch_reaches_the_bundles_kernels(tmp_path):
+    """scripts/force_prefetch_profile.py's copy of a profile (here one putting a tiny Llama's linears on spread and
+    plain flat GEMMs) compiles into an h100 bundle whose decode linears carry PREFETCH_L2, each kernel still waiting
+    for its producer before any global load or store (tests/helpers.assert_kernels_wait_first)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import assert_kernels_wait_first, spread_profile, tiny_llama
+    from fdpp.runtime.bundle import read_bundle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from force_prefetch_profile import forced
+
+    model, directory = tiny_llama(tmp_path)
+    profile = spread_profile(model.config.to_dict(), "h100", spread=3, decode_rows=(1, 4), vendor_rows=64,
+                             block_k=32, num_stages=2)
+    forced_profile, dense_changed, sparse_changed = forced(profile, dense=True, sparse=True)
+    assert dense_changed == 2 * len(profile["entries"]) // 3 and sparse_changed == 0     # decode rows, not vendor
+    path, profile_path = tmp_path / "prefetch.fdpp", tmp_path / "prefetch.json"
+    profile_path.write_text(json.dumps(forced_profile))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-m", "fdpp.compiler.cli", "compile", str(directory), "--target", "h100",
+                    "-o", str(path), "--dtype", "float16", "--max-batch", "4", "--max-seq-len", "64",
+                    "--prefill-chunk", "16", "--profile", str(profile_path)], env=env, check=True, capture_output=True)
+    kernels = read_bundle(path).manifest.kernels
+    prefetching = [k for k in kernels if k["constexprs"].get("PREFETCH_L2")]
+    assert prefetching and all(k["name"].startswith("gemm_kernel") for k in prefetching)
+    assert all(PREFETCH.search(read_bundle(path).member_bytes("kernels/" + k["ptx"]).decode()) for k in prefetching)
+    assert assert_kernels_wait_first(path) == len(kernels)

@@ -9,14 +9,16 @@
 #      without its entries bulk-prefetched into L2 first (--prefetch-l2 0,1); the xshared kernels' prefetch
 #      variants ("pf") are among step 1's.
 # "dense": `fdcc tune` of o_proj [4096, 4096] at M 1, 4 and 16 with the prefetch candidates (the shipped profile's other
-#   entries kept), the kernel table from it (scripts/bench_decode_linear.py), then dense llama2-7b --max-batch 1
-#   compiled with that profile and with the shipped one, benched alternately, two rounds.
+#   entries kept) and the kernel table from it (scripts/bench_decode_linear.py); then dense llama2-7b --max-batch 1
+#   compiled with the shipped profile and with a copy forcing the prefetch on every GEMV and flat GEMM entry
+#   (scripts/force_prefetch_profile.py: the tune replays kernels back to back, so it cannot see the prefetch's
+#   overlap with the kernel before, which dependent launch gives), benched alternately, two rounds.
 # "attention": decode attention at batch 1, KV 1K and 4K, both head shapes, with the config sweep widened to
 #   shorter slices (32 and 64 keys) and 32-key tiles (scripts/bench_attention.py --sweep-min-keys/--sweep-block-n).
 # "sparse" (either GPU; the H200 first, where the whole-model bar is open): `fdcc tune --sparsity 0.7 --sparse-only
 #   --sparse-configs default` at one row (each shape's default config with and without the L2 prefetch; the
-#   shipped profile's entries kept), then dense, 70% shipped and 70% with that profile llama2-7b --max-batch 1,
-#   benched alternately, two rounds.
+#   shipped profile's entries kept), then dense, 70% shipped and 70% with that profile's one-row configs forced to
+#   prefetch (scripts/force_prefetch_profile.py --sparse) llama2-7b --max-batch 1, benched alternately, two rounds.
 # "tune" (H200, a longer call): docs/perf/2026-12-07-ccsr-tune/run.sh main with one round (the whole chunked-CSR
 #   grid at one row, now with the prefetch candidates; TUNE_S caps it).
 # Everything is packed into $OUT/results.tgz (a call brings back at most 8 files).
@@ -46,7 +48,9 @@ case "${1:-check}" in
       --rows 16 --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-o.json" > "$OUT/tune-o.log" 2>&1
     echo "tune exit $?"; tail -n 6 "$OUT/tune-o.log"
     python3 scripts/bench_decode_linear.py --profile "$OUT/profile-o.json" --out "$OUT/decode-linear" 2>&1 | tail -n 24
-    fdcc compile "${COMMON[@]}" --profile "$OUT/profile-o.json" -o /tmp/dense-prefetch.fdpp > "$OUT/compile-prefetch.log" 2>&1
+    python3 scripts/force_prefetch_profile.py "compiler/profiles/$TARGET.json" "$OUT/profile-forced.json" --dense
+    fdcc compile "${COMMON[@]}" --profile "$OUT/profile-forced.json" -o /tmp/dense-prefetch.fdpp \
+      > "$OUT/compile-prefetch.log" 2>&1
     wait; tail -n 1 "$OUT"/compile-*.log
     for r in 1 2; do for b in shipped prefetch; do
       fdcc bench /tmp/dense-$b.fdpp --batch 1 --context 128 --new-tokens 256 --no-hf --out "$OUT/bench-$b-$r" \
@@ -69,7 +73,8 @@ case "${1:-check}" in
       --shape 22016:4096:gated --shape 4096:11008 --rows 1 --sparsity 0.7 --sparse-only --sparse-configs default \
       --base "compiler/profiles/$TARGET.json" -o "$OUT/profile-s70.json" > "$OUT/tune-s70.log" 2>&1
     echo "tune exit $?"; grep -E "chunked CSR|wrote" "$OUT/tune-s70.log"
-    fdcc compile "${COMMON[@]}" "${SPARSE[@]}" --profile "$OUT/profile-s70.json" -o /tmp/s70-prefetch.fdpp \
+    python3 scripts/force_prefetch_profile.py "$OUT/profile-s70.json" "$OUT/profile-s70-forced.json" --sparse
+    fdcc compile "${COMMON[@]}" "${SPARSE[@]}" --profile "$OUT/profile-s70-forced.json" -o /tmp/s70-prefetch.fdpp \
       > "$OUT/compile-s70-prefetch.log" 2>&1
     wait; tail -n 1 "$OUT"/compile-*.log
     for r in 1 2; do for b in dense s70-shipped s70-prefetch; do
