@@ -52,16 +52,17 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.dense or args.sparse):
         parser.error("give --dense, --sparse or both")
+    tmp = args.out.with_name(args.out.name + ".tmp")      # written, checked, then renamed: never half a profile
     try:
         profile = json.loads(args.profile.read_text())
         target = profile.get("target") if isinstance(profile, dict) else None
         load_profile(args.profile, str(target))
         out, dense_changed, sparse_changed = forced(profile, args.dense, args.sparse)
-        tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(out, indent=1))
         load_profile(tmp, str(target))
         tmp.replace(args.out)
     except (OSError, json.JSONDecodeError, CompileError) as e:
+        tmp.unlink(missing_ok=True)
         print(f"force_prefetch_profile: {e}", file=sys.stderr)
         return 1
     print(f"{args.out}: prefetch_l2 on {dense_changed} dense and {sparse_changed} sparse entries ({target})")
