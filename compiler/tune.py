@@ -100,9 +100,13 @@ def _candidates(m: int, n: int = 0, multiprocessors: int = 0,
         out += [("gemv", {"block_n": bn, "block_k": bk, "num_warps": w})
                 for bn, bk, w in itertools.product(*GEMV_GRID.values())]
     if bulk_prefetch and m <= SPREAD_MAX_ROWS:
-        out += [(kernel, {**config, "prefetch_l2": True}) for kernel, config in out
-                if kernel == "gemv" or (kernel == "flat_gemm" and "block_m" not in config)]
+        out += [(kernel, {**config, "prefetch_l2": True}) for kernel, config in out if takes_prefetch(kernel, config)]
     return out
+
+
+def takes_prefetch(kernel: str, config: dict) -> bool:
+    """Whether a dense candidate has the prefetch_l2 option: the GEMV and the 16-row flat GEMM."""
+    return kernel == "gemv" or (kernel == "flat_gemm" and "block_m" not in config)
 
 
 def _bulk_prefetch_here() -> bool:
@@ -257,8 +261,8 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
                      bulk_prefetch: bool = False) -> list[dict]:
     """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per
     shape and row count (up to SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's
-    `sparse_entries`: the fastest
-    config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
+    `sparse_entries`: the fastest config, its time, the default config's, cuBLAS's on the pruned weight stored
+    dense, and every candidate's.
     time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies;
     bulk_prefetch (this GPU and the profile's target have Hopper's bulk prefetch): the prefetching configs too."""
     from fdpp.runtime.reference_ops import fused_linear

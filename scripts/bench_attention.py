@@ -136,7 +136,8 @@ def bench_shape(name, batch, length, copy_gbs, sms, log, sweep: bool) -> dict:
             out = ours(sets[0], heads, kv_heads, head_dim, scheme == "unified", s_try, block_n, warps, fallbacks,
                        stages, min_split_keys=min_keys)()
             err = rel_error(out, ref)
-            assert torch.isfinite(out).all() and err < 2e-3, (name, batch, length, scheme, s_try, block_n, min_keys, err)
+            assert torch.isfinite(out).all() and err < 2e-3, (name, batch, length, scheme, s_try, block_n, min_keys,
+                                                              err)
             us = timed(lambda s: ours(s, heads, kv_heads, head_dim, scheme == "unified", s_try, block_n, warps,
                                       fallbacks, stages, min_split_keys=min_keys))
             if us < best[0]:

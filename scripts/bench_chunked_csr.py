@@ -2,9 +2,10 @@
 weight and the bitmap kernel at its wrapper defaults, in one run, over Llama-2-7B's four shapes, M 1..8 and
 sparsity 50-90%. Each config is checked against a float64 product (relative error < 2e-3), then timed as
 scripts/bench_sparse.py times (rotating weight copies, GPU sleep, events, median). Prints the best config
-per point (with --prefetch-l2 0,1: the best with and without the L2 prefetch) and writes every row to ccsr.jsonl. With --x-interleaved, x arrives with each column's rows side by
-side, as x's producer writes it in bundles (passes/interleave_sparse_inputs.py), so the interleave launch the
-wrapper otherwise runs first is not timed.
+per point (with --prefetch-l2 0,1: the best with and without the L2 prefetch) and writes every row to
+ccsr.jsonl. With --x-interleaved, x arrives with each column's rows side by side, as x's producer writes it in
+bundles (passes/interleave_sparse_inputs.py), so the interleave launch the wrapper otherwise runs first is not
+timed.
 
     python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only] [--x-interleaved] [--prefetch-l2 0,1]
 """

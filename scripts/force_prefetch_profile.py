@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 
 from fdpp.compiler.errors import CompileError
-from fdpp.compiler.tune import load_profile
-
-MAX_ROWS = 16     # the tune's prefetch candidates stop here (SPREAD_MAX_ROWS)
+from fdpp.compiler.tune import SPREAD_MAX_ROWS, load_profile, takes_prefetch
 
 
 def forced(profile: dict, dense: bool, sparse: bool) -> tuple[dict, int, int]:
@@ -31,8 +29,7 @@ def forced(profile: dict, dense: bool, sparse: bool) -> tuple[dict, int, int]:
     out = copy.deepcopy(profile)
     dense_changed = sparse_changed = 0
     for entry in out["entries"] if dense else []:
-        takes_it = entry["kernel"] == "gemv" or (entry["kernel"] == "flat_gemm" and "block_m" not in entry["config"])
-        if takes_it and entry["m"] <= MAX_ROWS:
+        if takes_prefetch(entry["kernel"], entry["config"]) and entry["m"] <= SPREAD_MAX_ROWS:   # as the tune tries
             entry["config"]["prefetch_l2"] = True
             dense_changed += 1
     for entry in out.get("sparse_entries", []) if sparse else []:

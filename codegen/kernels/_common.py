@@ -114,6 +114,19 @@ def prefetch_l2(start_ptr, nbytes):
 
 
 @triton.jit
+def prefetch_rows_l2(ptr, first_row, rows, row_stride, row_length, N, GATED: tl.constexpr):
+    """prefetch_l2 of rows [first_row, first_row + rows) of a row-major weight at ptr (row_stride elements apart,
+    row_length elements each; nothing when rows <= 0), and when GATED of the same rows N further on (a stacked
+    (gate; up) weight's up rows): one contiguous range each."""
+    nbytes = ((rows - 1).to(tl.int64) * row_stride + row_length) * (ptr.dtype.element_ty.primitive_bitwidth // 8)
+    nbytes = tl.where(rows > 0, nbytes, 0)
+    start = ptr + first_row.to(tl.int64) * row_stride
+    prefetch_l2(start, nbytes)
+    if GATED:
+        prefetch_l2(start + N.to(tl.int64) * row_stride, nbytes)
+
+
+@triton.jit
 def let_next_start(GRID_DEPENDENCY: tl.constexpr):
     """With GRID_DEPENDENCY: the next kernel on the stream may be scheduled once every program of this one
     has been here (or exited); it still waits for this kernel to finish before touching memory."""

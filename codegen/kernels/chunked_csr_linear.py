@@ -27,7 +27,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from fdpp.codegen.kernels._common import (as_rows, block_for, empty_output, interleaved_shape, let_next_start,
-                                          prefetch_l2, require, require_float, wait_for_producers)
+                                          prefetch_rows_l2, require, require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -154,16 +154,6 @@ def _gather_rows(chunk_x, offset, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_rows(values_ptr, offsets_ptr, first_row, rows, N, row_entries):
-    """Asks L2 for weight rows [first_row, first_row + rows) of values and offsets (clipped to the N features'
-    block the rows belong to: rows past N hold another block's or nothing), each a contiguous range."""
-    kept = tl.minimum(rows, N - first_row % N).to(tl.int64) * row_entries
-    start = first_row.to(tl.int64) * row_entries
-    prefetch_l2(values_ptr + start, kept * (values_ptr.dtype.element_ty.primitive_bitwidth // 8))
-    prefetch_l2(offsets_ptr + start, kept)
-
-
-@triton.jit
 def _load_step(c, last_chunk, feature_ok, row_entries, entry_in_step, row_bases, values_ptr, offsets_ptr,
                chunks_per_row, BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr, CHUNK: tl.constexpr,
                VECTOR: tl.constexpr):
@@ -251,9 +241,10 @@ def chunked_csr_linear_kernel(
     last_chunk = tl.minimum(first_chunk + steps * CHUNKS, chunks_per_row)
     if PREFETCH_L2:     # the weights do not depend on the kernel before, so their reads can start before the wait
         tl.static_assert(SPLIT_K == 1, "prefetch_l2 asks for whole rows: it needs split_k 1")
-        _prefetch_rows(values_ptr, offsets_ptr, row_block * BLOCK_F, BLOCK_F, N, chunks_per_row * CHUNK)
-        if GATED:       # the same features' up rows
-            _prefetch_rows(values_ptr, offsets_ptr, N + row_block * BLOCK_F, BLOCK_F, N, chunks_per_row * CHUNK)
+        rows = tl.minimum(BLOCK_F, N - row_block * BLOCK_F)          # the program's features' rows (and up rows)
+        row_entries = chunks_per_row * CHUNK
+        prefetch_rows_l2(values_ptr, row_block * BLOCK_F, rows, row_entries, row_entries, N, GATED)
+        prefetch_rows_l2(offsets_ptr, row_block * BLOCK_F, rows, row_entries, row_entries, N, GATED)
         wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     chunk = tl.arange(0, CHUNKS)                                                            # [CHUNKS]
     entry_in_step = (chunk[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :])[None, :, :]   # [1, CHUNKS, CHUNK]

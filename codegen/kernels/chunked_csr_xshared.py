@@ -42,7 +42,7 @@ import math
 
 import triton
 
-from fdpp.codegen.kernels._common import prefetch_l2
+from fdpp.codegen.kernels._common import prefetch_rows_l2
 from fdpp.codegen.kernels.activation import apply_activation
 
 try:
@@ -235,7 +235,7 @@ if GLUON_SHARED_GATHER:
 
     @gluon.jit
     def _row_block_rows(rb, slot, N, F: gl.constexpr, GATED: gl.constexpr, DIRECT: gl.constexpr):
-        """Each thread's weight row in row block rb ([T]: its slot's), its output feature, and whether that is < N.
+        """Each thread's weight row in row block rb ([T]: its slot's) and whether its output feature is < N.
         Rows past the weight's are clamped to 0 (row_ok masks their loads), which measured faster at 8 rows on an
         H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)."""
         if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
@@ -250,18 +250,16 @@ if GLUON_SHARED_GATHER:
         row_ok = feature < N
         return gl.where(row_ok, rows, 0), row_ok
 
-    # _common.prefetch_l2 re-jitted as a Gluon function (scalar operands only, so no layouts)
-    _prefetch_l2 = gluon.jit(prefetch_l2.fn)
+    # _common.prefetch_rows_l2 re-jitted as a Gluon function (scalar operands only, so no layouts)
+    _prefetch_rows_l2 = gluon.jit(prefetch_rows_l2.fn)
 
     @gluon.jit
     def _prefetch_block(values_ptr, offsets_ptr, rb, F: gl.constexpr, N, chunks_per_row, GATED: gl.constexpr):
-        """Asks L2 for row block rb's entries (values and offsets of its F features' rows, and when GATED of their
-        up rows N further on; each a contiguous range, clipped at N; nothing past the last block)."""
-        kept = gl.maximum(gl.minimum(N - rb * F, F), 0).to(gl.int64) * chunks_per_row * 8         # entry words
-        for half in gl.static_range(2 if GATED else 1):
-            start = (half * N + rb * F).to(gl.int64) * chunks_per_row * 8
-            _prefetch_l2(values_ptr + start, kept * 8)
-            _prefetch_l2(offsets_ptr + start, kept * 4)
+        """Asks L2 for row block rb's entries: the values and offsets of its F features' rows (clipped at N; none
+        past the last block), and when GATED of their up rows N further on."""
+        rows = gl.minimum(N - rb * F, F)
+        _prefetch_rows_l2(values_ptr, rb * F, rows, chunks_per_row * 8, chunks_per_row * 8, N, GATED)
+        _prefetch_rows_l2(offsets_ptr, rb * F, rows, chunks_per_row * 8, chunks_per_row * 8, N, GATED)
 
     @gluon.jit
     def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,

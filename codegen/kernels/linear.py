@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, out_offsets, prefetch_l2,
-                                          require, require_float, wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, out_offsets,
+                                          prefetch_rows_l2, require, require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, apply_activation
 from fdpp.runtime.reference_ops import fused_linear as fused_linear_reference
 from fdpp.runtime.reference_ops import linear as linear_reference
@@ -52,17 +52,6 @@ def linear_epilogue(acc, up, rows, features, bias_ptr, residual_ptr, out_ptr, M,
 
 
 @triton.jit
-def _prefetch_weight_rows(weight_ptr, first_row, rows, weight_row_stride, K, N, GATED: tl.constexpr):
-    """Asks L2 for weight rows [first_row, first_row + rows) (rows >= 1), and when GATED for the same features' up
-    rows N further on: one contiguous range each (rows - 1 strides and K elements)."""
-    nbytes = ((rows - 1).to(tl.int64) * weight_row_stride + K) * (weight_ptr.dtype.element_ty.primitive_bitwidth // 8)
-    start = weight_ptr + first_row.to(tl.int64) * weight_row_stride
-    prefetch_l2(start, nbytes)
-    if GATED:
-        prefetch_l2(start + N.to(tl.int64) * weight_row_stride, nbytes)
-
-
-@triton.jit
 def gemv_kernel(
     x_ptr,              # [M, K] activations, unit stride along K
     weight_ptr,         # [N, K] weight (nn.Linear layout), unit stride along K; [2N, K] (gate; up) when GATED
@@ -85,8 +74,8 @@ def gemv_kernel(
 ):
     if PREFETCH_L2:     # the weights are no kernel's output, so their reads can start before the wait
         first_feature = tl.program_id(0) * BLOCK_N
-        _prefetch_weight_rows(weight_ptr, first_feature, tl.minimum(BLOCK_N, N - first_feature), weight_row_stride,
-                              K, N, GATED)
+        prefetch_rows_l2(weight_ptr, first_feature, tl.minimum(BLOCK_N, N - first_feature), weight_row_stride, K,
+                         N, GATED)
     wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # products accumulate elementwise in [BLOCK_M, BLOCK_N, BLOCK_K] registers and are reduced over K once
     # after the loop, so the loop body is loads and FMAs only
@@ -151,10 +140,10 @@ def gemm_kernel(
         features = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if PREFETCH_L2:     # the weights are no kernel's output, so their reads can start before the wait
         if SPREAD:
-            _prefetch_weight_rows(weight_ptr, first, end - first, weight_row_stride, K, N, GATED)
+            prefetch_rows_l2(weight_ptr, first, end - first, weight_row_stride, K, N, GATED)
         else:
-            _prefetch_weight_rows(weight_ptr, tile_n * BLOCK_N, tl.minimum(BLOCK_N, N - tile_n * BLOCK_N),
-                                  weight_row_stride, K, N, GATED)
+            prefetch_rows_l2(weight_ptr, tile_n * BLOCK_N, tl.minimum(BLOCK_N, N - tile_n * BLOCK_N),
+                             weight_row_stride, K, N, GATED)
         wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     row_ok = rows < M
     feature_ok = features < N
