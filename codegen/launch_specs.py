@@ -194,8 +194,7 @@ def _linear(b: _Builder, c: StepContext, choice: KernelChoice) -> None:
         cfg = {"block_n": 4, "block_k": 512, "num_warps": 4, **choice.config}
         block_n, block_k = cfg["block_n"], cfg["block_k"]
         b.launch(gemv_kernel, (f"cdiv({n}, {block_n})", f"cdiv(rows, {block_m})"), args,
-                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                  "PREFETCH_L2": bool(cfg.get("prefetch_l2"))},
+                 {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},
                  num_warps=cfg["num_warps"], num_stages=2)
     elif choice.kernel == "flat_gemm":
         # block_m 16: the flat GEMM (M padded to 16); larger for many rows, where it is a plain tensor-core GEMM
@@ -222,8 +221,7 @@ def _dense_operands(c: StepContext, weight: str, weight_dtype: str, n: int, k: i
 def _gemm(b: _Builder, c: StepContext, args: list, epilogue: dict, n: int, config: dict) -> None:
     """The gemm_kernel launch over N output features. Config: block_m, block_n, block_k, num_stages (default 3),
     num_warps (4), spread (0; profiles may set it: that many programs per block_m rows, each owning a run of
-    about N / spread features, so the grid can match the multiprocessors), prefetch_l2 (False; sm_90+: each
-    program asks L2 for its weight rows before waiting for x)."""
+    about N / spread features, so the grid can match the multiprocessors)."""
     cfg = {"num_stages": 3, "num_warps": 4, "spread": 0, **config}
     block_m, block_n, block_k, spread = cfg["block_m"], cfg["block_n"], cfg["block_k"], cfg["spread"]
     if spread and block_n < -(-n // spread):
@@ -232,7 +230,7 @@ def _gemm(b: _Builder, c: StepContext, args: list, epilogue: dict, n: int, confi
     programs_n = spread if spread else f"cdiv({n}, {block_n})"
     b.launch(gemm_kernel, (f"cdiv(rows, {block_m}) * {programs_n}",), args,
              {**epilogue, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
-              "SPREAD": spread, "PREFETCH_L2": bool(cfg.get("prefetch_l2"))},
+              "SPREAD": spread},
              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
@@ -354,8 +352,6 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
         raise CompileError(f"step {c.step.output}: chunked_csr rows must be 1, 2, 4 or 8, got {together}")
     if split_k > 1 and (gated or residual_ref):
         raise CompileError(f"step {c.step.output}: the gated and residual epilogues need split_k 1, got {split_k}")
-    if split_k > 1 and cfg.get("prefetch_l2"):
-        raise CompileError(f"step {c.step.output}: prefetch_l2 asks for whole rows and needs split_k 1, got {split_k}")
     if gated and block_n % 2:
         raise CompileError(f"step {c.step.output}: a gated chunked_csr program needs an even block_n, got {block_n}")
     out_rows = _out_rows(c, choice)
@@ -378,7 +374,7 @@ def _chunked_csr_linear(b: _Builder, c: StepContext, choice: KernelChoice, meta:
          "GATED": bool(gated), "ACTIVATION": ACTIVATION_CODES[gated] if gated else 0, "ROWS": together,
          "BLOCK_N": block_n, "BLOCK_F": block_f,
          "CHUNKS": cfg["chunks"], "CHUNK": chunk, "SPLIT_K": split_k, "VECTOR": cfg["vector"],
-         "PREFETCH": cfg["prefetch"], "PREFETCH_L2": bool(cfg.get("prefetch_l2")), **out_rows},
+         "PREFETCH": cfg["prefetch"], **out_rows},
         num_warps=cfg["num_warps"], num_stages=1, workspace={**interleaved, **partial})
     if partial:
         _sum_splits(b, partial, bias, dt, out_n, split_k, bias_ref is not None)

@@ -268,8 +268,8 @@ def _tune_shape(text: str) -> tuple[int, int, bool]:
                    "to this fraction (0-1), for bundles compiled with --sparsity.")
 @click.option("--sparse-only", is_flag=True, help="With --sparsity: measure only the sparse kernel's configs.")
 @click.option("--sparse-configs", type=click.Choice(["all", "default"]), default="all", show_default=True,
-              help="With --sparsity: every chunked-CSR config of the grid, or only the wrapper's default (and on "
-                   "sm_90+ GPUs the same with its entries prefetched into L2): a quick answer to that question.")
+              help="With --sparsity: every chunked-CSR config of the grid, or only the wrapper's default per shape "
+                   "and row count (a quick measurement of what bundles get without a tuned profile).")
 @click.option("--base", type=click.Path(dir_okay=False), default=None,
               help="A profile for the same target whose measurements are kept where this run has none for the "
                    "same shape and row count (e.g. compiler/profiles/h200.json).")

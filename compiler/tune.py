@@ -4,17 +4,14 @@ write a profile that `fdcc compile --profile FILE` uses instead of the cost mode
 Candidates: the CUDA-core GEMV (M <= 4, a grid of N tiles, K chunks and warps), the Triton flat GEMM
 (M <= 64: N tiles, K chunks, pipeline depths; up to M = 16 also grids of 1-4 programs per multiprocessor,
 each owning a run of about N / programs features; from M = 32 also 64-row tiles, the plain tensor-core GEMM
-with our fused epilogues) and the vendor GEMM through torch. On sm_90+ GPUs, for weights that fit L2
-(PREFETCH_MAX_BYTES), the GEMV and 16-row flat GEMM configs up to M = 16 again with each program asking L2
-for its weight rows first (prefetch_l2). Timing: CUDA-graph replays
+with our fused epilogues) and the vendor GEMM through torch. Timing: CUDA-graph replays
 of one launch per weight copy, the copies together far larger than L2 (graph_time_us), each candidate
 checked against torch first (a wrong candidate is never chosen). `vendor_us` is plain cuBLAS on the same
 weights (for a gated shape, without the activation that our fused kernels also do).
 
 With a sparsity, the chunked-CSR kernel's configs too (`sparse_entries`): for each shape a random weight pruned
 by magnitude within each row to that sparsity and encoded, each config of CHUNKED_CSR_GRID (and the wrapper's
-default; on sm_90 and later also with the entries bulk-prefetched into L2) checked against torch and timed the
-same way over rotating copies of the encoding, for up to 8 rows
+default) checked against torch and timed the same way over rotating copies of the encoding, for up to 8 rows
 (the kernel gathers at most 8 rows of x together; past that the dataflow densifies). The profile records the
 fastest config per shape, row count and density; the dataflow uses it for the layers it stores in that
 format (passes/sparse_choice.py measured_sparse_config).
@@ -31,7 +28,6 @@ from typing import Callable
 import torch
 
 from fdpp.compiler.errors import CompileError
-from fdpp.compiler.targets import get_target
 from fdpp.passes.select_kernels import LINEAR_KERNELS
 
 PROFILE_VERSION = 1
@@ -44,9 +40,6 @@ GEMV_MAX_ROWS = 4            # the CUDA-core GEMV is a candidate up to this many
 FLAT_GEMM_MAX_ROWS = 64      # 16-row flat GEMM tiles up to this many; the vendor GEMM is a candidate everywhere
 CHUNKED_CSR_GRID = {"block_n": (2, 4, 8), "chunks": (4, 8, 16, 32), "num_warps": (4, 8)}
 SPARSE_MAX_ROWS = 8          # chunked-CSR configs are measured up to this many rows
-# on sm_90+ the flat GEMM and GEMV configs up to SPREAD_MAX_ROWS are tried again with each program asking L2 for
-# its weight rows first (prefetch_l2), for weights of at most this many bytes (all of them then fit the H100's L2)
-PREFETCH_MAX_BYTES = 48 << 20
 MAX_ERROR = 5e-3             # a candidate's relative error against float32 torch, at most
 ROTATION_BYTES = 512 << 20   # weight copies rotated per timing: several times any L2
 
@@ -82,11 +75,7 @@ def spread_candidates(n: int, multiprocessors: int) -> list[dict]:
     return out
 
 
-def _candidates(m: int, n: int = 0, multiprocessors: int = 0,
-                bulk_prefetch: bool = False) -> list[tuple[str, dict]]:
-    """(kernel, config) candidates for m rows of x and n output features; bulk_prefetch (a GPU of sm_90 or later
-    and a weight of at most PREFETCH_MAX_BYTES): up to SPREAD_MAX_ROWS rows, each 16-row flat GEMM and GEMV
-    config again with prefetch_l2."""
+def _candidates(m: int, n: int = 0, multiprocessors: int = 0) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = [("tc_gemm", {})]
     if m <= FLAT_GEMM_MAX_ROWS:
         out += [("flat_gemm", {"block_n": bn, "block_k": bk, "num_stages": st, "num_warps": 4})
@@ -99,19 +88,7 @@ def _candidates(m: int, n: int = 0, multiprocessors: int = 0,
     if m <= GEMV_MAX_ROWS:
         out += [("gemv", {"block_n": bn, "block_k": bk, "num_warps": w})
                 for bn, bk, w in itertools.product(*GEMV_GRID.values())]
-    if bulk_prefetch and m <= SPREAD_MAX_ROWS:
-        out += [(kernel, {**config, "prefetch_l2": True}) for kernel, config in out if takes_prefetch(kernel, config)]
     return out
-
-
-def takes_prefetch(kernel: str, config: dict) -> bool:
-    """Whether a dense candidate has the prefetch_l2 option: the GEMV and the 16-row flat GEMM."""
-    return kernel == "gemv" or (kernel == "flat_gemm" and "block_m" not in config)
-
-
-def _bulk_prefetch_here() -> bool:
-    """Whether the local GPU has sm_90's bulk L2 prefetch (the kernels' prefetch_l2 option): NVIDIA, sm_90+."""
-    return torch.version.hip is None and torch.cuda.get_device_capability() >= (9, 0)
 
 
 def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,10 +104,9 @@ def _runner(kernel: str, config: dict, x: torch.Tensor, gated: bool) -> Callable
     if kernel == "flat_gemm":
         return lambda w: gemm(x, w, gated=activation, block_m=config.get("block_m", 16), block_n=config["block_n"],
                               block_k=config["block_k"], num_stages=config["num_stages"],
-                              num_warps=config["num_warps"], spread=config.get("spread", 0),
-                              prefetch_l2=config.get("prefetch_l2", False))
+                              num_warps=config["num_warps"], spread=config.get("spread", 0))
     return lambda w: gemv(x, w, gated=activation, block_n=config["block_n"], block_k=config["block_k"],
-                          num_warps=config["num_warps"], prefetch_l2=config.get("prefetch_l2", False))
+                          num_warps=config["num_warps"])
 
 
 def time_candidate(kernel: str, config: dict, x: torch.Tensor, weights: list[torch.Tensor], gated: bool,
@@ -174,9 +150,9 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
          say: Callable[[str], None], sparsity: float | None = None, dense: bool = True,
          sparse_grid: bool = True) -> dict:
     """Measure and return the profile (a JSON-ready dict): the dense candidates (unless not `dense`) and, with a
-    sparsity, the chunked-CSR configs (tune_chunked_csr; sparse_grid False: the default config alone, with and
-    without the L2 prefetch). Every candidate is checked against a float32 torch reference before it is timed (a
-    wrong one is never chosen); timings by graph_time_us."""
+    sparsity, the chunked-CSR configs (tune_chunked_csr; sparse_grid False: each shape's default config alone).
+    Every candidate is checked against a float32 torch
+    reference before it is timed (a wrong one is never chosen); timings by graph_time_us."""
     import triton
     from fdpp.runtime.reference_ops import fused_linear
 
@@ -184,33 +160,24 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
         raise CompileError("fdcc tune measures kernels on a GPU; torch sees none here")
     torch_dtype = getattr(torch, dtype)
     multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
-    hopper = _bulk_prefetch_here() and get_target(target_name).bulk_prefetch     # this GPU and the bundles' target
     entries = []
     for n, k, gated in shapes if dense else []:
         weights = rotating_weights(n, k, torch_dtype)
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch_dtype)
             reference = fused_linear(x.float(), weights[0].float(), gated="silu" if gated else None)
-            candidates = _candidates(m, n // 2 if gated else n, multiprocessors,
-                                     hopper and n * k * torch_dtype.itemsize <= PREFETCH_MAX_BYTES)
+            candidates = _candidates(m, n // 2 if gated else n, multiprocessors)
             timings = [(us, kernel, config) for kernel, config in candidates
                        if (us := time_candidate(kernel, config, x, weights, gated, reference)) is not None]
             us, kernel, config = min(timings, key=lambda t: t[0])
             cublas_us = graph_time_us(lambda w: torch.nn.functional.linear(x, w), weights)
-            # where prefetching candidates ran: the best time with and without the prefetch
-            split = {with_prefetch: min((t for t, _, c in timings if bool(c.get("prefetch_l2")) == with_prefetch),
-                                        default=None) for with_prefetch in (False, True)}
             entries.append({"n": n, "k": k, "gated": gated, "m": m, "kernel": kernel, "config": config, "us": us,
                             "vendor_us": cublas_us,
-                            "weight_gb_per_s": n * k * torch_dtype.itemsize / (us * 1e-6) / 1e9,
-                            **({"best_plain_us": split[False], "best_prefetch_l2_us": split[True]}
-                               if split[True] is not None else {})})
+                            "weight_gb_per_s": n * k * torch_dtype.itemsize / (us * 1e-6) / 1e9})
             say(f"[{n}, {k}]{' gated' if gated else ''} M={m}: {kernel} {config} {us:.1f} us "
-                f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)"
-                + (f"; best without prefetch {split[False]:.1f} us, with {split[True]:.1f} us"
-                   if split[True] is not None else ""))
+                f"({cublas_us / us:.2f}x cuBLAS {cublas_us:.1f} us)")
         del weights
-    sparse = (tune_chunked_csr(shapes, rows, sparsity, dtype, say, grid=sparse_grid, bulk_prefetch=hopper)
+    sparse = (tune_chunked_csr(shapes, rows, sparsity, dtype, say, grid=sparse_grid)
               if sparsity is not None else [])
     return {"profile_version": PROFILE_VERSION, "target": target_name, "gpu": torch.cuda.get_device_name(),
             "dtype": dtype, "torch": torch.__version__, "triton": triton.__version__,
@@ -230,20 +197,15 @@ def magnitude_pruned(n: int, k: int, sparsity: float, dtype: torch.dtype, seed: 
     return weight.to(dtype)
 
 
-def chunked_csr_candidates(n: int, chunks_per_row: int, m: int, bulk_prefetch: bool = False,
-                           grid: bool = True) -> list[dict]:
+def chunked_csr_candidates(n: int, chunks_per_row: int, m: int, grid: bool = True) -> list[dict]:
     """The wrapper's default config for weight rows n and m rows of x, then (unless not `grid`) CHUNKED_CSR_GRID's
     others (rows of x gathered together, entries per load and pipelining as the default has them; split-K 1, which
-    the fused epilogues need). bulk_prefetch (a GPU of sm_90 or later): also each config of 4 warps with its
-    entries prefetched into L2 first (`prefetch_l2`, a bulk copy of Hopper's)."""
+    the fused epilogues need)."""
     from fdpp.codegen.kernels.chunked_csr_linear import default_chunked_csr_config
     default = default_chunked_csr_config(n, chunks_per_row, m)
     others = [{**default, "block_n": bn, "chunks": ch, "num_warps": w, "split_k": 1}
               for bn, ch, w in itertools.product(*CHUNKED_CSR_GRID.values())] if grid else []
-    candidates = [default] + [config for config in others if config != default]
-    if bulk_prefetch:
-        candidates += [{**config, "prefetch_l2": True} for config in candidates if config["num_warps"] == 4]
-    return candidates
+    return [default] + [config for config in others if config != default]
 
 
 def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
@@ -257,14 +219,11 @@ def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
 
 
 def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], sparsity: float, dtype: str,
-                     say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True,
-                     bulk_prefetch: bool = False) -> list[dict]:
-    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per
-    shape and row count (up to SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's
-    `sparse_entries`: the fastest config, its time, the default config's, cuBLAS's on the pruned weight stored
-    dense, and every candidate's.
-    time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies;
-    bulk_prefetch (this GPU and the profile's target have Hopper's bulk prefetch): the prefetching configs too."""
+                     say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True) -> list[dict]:
+    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per shape and row count (up to
+    SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's `sparse_entries`: the fastest
+    config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
+    time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
     from fdpp.runtime.reference_ops import fused_linear
     from fdpp.runtime.sparse_formats import encode
 
@@ -282,7 +241,7 @@ def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], spars
         for m in (m for m in rows if m <= SPARSE_MAX_ROWS):
             x = torch.randn(m, k, device=device, dtype=torch_dtype)
             reference = fused_linear(x.float(), weight.float(), gated="silu" if gated else None)
-            candidates = chunked_csr_candidates(n, chunks_per_row, m, bulk_prefetch, grid)
+            candidates = chunked_csr_candidates(n, chunks_per_row, m, grid)
             timed = [(us, config) for config in candidates
                      if (us := checked_time_us(_chunked_csr_runner(x, (n, k), gated, config), encodings,
                                                reference, time_us)) is not None]
@@ -344,18 +303,17 @@ def load_profile(path: str | Path, target_name: str) -> dict:
     if profile.get("target") != target_name:
         raise CompileError(f"profile {path} was measured for {profile.get('target')}, not {target_name}; "
                            f"run `fdcc tune -t {target_name}` on that GPU or drop --profile")
+    for index, entry in enumerate(profile["entries"]):
+        problem = _entry_problem(entry)
+        if problem:
+            raise CompileError(f"profile {path}: entry {index} {problem}; rerun fdcc tune or fix the entry")
     sparse = profile.get("sparse_entries", [])
     if not isinstance(sparse, list):
         raise CompileError(f"profile {path}: sparse_entries must be a list; rerun fdcc tune or fix the profile")
-    bulk_prefetch = get_target(target_name).bulk_prefetch
-    for what, entries, problem_of in (("entry", profile["entries"], _entry_problem),
-                                      ("sparse entry", sparse, _sparse_entry_problem)):
-        for index, entry in enumerate(entries):
-            problem = problem_of(entry)
-            if not problem and entry["config"].get("prefetch_l2") and not bulk_prefetch:
-                problem = f"asks for prefetch_l2, which {target_name} cannot run (NVIDIA sm_90 or later only)"
-            if problem:
-                raise CompileError(f"profile {path}: {what} {index} {problem}; rerun fdcc tune or fix the entry")
+    for index, entry in enumerate(sparse):
+        problem = _sparse_entry_problem(entry)
+        if problem:
+            raise CompileError(f"profile {path}: sparse entry {index} {problem}; rerun fdcc tune or fix the entry")
     return profile
 
 

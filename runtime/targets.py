@@ -33,20 +33,9 @@ class Target:
         return int(self.arch.removeprefix("sm_"))
 
     @property
-    def hopper_or_later(self) -> bool:
-        """NVIDIA sm_90 and later, where both of the next two came."""
-        return self.vendor == "cuda" and self.compute_capability >= 90
-
-    @property
     def dependent_launch(self) -> bool:
-        """Whether kernels can be launched as programmatic dependents (griddepcontrol)."""
-        return self.hopper_or_later
-
-    @property
-    def bulk_prefetch(self) -> bool:
-        """Whether kernels can ask L2 for a range in one instruction (cp.async.bulk.prefetch.L2, the linear kernels'
-        prefetch_l2 option)."""
-        return self.hopper_or_later
+        """Whether kernels can be launched as programmatic dependents (griddepcontrol): NVIDIA sm_90 and later."""
+        return self.vendor == "cuda" and self.compute_capability >= 90
 
     @property
     def triton_arch(self) -> int | str:

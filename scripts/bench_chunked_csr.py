@@ -2,12 +2,11 @@
 weight and the bitmap kernel at its wrapper defaults, in one run, over Llama-2-7B's four shapes, M 1..8 and
 sparsity 50-90%. Each config is checked against a float64 product (relative error < 2e-3), then timed as
 scripts/bench_sparse.py times (rotating weight copies, GPU sleep, events, median). Prints the best config
-per point (with --prefetch-l2 0,1: the best with and without the L2 prefetch) and writes every row to
-ccsr.jsonl. With --x-interleaved, x arrives with each column's rows side by side, as x's producer writes it in
-bundles (passes/interleave_sparse_inputs.py), so the interleave launch the wrapper otherwise runs first is not
-timed.
+per point and writes every row to ccsr.jsonl. With --x-interleaved, x arrives with each column's rows side by
+side, as x's producer writes it in bundles (passes/interleave_sparse_inputs.py), so the interleave launch the
+wrapper otherwise runs first is not timed.
 
-    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only] [--x-interleaved] [--prefetch-l2 0,1]
+    python3 scripts/bench_chunked_csr.py --out $OUT/ccsr [--default-only] [--x-interleaved]
 """
 
 from __future__ import annotations
@@ -54,8 +53,6 @@ def main() -> int:
     parser.add_argument("--vectors", default="4,8", help="entries a thread loads at once")
     parser.add_argument("--num-warps", default="4")
     parser.add_argument("--prefetch", default="1", help="0, 1 or 0,1: software pipelining off / on")
-    parser.add_argument("--prefetch-l2", default="0",
-                        help="0, 1 or 0,1: the program's entries asked into L2 first (sm_90's bulk prefetch) off / on")
     parser.add_argument("--default-only", action="store_true",
                         help="time only the config the wrapper and the dataflow use (no sweep)")
     parser.add_argument("--x-interleaved", action="store_true",
@@ -64,7 +61,6 @@ def main() -> int:
     sweep = {name: [int(v) for v in getattr(args, name.replace("vector", "vectors")).split(",")]
              for name in ("block_n", "chunks", "split_k", "vector", "num_warps")}
     sweep["prefetch"] = [bool(int(p)) for p in args.prefetch.split(",")]
-    prefetch_l2 = [bool(int(p)) for p in args.prefetch_l2.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     best = []
@@ -85,8 +81,7 @@ def main() -> int:
                 assert BENCH.relative_error(sparse_linear(x, bitmaps[0]), ref) < BENCH.MAX_ERROR
                 bitmap_us = BENCH.time_us([lambda w=w: sparse_linear(x, w) for w in bitmaps])
                 rows = []
-                candidates = [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep)
-                for cfg in [{**c, "prefetch_l2": l2} for c in candidates for l2 in prefetch_l2]:
+                for cfg in [default_chunked_csr_config(n, chunks, m)] if args.default_only else configs(m, sweep):
                     t = csr_sets[0]
                     ready = interleave_rows(x, cfg["rows"]) if args.x_interleaved and cfg["rows"] > 1 else None
                     error = BENCH.relative_error(chunked_csr_linear(x, t["values"], t["offsets"], t["bases"], (n, k),
@@ -103,8 +98,7 @@ def main() -> int:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     rows.append(row)
-                best.extend(min((r for r in rows if r["cfg"]["prefetch_l2"] == l2), key=lambda r: r["us"])
-                            for l2 in prefetch_l2)
+                best.append(min(rows, key=lambda r: r["us"]))
             del dense_sets, csr_sets, bitmaps, on_device
             torch.cuda.empty_cache()
     print(f"{'shape':8} {'s':>4} {'M':>2} {'cuBLAS':>7} {'bitmap':>14} {'chunked CSR':>14} {'bytes':>6}  config")
@@ -113,7 +107,7 @@ def main() -> int:
         print(f"{r['shape']:8} {r['sparsity']:4.2f} {r['m']:2d} {r['cublas_us']:7.1f} "
               f"{r['bitmap_us']:7.1f} x{r['cublas_us'] / r['bitmap_us']:.2f} {r['us']:7.1f} x{r['x_cublas']:.2f} "
               f"{r['csr_bytes'] / r['dense_bytes']:6.3f}  r{c['rows']} n{c['block_n']} ch{c['chunks']} "
-              f"s{c['split_k']} v{c['vector']} w{c['num_warps']} p{int(c['prefetch'])} l2{int(c['prefetch_l2'])}")
+              f"s{c['split_k']} v{c['vector']} w{c['num_warps']} p{int(c['prefetch'])}")
     return 0
 
 

@@ -11,7 +11,7 @@ Llama-2-7B's four shapes at 1, 2, 4 and 8 rows of x (where x fits in shared memo
 bundles (qkv plain, o_proj and down_proj + residual, gate/up SiLU-gated with its output interleaved for down_proj),
 and variants: other configs at 1 and 2 rows (FEW_ROW_VARIANTS), for gate/up and o_proj at 8 rows and o_proj at 4,
 q/k/v and gate/up with their sums taken the other way than their default (config "direct"), o_proj and down_proj
-with one warp group and direct sums, the defaults with their entries prefetched into L2 ("pf"), bias variants.
+with one warp group and direct sums, bias variants.
 Then a random mid-size Llama (scripts/gpu_sparse_check.py's, hidden 768, intermediate 4608, 2 layers) at 70%
 sparsity in chunked CSR compiled for h100, whose dataflow puts q/k/v and gate/up on this kernel at 4-8 rows
 (gate/up at 8 rows with its sums from registers).
@@ -58,11 +58,9 @@ GATE_UP8_VARIANTS = {"p2": {"programs": 2}, "p4": {"programs": 4}, "w16p1": {"nu
 O8_VARIANTS = {"w8g2": {"num_warps": 8}, "w16g4": {"groups": 4}, "w8g4": {"num_warps": 8, "groups": 4},
                "w16g2u2": {"unroll": 2}}
 # and o_proj at 4 rows (default 8 warps in two groups, 256 row blocks of 16 rows, at 1.45-1.50x cuBLAS): more or
-# fewer warps a block, four groups, unroll 2, and a persistent grid of one program a multiprocessor (x staged once;
-# also with the next row block's entries prefetched into L2)
+# fewer warps a block, four groups, unroll 2, and a persistent grid of one program a multiprocessor (x staged once)
 O4_VARIANTS = {"w16g2": {"num_warps": 16}, "w4g2": {"num_warps": 4}, "w16g4": {"num_warps": 16, "groups": 4},
-               "w8g2u2": {"unroll": 2}, "w8g2p1": {"programs": 1}, "w16g2p1": {"num_warps": 16, "programs": 1},
-               "w8g2p1_pf": {"programs": 1, "prefetch_l2": True}}
+               "w8g2u2": {"unroll": 2}, "w8g2p1": {"programs": 1}, "w16g2p1": {"num_warps": 16, "programs": 1}}
 
 
 def kernel_cases() -> list[dict]:
@@ -70,9 +68,8 @@ def kernel_cases() -> list[dict]:
     config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken the other
     way than their default (config "direct": through shared memory, or for gate/up at 1-4 rows from registers),
     o_proj and down_proj with one warp group and direct sums, gate/up and o_proj at 8 rows with GATE_UP8_VARIANTS'
-    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', every shape's default at 4 and 8 rows with
-    its entries prefetched into L2 (prefetch_l2), and bias variants of qkv and gate/up. CASES (a regex on
-    case_name) filters them."""
+    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', and bias variants of qkv and gate/up. CASES (a
+    regex on case_name) filters them."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
     for name, (n, k) in SHAPES.items():
@@ -104,11 +101,6 @@ def kernel_cases() -> list[dict]:
         for tag, change in variants.items():
             cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name], "variant": tag,
                           "config": {**default_xshared_config(n, k, m), **change}})
-    # each row block's entries asked into L2 ahead (config prefetch_l2), on the default configs at 4 and 8 rows
-    for name, (n, k) in SHAPES.items():
-        for m in (4, 8) if name != "down" else (4,):
-            cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name], "variant": "pf",
-                          "config": {**default_xshared_config(n, k, m), "prefetch_l2": True}})
     cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 4, "epilogue": "gated_bias"})   # added after run 3
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias"})

@@ -466,3 +466,14 @@ def test_tune_keeps_the_fastest_correct_chunked_csr_config(monkeypatch):
         assert entry["vendor_us"] == 1.0 and entry["format"] == "chunked_csr"
         assert abs(entry["density"] - 0.3) < 0.01
     assert len(said) == 2 and "2/3 configs ran" in said[0]
+
+
+def test_tune_sparse_configs_default_times_the_default_alone():
+    """`fdcc tune --sparse-configs default` (grid False): each shape's and row count's candidates are the wrapper's
+    default config alone, the first of the whole grid's."""
+    import fdpp.compiler.tune as tune
+
+    whole = tune.chunked_csr_candidates(4096, 64, 1)
+    assert len(whole) > 1 and tune.chunked_csr_candidates(4096, 64, 1, grid=False) == whole[:1]
+    assert tune.chunked_csr_candidates(22016, 64, 8, grid=False) == [
+        chunked_csr_linear.default_chunked_csr_config(22016, 64, 8)]

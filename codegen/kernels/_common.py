@@ -89,43 +89,6 @@ def wait_for_producers(GRID_DEPENDENCY: tl.constexpr, LET_NEXT_START: tl.constex
         gdc_wait()
 
 
-# Inline PTX of prefetch_l2: thread 0 of the block rounds [$1, $1 + $2) out to 16 bytes and asks L2 for it with
-# one bulk prefetch (sm_90+), unless it is empty. One instruction takes at most 0xFFFF * 16 bytes (ptxas keeps the
-# low 16 bits of a larger size / 16), so prefetch_l2 issues pieces of PREFETCH_L2_PIECE.
-_PREFETCH_L2_PTX = tl.constexpr(
-    "{ .reg .pred p; .reg .b32 t, n; .reg .b64 a, e; mov.u32 t, %tid.x; and.b64 a, $1, -16; add.s64 e, $1, $2; "
-    "add.s64 e, e, 15; and.b64 e, e, -16; sub.s64 e, e, a; cvt.u32.u64 n, e; setp.eq.u32 p, t, 0; "
-    "setp.ne.and.u32 p, n, 0, p; @p cp.async.bulk.prefetch.L2.global [a], n; mov.b32 $0, 0; }")
-PREFETCH_L2_PIECE = tl.constexpr(1 << 19)   # bytes a prefetch instruction asks for (rounded out: < 0xFFFF * 16)
-
-
-@triton.jit
-def prefetch_l2(start_ptr, nbytes):
-    """Asks L2 for the nbytes (an int64 scalar; nothing when <= 0) from start_ptr, rounded out to 16 bytes, in bulk
-    prefetches of up to PREFETCH_L2_PIECE bytes from thread 0 (sm_90's cp.async.bulk.prefetch.L2; NVIDIA only).
-    Reads that follow hit L2 instead of waiting on DRAM; nothing waits for the prefetch, and it changes no memory.
-    The rounding may touch up to 15 bytes either side of the range, which must lie in mapped memory (allocations
-    are 256-byte aligned)."""
-    bytes_ptr = start_ptr.to(tl.pointer_type(tl.int8))
-    for offset in range(0, nbytes, PREFETCH_L2_PIECE):
-        piece = tl.minimum(nbytes - offset, PREFETCH_L2_PIECE)
-        tl.inline_asm_elementwise(_PREFETCH_L2_PTX, "=r,l,l", [bytes_ptr + offset, piece], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-
-
-@triton.jit
-def prefetch_rows_l2(ptr, first_row, rows, row_stride, row_length, N, GATED: tl.constexpr):
-    """prefetch_l2 of rows [first_row, first_row + rows) of a row-major weight at ptr (row_stride elements apart,
-    row_length elements each; nothing when rows <= 0), and when GATED of the same rows N further on (a stacked
-    (gate; up) weight's up rows): one contiguous range each."""
-    nbytes = ((rows - 1).to(tl.int64) * row_stride + row_length) * (ptr.dtype.element_ty.primitive_bitwidth // 8)
-    nbytes = tl.where(rows > 0, nbytes, 0)
-    start = ptr + first_row.to(tl.int64) * row_stride
-    prefetch_l2(start, nbytes)
-    if GATED:
-        prefetch_l2(start + N.to(tl.int64) * row_stride, nbytes)
-
-
 @triton.jit
 def let_next_start(GRID_DEPENDENCY: tl.constexpr):
     """With GRID_DEPENDENCY: the next kernel on the stream may be scheduled once every program of this one

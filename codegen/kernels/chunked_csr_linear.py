@@ -27,7 +27,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from fdpp.codegen.kernels._common import (as_rows, block_for, empty_output, interleaved_shape, let_next_start,
-                                          prefetch_rows_l2, require, require_float, wait_for_producers)
+                                          require, require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES
 from fdpp.codegen.kernels.linear import linear_epilogue
 from fdpp.codegen.kernels.sparse_linear import HARDWARE_POPCOUNT, _sum_splits
@@ -225,11 +225,8 @@ def chunked_csr_linear_kernel(
     PREFETCH: tl.constexpr,      # load each step's entries during the step before
     OUT_ROWS: tl.constexpr = 1,  # > 1 (SPLIT_K 1): out interleaved by blocks of OUT_ROWS rows (_common.out_offsets)
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
-    PREFETCH_L2: tl.constexpr = False,      # sm_90+: the program's entries asked into L2 first, before the wait
-                                            # for x's producer (opt-in, unmeasured)
 ):
-    if not PREFETCH_L2:
-        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     row_block, split, row_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # the program's weight rows: BLOCK_F features, and when GATED the same features' up rows N further on
     slot = tl.arange(0, BLOCK_N)                                                             # [BLOCK_N]
@@ -239,13 +236,6 @@ def chunked_csr_linear_kernel(
     steps = tl.cdiv(tl.cdiv(chunks_per_row, CHUNKS), SPLIT_K)
     first_chunk = split * steps * CHUNKS
     last_chunk = tl.minimum(first_chunk + steps * CHUNKS, chunks_per_row)
-    if PREFETCH_L2:     # the weights do not depend on the kernel before, so their reads can start before the wait
-        tl.static_assert(SPLIT_K == 1, "prefetch_l2 asks for whole rows: it needs split_k 1")
-        rows = tl.minimum(BLOCK_F, N - row_block * BLOCK_F)          # the program's features' rows (and up rows)
-        row_entries = chunks_per_row * CHUNK
-        prefetch_rows_l2(values_ptr, row_block * BLOCK_F, rows, row_entries, row_entries, N, GATED)
-        prefetch_rows_l2(offsets_ptr, row_block * BLOCK_F, rows, row_entries, row_entries, N, GATED)
-        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     chunk = tl.arange(0, CHUNKS)                                                            # [CHUNKS]
     entry_in_step = (chunk[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :])[None, :, :]   # [1, CHUNKS, CHUNK]
     row_entries = features.to(tl.int64)[:, None, None] * (chunks_per_row * CHUNK)            # [BLOCK_N, 1, 1]
@@ -478,6 +468,6 @@ def chunked_csr_linear(x: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
             HAS_BIAS=bias is not None and split_k == 1, HAS_RESIDUAL=residual is not None, GATED=bool(gated),
             ACTIVATION=ACTIVATION_CODES[gated] if gated else 0, ROWS=together, BLOCK_N=block_n, BLOCK_F=block_f,
             CHUNKS=cfg["chunks"], CHUNK=chunk, SPLIT_K=split_k, VECTOR=cfg["vector"], PREFETCH=cfg["prefetch"],
-            OUT_ROWS=out_rows_together, PREFETCH_L2=cfg.get("prefetch_l2", False), num_warps=cfg["num_warps"])
+            OUT_ROWS=out_rows_together, num_warps=cfg["num_warps"])
         _sum_splits(partial, bias_arg, out, bias is not None)
     return out if out_rows_together > 1 else out.view(*x.shape[:-1], n)

@@ -42,7 +42,6 @@ import math
 
 import triton
 
-from fdpp.codegen.kernels._common import prefetch_rows_l2
 from fdpp.codegen.kernels.activation import apply_activation
 
 try:
@@ -156,9 +155,6 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
             # (docs/perf/2026-12-07-gated-direct.md); gated at 1-4 rows unmeasured, so there only when asked for.
             # Warp groups sum across warps, so they cannot
             "DIRECT": bool(config.get("direct", config["groups"] == 1 and (activation is None or rows == 8))),
-            # each row block's rows of values and offsets asked into L2 ahead (cp.async.bulk.prefetch): the first
-            # block's before the wait for x's producer, the next block's while this one runs. Opt-in, unmeasured
-            "PREFETCH_L2": bool(config.get("prefetch_l2", False)),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
             "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
@@ -232,34 +228,6 @@ if GLUON_SHARED_GATHER:
         offset = gl.load(offsets_ptr + at, mask=ok, other=0)
         base = gl.load(bases_ptr + rows * chunks_per_row + c, mask=ok, other=shift) - shift
         return value, offset, base
-
-    @gluon.jit
-    def _row_block_rows(rb, slot, N, F: gl.constexpr, GATED: gl.constexpr, DIRECT: gl.constexpr):
-        """Each thread's weight row in row block rb ([T]: its slot's) and whether its output feature is < N.
-        Rows past the weight's are clamped to 0 (row_ok masks their loads), which measured faster at 8 rows on an
-        H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)."""
-        if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
-            feature = rb * F + slot // 2
-            rows = gl.where(slot % 2 == 0, feature, feature + N)
-        elif GATED:                    # the block's gate rows, then the same features' up rows
-            feature = rb * F + slot % F
-            rows = gl.where(slot < F, feature, feature + N)
-        else:
-            feature = rb * F + slot
-            rows = feature
-        row_ok = feature < N
-        return gl.where(row_ok, rows, 0), row_ok
-
-    # _common.prefetch_rows_l2 re-jitted as a Gluon function (scalar operands only, so no layouts)
-    _prefetch_rows_l2 = gluon.jit(prefetch_rows_l2.fn)
-
-    @gluon.jit
-    def _prefetch_block(values_ptr, offsets_ptr, rb, F: gl.constexpr, N, chunks_per_row, GATED: gl.constexpr):
-        """Asks L2 for row block rb's entries: the values and offsets of its F features' rows (clipped at N; none
-        past the last block), and when GATED of their up rows N further on."""
-        rows = gl.minimum(N - rb * F, F)
-        _prefetch_rows_l2(values_ptr, rb * F, rows, chunks_per_row * 8, chunks_per_row * 8, N, GATED)
-        _prefetch_rows_l2(offsets_ptr, rb * F, rows, chunks_per_row * 8, chunks_per_row * 8, N, GATED)
 
     @gluon.jit
     def _gather_one(x_s, column, v, acc_lo, acc_hi, WORDS: gl.constexpr, word_layout: gl.constexpr,
@@ -399,26 +367,19 @@ if GLUON_SHARED_GATHER:
         HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr, ACTIVATION: gl.constexpr,
         OUT_ROWS: gl.constexpr,                  # > 1: out interleaved by blocks of OUT_ROWS rows
         DIRECT: gl.constexpr,                    # sums to the epilogue from registers (GROUPS == 1)
-        PREFETCH_L2: gl.constexpr = False,       # row blocks' entries asked into L2 ahead (bulk prefetch)
         GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
     ):
         """Grid (xshared_grid, cdiv(M, rows)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
         weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows; with DIRECT each
         feature's gate and up rows side by side)."""
         row_group = gl.program_id(1)
+        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         T: gl.constexpr = WARPS * 32
         R: gl.constexpr = T // (8 * GROUPS)
         F: gl.constexpr = R // 2 if GATED else R                                         # features a row block
-        if PREFETCH_L2:     # the first row block's entries, before the wait: the weights are no kernel's output
-            _prefetch_block(values_ptr, offsets_ptr, gl.program_id(0), F, N, chunks_per_row, GATED)
-        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        t = gl.arange(0, T, layout=thread_layout)
-        lane = t % 8
-        group = t // (T // GROUPS)               # warp-uniform
-        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
         if SINGLE:
@@ -430,10 +391,24 @@ if GLUON_SHARED_GATHER:
             x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % 8
+        group = t // (T // GROUPS)               # warp-uniform
+        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
-            if PREFETCH_L2:                      # the next row block's entries, while this one runs
-                _prefetch_block(values_ptr, offsets_ptr, rb + gl.num_programs(0), F, N, chunks_per_row, GATED)
-            rows, row_ok = _row_block_rows(rb, slot, N, F, GATED, DIRECT)
+            if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
+                feature = rb * F + slot // 2
+                rows = gl.where(slot % 2 == 0, feature, feature + N)
+            elif GATED:                    # the block's gate rows, then the same features' up rows
+                feature = rb * F + slot % F
+                rows = gl.where(slot < F, feature, feature + N)
+            else:
+                feature = rb * F + slot
+                rows = feature
+            row_ok = feature < N
+            # rows past the weight's are masked by row_ok in every load; clamped too, which measured faster at 8
+            # rows on an H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)
+            rows = gl.where(row_ok, rows, 0)
             acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
                                        chunks_per_row, chunks_per_row, 0,
                                        gl.zeros([T, WORDS], gl.float32, word_layout),

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, out_offsets,
-                                          prefetch_rows_l2, require, require_float, wait_for_producers)
+from fdpp.codegen.kernels._common import (as_rows, block_for, dot_exact, let_next_start, out_offsets, require,
+                                          require_float, wait_for_producers)
 from fdpp.codegen.kernels.activation import ACTIVATION_CODES, apply_activation
 from fdpp.runtime.reference_ops import fused_linear as fused_linear_reference
 from fdpp.runtime.reference_ops import linear as linear_reference
@@ -69,13 +69,7 @@ def gemv_kernel(
     BLOCK_N: tl.constexpr,       # output features per program (grid axis 0 covers N)
     BLOCK_K: tl.constexpr,       # reduction chunk of the K loop
     GRID_DEPENDENCY: tl.constexpr = False,  # launched as a programmatic dependent (wait_for_producers)
-    PREFETCH_L2: tl.constexpr = False,      # sm_90+: the program's weight rows asked into L2 first, before the
-                                            # wait for x's producer (opt-in, unmeasured)
 ):
-    if PREFETCH_L2:     # the weights are no kernel's output, so their reads can start before the wait
-        first_feature = tl.program_id(0) * BLOCK_N
-        prefetch_rows_l2(weight_ptr, first_feature, tl.minimum(BLOCK_N, N - first_feature), weight_row_stride, K,
-                         N, GATED)
     wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # products accumulate elementwise in [BLOCK_M, BLOCK_N, BLOCK_K] registers and are reduced over K once
     # after the loop, so the loop body is loads and FMAs only
@@ -116,11 +110,8 @@ def gemm_kernel(
     SPREAD: tl.constexpr = 0,  # > 0: SPREAD programs per M tile, each owning a run of N // SPREAD or one more
                                # features (BLOCK_N >= cdiv(N, SPREAD)), so the grid can be a multiple of the
                                # multiprocessors however N divides; 0: one program per BLOCK_N features
-    PREFETCH_L2: tl.constexpr = False,  # sm_90+: the program's weight rows asked into L2 first, before the wait
-                                        # for x's producer (opt-in, unmeasured)
 ):
-    if not PREFETCH_L2:
-        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
+    wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     # grouped ordering: walk GROUP_M tiles down M before moving along N
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -138,13 +129,6 @@ def gemm_kernel(
         features = tl.where(features < end, features, N)    # the next run's features: past N, so masked out
     else:
         features = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if PREFETCH_L2:     # the weights are no kernel's output, so their reads can start before the wait
-        if SPREAD:
-            prefetch_rows_l2(weight_ptr, first, end - first, weight_row_stride, K, N, GATED)
-        else:
-            prefetch_rows_l2(weight_ptr, tile_n * BLOCK_N, tl.minimum(BLOCK_N, N - tile_n * BLOCK_N),
-                             weight_row_stride, K, N, GATED)
-        wait_for_producers(GRID_DEPENDENCY, LET_NEXT_START=False)
     row_ok = rows < M
     feature_ok = features < N
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_row_stride                      # [BM, 1]
@@ -193,12 +177,11 @@ def _prepare(kernel_name: str, x: torch.Tensor, weight: torch.Tensor, bias: torc
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
          residual: torch.Tensor | None = None, gated: str | None = None,
          block_m: int | None = None, block_n: int = 4, block_k: int = 512,
-         num_warps: int = 4, num_stages: int = 2, prefetch_l2: bool = False) -> torch.Tensor:
+         num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T + bias (+ residual [..., N]) -> [..., N], for small M (decode) on CUDA cores.
 
     gated: an activation name; the weight is then (gate; up) [2N, K] and the result act(x @ gate^T) * x @ up^T.
-    Config: block_m (default min(next power of two of M, 4)), block_n, block_k, num_warps, num_stages,
-    prefetch_l2 (sm_90+: each program asks L2 for its weight rows first).
+    Config: block_m (default min(next power of two of M, 4)), block_n, block_k, num_warps, num_stages.
     """
     rows, weight, bias_arg, residual_arg, out, epilogue = _prepare("gemv", x, weight, bias, residual, gated)
     (m, k), n = rows.shape, out.shape[1]
@@ -206,7 +189,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if out.numel():
         grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
         gemv_kernel[grid](rows, weight, bias_arg, residual_arg, out, m, n, k, rows.stride(0), weight.stride(0),
-                          **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREFETCH_L2=prefetch_l2,
+                          **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                           num_warps=num_warps, num_stages=num_stages)
     return out.view(*x.shape[:-1], n)
 
@@ -220,13 +203,12 @@ def spread_block_n(n: int, spread: int) -> int:
 def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
          residual: torch.Tensor | None = None, gated: str | None = None,
          block_m: int | None = None, block_n: int = 64, block_k: int = 32, group_m: int = 8,
-         num_warps: int = 4, num_stages: int = 3, spread: int = 0, prefetch_l2: bool = False) -> torch.Tensor:
+         num_warps: int = 4, num_stages: int = 3, spread: int = 0) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T + bias (+ residual) -> [..., N] on tensor cores; x and weight share one dtype.
 
     gated: as gemv. Config: block_m (default 16 for M <= 16 (flat GEMM), else 64), block_n, block_k, group_m,
     num_warps, num_stages, spread (> 0: that many programs per block_m rows of x, each owning N // spread or
-    one more features, block_n >= cdiv(N, spread); 0: one program per block_n features), prefetch_l2 (sm_90+:
-    each program asks L2 for its weight rows first).
+    one more features, block_n >= cdiv(N, spread); 0: one program per block_n features).
     """
     require(x.dtype == weight.dtype, "gemm", f"x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     rows, weight, bias_arg, residual_arg, out, epilogue = _prepare("gemm", x, weight, bias, residual, gated)
@@ -240,6 +222,5 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         grid = (triton.cdiv(m, block_m) * (spread or triton.cdiv(n, block_n)),)
         gemm_kernel[grid](rows, weight, bias_arg, residual_arg, out, m, n, k, rows.stride(0), weight.stride(0),
                           **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                          GROUP_M=group_m, SPREAD=spread, PREFETCH_L2=prefetch_l2, num_warps=num_warps,
-                          num_stages=num_stages)
+                          GROUP_M=group_m, SPREAD=spread, num_warps=num_warps, num_stages=num_stages)
     return out.view(*x.shape[:-1], n)
