@@ -52,11 +52,12 @@ SHARED_LIMIT = 227 << 10
 FEW_ROW_VARIANTS = {"w8g1p3": (8, 1, 3), "w8g2": (8, 2, 0), "w4g1": (4, 1, 0), "w4g1p6": (4, 1, 6),
                     "w16g2p2": (16, 2, 2)}
 # changes to the default config tried at 8 rows: gate/up (one warp group, sums from registers, 3 programs a
-# multiprocessor) and o_proj (16 warps in two groups, 128 row blocks of 32 rows)
+# multiprocessor) and o_proj (8 warps in two groups, 256 row blocks of 16 rows; 16 warps until
+# docs/perf/2026-12-07-default-check.md)
 GATE_UP8_VARIANTS = {"p2": {"programs": 2}, "p4": {"programs": 4}, "w16p1": {"num_warps": 16, "programs": 1},
                      "u2": {"unroll": 2}}
-O8_VARIANTS = {"w8g2": {"num_warps": 8}, "w16g4": {"groups": 4}, "w8g4": {"num_warps": 8, "groups": 4},
-               "w16g2u2": {"unroll": 2}}
+O8_VARIANTS = {"w16g2": {"num_warps": 16}, "w16g4": {"num_warps": 16, "groups": 4},
+               "w8g4": {"num_warps": 8, "groups": 4}, "w8g2u2": {"unroll": 2}}
 # and o_proj at 4 rows (default 8 warps in two groups, 256 row blocks of 16 rows, at 1.45-1.50x cuBLAS): more or
 # fewer warps a block, four groups, unroll 2, and a persistent grid of one program a multiprocessor (x staged once)
 O4_VARIANTS = {"w16g2": {"num_warps": 16}, "w4g2": {"num_warps": 4}, "w16g4": {"num_warps": 16, "groups": 4},

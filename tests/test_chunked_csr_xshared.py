@@ -76,8 +76,8 @@ def test_dataflow_does_not_offer_xshared_without_gluons_gather(monkeypatch):
 
 
 def test_xshared_config_and_shared_memory():
-    assert X.default_xshared_config(4096, 4096, 8) == {"rows": 8, "num_warps": 16, "groups": 2, "unroll": 4,
-                                                       "programs": 0}
+    assert X.default_xshared_config(4096, 4096, 8) == {"rows": 8, "num_warps": 8, "groups": 2, "unroll": 4,
+                                                       "programs": 0}            # o_proj: 64 KB of x
     assert X.default_xshared_config(4096, 4096, 4)["num_warps"] == 8            # o_proj: 32 KB of x
     assert X.default_xshared_config(4096, 11008, 4)["num_warps"] == 16          # down_proj: 128 KB of x
     assert X.default_xshared_config(22016, 4096, 3)["rows"] == 4

@@ -102,15 +102,16 @@ def default_xshared_config(n: int, k: int, m: int) -> dict:
     """rows, num_warps, groups, unroll, programs for a weight [n, k] (n: the stacked gate/up counts both) and m rows
     of x, from the H100 runs of docs/perf/2026-12-07-gluon-xshared.md (runs 3, 5 and 6, Llama-2-7B's shapes at 70%):
     - weights of <= 8192 rows (o_proj, down_proj) have too few row blocks for the 132 multiprocessors and take
-      two warp groups per row block: 8 warps, or 16 where x's buffer takes 64 KB or more (o_proj at 8 rows 12.6 us
-      against 12.9 with 8; down_proj at 4 rows, 128 KB, one program a multiprocessor: 23.2 us against 31.5);
+      two warp groups per row block: 8 warps, or 16 where x's buffer takes more than 64 KB (down_proj at 4 rows,
+      88 KB: 23.2 us against 31.5). o_proj at 8 rows (64 KB) took 16 until the H100 run of
+      docs/perf/2026-12-07-default-check.md measured the kernel as it is now: 12.7 us with 8, 13.6 with 16;
     - more rows (qkv, gate/up) take 8 warps in one group on a persistent grid of 3 programs a multiprocessor
       (qkv at 8 rows 25.8 us, against 29.0 with 16 warps in two groups); where x's buffer exceeds 64 KB (K > 4096
       at 8 rows, unmeasured) the o_proj rule instead."""
     rows = xshared_rows(m)
     x_bytes = xshared_x_bytes(k, rows)
     if n <= 8192 or x_bytes > BIG_X_BYTES:
-        return {"rows": rows, "num_warps": 16 if x_bytes >= BIG_X_BYTES else 8, "groups": 2, "unroll": 4,
+        return {"rows": rows, "num_warps": 16 if x_bytes > BIG_X_BYTES else 8, "groups": 2, "unroll": 4,
                 "programs": 0}
     return {"rows": rows, "num_warps": 8, "groups": 1, "unroll": 4, "programs": 3}
 
