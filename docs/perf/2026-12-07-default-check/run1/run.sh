@@ -36,7 +36,7 @@ case "${1:-check}" in
     timeout "${XS_S:-200}" python3 scripts/gpu_xshared_check.py check out/xs7 > "$OUT/xshared.log" 2>&1
     echo "xshared check exit $?"
     tail -n 80 "$OUT/xshared.log"
-    timeout "${CCSR_S:-240}" python3 scripts/bench_chunked_csr.py --out "$OUT/ccsr" --default-only --x-interleaved \
+    [ "${CCSR_S:-240}" -gt 0 ] && timeout "${CCSR_S:-240}" python3 scripts/bench_chunked_csr.py --out "$OUT/ccsr" --default-only --x-interleaved \
       --prefetch-l2 0,1 --sparsities 0.7 --ms 1,2,4,8 > "$OUT/ccsr.log" 2>&1
     echo "ccsr exit $?"; tail -n 34 "$OUT/ccsr.log" ;;
   dense)
