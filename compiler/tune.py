@@ -151,8 +151,8 @@ def tune(target_name: str, shapes: list[tuple[int, int, bool]], rows: list[int],
          sparse_grid: bool = True) -> dict:
     """Measure and return the profile (a JSON-ready dict): the dense candidates (unless not `dense`) and, with a
     sparsity, the chunked-CSR configs (tune_chunked_csr; sparse_grid False: each shape's default config alone).
-    Every candidate is checked against a float32 torch
-    reference before it is timed (a wrong one is never chosen); timings by graph_time_us."""
+    Every candidate is checked against a float32 torch reference before it is timed (a wrong one is never
+    chosen); timings by graph_time_us."""
     import triton
     from fdpp.runtime.reference_ops import fused_linear
 
@@ -220,9 +220,10 @@ def _chunked_csr_runner(x: torch.Tensor, shape: tuple[int, int], gated: bool,
 
 def tune_chunked_csr(shapes: list[tuple[int, int, bool]], rows: list[int], sparsity: float, dtype: str,
                      say: Callable[[str], None], device: str = "cuda", time_us=None, grid: bool = True) -> list[dict]:
-    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per shape and row count (up to
-    SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's `sparse_entries`: the fastest
-    config, its time, the default config's, cuBLAS's on the pruned weight stored dense, and every candidate's.
+    """Measure the chunked-CSR kernel's candidates (chunked_csr_candidates, its whole grid unless not `grid`) per
+    shape and row count (up to SPARSE_MAX_ROWS) on a weight magnitude-pruned to `sparsity`; the profile's
+    `sparse_entries`: the fastest config, its time, the default config's, cuBLAS's on the pruned weight stored
+    dense, and every candidate's.
     time_us(run, weights) (default graph_time_us, which needs CUDA) times one candidate over the rotating copies."""
     from fdpp.runtime.reference_ops import fused_linear
     from fdpp.runtime.sparse_formats import encode

@@ -16,6 +16,7 @@ import json
 import torch
 
 from fdpp.compiler import tune
+from fdpp.compiler.bench import copy_bandwidth_gbs
 
 WIDE_GRID = {"block_n": (16, 32, 64), "block_k": (256, 512), "num_stages": (4, 6, 8), "num_warps": (4, 8),
              "per_multiprocessor": (0, 1, 2)}
@@ -36,14 +37,6 @@ def wide_candidates(n: int, multiprocessors: int) -> list[dict]:
     return out
 
 
-def copy_gbs() -> float:
-    """Measured device copy bandwidth (read + write of a 1 GiB buffer), GB/s."""
-    import triton
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    ms = triton.testing.do_bench(lambda: torch.empty_like(src).copy_(src), return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="4096:4096", help="N:K of the weight (default o_proj's)")
@@ -53,7 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     n, k = (int(v) for v in args.shape.split(":"))
     multiprocessors = torch.cuda.get_device_properties(0).multi_processor_count
-    bandwidth = copy_gbs()
+    bandwidth = copy_bandwidth_gbs("cuda")
     weights = tune.rotating_weights(n, k, torch.float16)
     nbytes = n * k * 2
     print(f"{torch.cuda.get_device_name()}: copy {bandwidth:.0f} GB/s, weight [{n}, {k}] fp16, "
