@@ -62,6 +62,7 @@ def main() -> int:
                 us = tune.time_candidate(kernel, config, x, weights, False, reference)
                 row = {"m": m, "grid": grid, "kernel": kernel, "config": config, "us": us}
                 log.write(json.dumps(row) + "\n")
+                log.flush()  # a call cut off by its time limit keeps every timing so far
                 if us is not None:
                     rows.append(row)
             cublas = next(r["us"] for r in rows if r["kernel"] == "tc_gemm")
