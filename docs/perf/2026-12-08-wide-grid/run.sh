@@ -1,6 +1,7 @@
 #!/bin/bash
 # Device calls behind docs/perf/2026-12-08-wide-grid.md, from the repository root (output under $OUT).
-# "auto": "sparse" then "wide" (WIDE_S=200) on an H200; "wide" alone on an H100.
+# "auto": "sparse" then "wide" (WIDE_S=200) on an H200; "wide" alone on an H100 (call 1). AUTO_H100=sparse: "sparse"
+#   on an H100 too (call 3: the H100's whole-model bar re-measured at the session's code).
 # "wide": o_proj's flat GEMM [4096, 4096] over scripts/flat_gemm_wide_grid.py's wider grid at rows 1, 4 and 16
 #   (the tune's own grid and cuBLAS in the same run), while the CPU compiles dense llama2-7b --max-batch 1 with the
 #   shipped profile. Where a row's fastest config is a wide one beating the tune grid's fastest by more than 3%, a
@@ -29,7 +30,8 @@ pack() { (cd "$OUT" && tar czf results.tgz --remove-files $(ls -d */ *.json *.js
 case "${1:-auto}" in
   auto)
     cat "$OUT/gpu.txt"
-    if [ "$TARGET" = h200 ]; then bash "$0" sparse; WIDE_S=${WIDE_S:-200} bash "$0" wide; else bash "$0" wide; fi
+    if [ "$TARGET" = h200 ]; then bash "$0" sparse; WIDE_S=${WIDE_S:-200} bash "$0" wide
+    else bash "$0" "${AUTO_H100:-wide}"; fi
     pack ;;
   sparse)
     fdcc compile "${COMMON[@]}" -o /tmp/dense.fdpp > "$OUT/compile-dense.log" 2>&1 &
