@@ -8,6 +8,8 @@
 #   graphs), scripts/gpu_xshared_check.py check out/xs-reg (the chunked_csr_xshared kernels as bundles build them,
 #   and a bundle using them, all built on the CPU machine with Triton 3.9; carry out/xs-reg), and
 #   scripts/gpu_model_check.py on a random SmolLM2-shaped bundle compiled there.
+# "second" (call 2, after call 1's bundles part ran out of time and took the xshared check's bundle out): on an H200
+#   "sparse" then "xshared" and "smol"; on an H100 those two alone.
 # The CPU machine builds out/xs-reg first:
 #   CASES='_m[1248]_[a-z]+(_bias|_direct)?$' python3 scripts/gpu_xshared_check.py build out/xs-reg
 set -u
@@ -29,6 +31,14 @@ case "${1:-first}" in
       mkdir -p "$B/bundles"; OUT=$B/bundles timeout "${BUNDLES_S:-240}" bash "$0" bundles
     fi
     cd "$B" && tar czf all.tgz --remove-files $(ls -d */) && ls ;;
+  second)
+    B=$OUT; gpu_txt > "$B/gpu.txt" 2>&1; cat "$B/gpu.txt"
+    if grep -q H200 "$B/gpu.txt"; then
+      mkdir -p "$B/sparse"; OUT=$B/sparse timeout "${SPARSE_S:-330}" bash docs/perf/2026-12-08-wide-grid/run.sh sparse
+    fi
+    mkdir -p "$B/bundles"; OUT=$B/bundles timeout "${BUNDLES_S:-240}" bash "$0" xshared
+    OUT=$B/bundles timeout "${SMOL_S:-200}" bash "$0" smol
+    cd "$B" && tar czf all.tgz --remove-files $(ls -d */) && ls ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_linear.py \
       tests/test_kernels_elementwise.py tests/test_kernels_sparse_linear.py tests/test_kernels_sampling.py \
@@ -37,8 +47,11 @@ case "${1:-first}" in
   bundles)
     python3 scripts/gpu_sparse_check.py --workdir /tmp/sparse-check > "$OUT/sparse-check.log" 2>&1
     echo "sparse check exit $?"; tail -n 12 "$OUT/sparse-check.log"
-    KERNELS_ONLY=${KERNELS_ONLY:-0} python3 scripts/gpu_xshared_check.py check out/xs-reg > "$OUT/xshared.log" 2>&1
-    echo "xshared check exit $?"; grep -E "PASS|FAIL|error" "$OUT/xshared.log" | tail -n 8
+    bash "$0" xshared; bash "$0" smol ;;
+  xshared)  # KERNELS_ONLY=1 in the environment: the kernel table alone, without the bundle
+    python3 scripts/gpu_xshared_check.py check out/xs-reg > "$OUT/xshared.log" 2>&1
+    echo "xshared check exit $?"; grep -E "^bundle|PASS|FAIL" "$OUT/xshared.log" ;;
+  smol)
     python3 -m fdpp.compiler.cli compile smollm2-135m --weights random -t h100 -o /tmp/smol.fdpp \
       > "$OUT/compile-smol.log" 2>&1; tail -n 1 "$OUT/compile-smol.log"
     python3 scripts/gpu_model_check.py /tmp/smol.fdpp > "$OUT/smol-check.log" 2>&1
