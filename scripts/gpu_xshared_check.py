@@ -64,12 +64,17 @@ O4_VARIANTS = {"w16g2": {"num_warps": 16}, "w4g2": {"num_warps": 4}, "w16g4": {"
                "w8g2u2": {"unroll": 2}, "w8g2p1": {"programs": 1}, "w16g2p1": {"num_warps": 16, "programs": 1}}
 
 
+# each row's first chunks asked of L2 before x's copy (config "early"), at 4 and 8 rows on every shape where x fits
+EARLY_CHUNKS = (4, 8, 16, 32)
+
+
 def kernel_cases() -> list[dict]:
     """(shape, rows, epilogue, config) cases: each shape's layer epilogue at 1, 2, 4 and 8 rows with the default
     config, at 1 and 2 rows also with FEW_ROW_VARIANTS' configs, q/k/v and gate/up with their sums taken the other
     way than their default (config "direct": through shared memory, or for gate/up at 1-4 rows from registers),
     o_proj and down_proj with one warp group and direct sums, gate/up and o_proj at 8 rows with GATE_UP8_VARIANTS'
-    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', and bias variants of qkv and gate/up. CASES (a
+    and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', every shape at 4 and 8 rows asking L2 early for
+    EARLY_CHUNKS' first chunks, and bias variants of qkv and gate/up. CASES (a
     regex on case_name) filters them."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
@@ -102,6 +107,11 @@ def kernel_cases() -> list[dict]:
         for tag, change in variants.items():
             cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name], "variant": tag,
                           "config": {**default_xshared_config(n, k, m), **change}})
+    for name, (n, k) in SHAPES.items():
+        for m in (4, 8):
+            for early in EARLY_CHUNKS:
+                cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
+                              "variant": f"e{early}", "config": {**default_xshared_config(n, k, m), "early": early}})
     cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 4, "epilogue": "gated_bias"})   # added after run 3
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias"})

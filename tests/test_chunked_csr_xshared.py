@@ -109,17 +109,19 @@ def test_xshared_config_and_shared_memory():
                              out_rows=1)
 
 
-def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True, n=None, direct=None):
+def _compiled(k, rows, gated, residual, bias, out_rows, dependent_launch=True, n=None, direct=None, early=0):
     """gated: False, or an activation name of ACTIVATION_CODES; n: the weight's rows for its default config."""
     from fdpp.codegen.build import compile_kernel
     from fdpp.codegen.kernels.activation import ACTIVATION_CODES
     config = X.default_xshared_config(n or (22016 if gated else 4096), k, rows)
     if direct is not None:
         config["direct"] = direct
+    if early:
+        config["early"] = early
     constexprs = X.xshared_constexprs(k, config, has_bias=bias, has_residual=residual,
                                       activation=ACTIVATION_CODES[gated] if gated else None, out_rows=out_rows)
     return compile_kernel(X.chunked_csr_xshared_kernel, get_target("h100"), X.XSHARED_SIGNATURE, constexprs,
-                          name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}_{n}_{direct}",
+                          name=f"xshared_test_{k}_{rows}_{gated}_{residual}_{bias}_{out_rows}_{n}_{direct}_{early}",
                           num_warps=config["num_warps"], num_stages=1, dependent_launch=dependent_launch)
 
 
@@ -143,6 +145,22 @@ def test_kernel_compiles_for_sm90_with_a_shared_load_per_entry(k, rows, gated, r
     assert sum("griddepcontrol.launch_dependents" in line for line in lines) == 1
     assert kernel.shared_memory_bytes <= X.xshared_shared_bytes(k, rows, X.default_xshared_config(
         22016 if gated else 4096, k, rows)) + 2048
+
+
+@needs_gather
+@pytest.mark.parametrize("rows,gated", [(4, False), (8, "silu")])
+def test_early_asks_l2_for_each_rows_first_chunks_before_the_wait(rows, gated):
+    """config "early": E chunks of values and offsets a thread, one prefetch.global.L2 each, all before
+    griddepcontrol.wait and before x's copy; none without it."""
+    def prefetches_before_wait(kernel):
+        lines = kernel.ptx[kernel.ptx.index(".entry"):].splitlines()
+        wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+        first_load = next(i for i, line in enumerate(lines) if re.search(r"\bld\.global\b", line))
+        asked = [i for i, line in enumerate(lines) for _ in re.findall(r"prefetch\.global\.L2", line)]
+        assert all(i < wait < first_load for i in asked)
+        return len(asked)
+    assert prefetches_before_wait(_compiled(4096, rows, gated, not gated, False, 1, early=8)) == 2 * 8
+    assert prefetches_before_wait(_compiled(4096, rows, gated, not gated, False, 1)) == 0
 
 
 @needs_gather

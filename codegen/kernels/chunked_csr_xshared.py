@@ -158,7 +158,9 @@ def xshared_constexprs(k: int, config: dict, *, has_bias: bool, has_residual: bo
             "DIRECT": bool(config.get("direct", config["groups"] == 1 and (activation is None or rows == 8))),
             "WARPS": config["num_warps"], "GROUPS": config["groups"], "UNROLL": config["unroll"],
             "HAS_BIAS": has_bias, "HAS_RESIDUAL": has_residual, "GATED": activation is not None,
-            "ACTIVATION": activation or 0, "OUT_ROWS": out_rows}
+            "ACTIVATION": activation or 0, "OUT_ROWS": out_rows,
+            # first chunks of a program's first row block asked of L2 before x's copy (opt-in; unmeasured)
+            "EARLY": int(config.get("early", 0))}
 
 
 XSHARED_SIGNATURE = {"x_ptr": "*i32", "values_ptr": "*i64", "offsets_ptr": "*i32", "bases_ptr": "*i32",
@@ -180,6 +182,34 @@ if GLUON_SHARED_GATHER:
         if GRID_DEPENDENCY:
             gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r,r", [anchor],
                                       dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _block_rows_of(rb, slot, F: gl.constexpr, N, GATED: gl.constexpr, DIRECT: gl.constexpr):
+        """Row block rb's weight row for each thread's slot (clamped to 0 past the weight), and whether it is real."""
+        if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
+            feature = rb * F + slot // 2
+            rows = gl.where(slot % 2 == 0, feature, feature + N)
+        elif GATED:                    # the block's gate rows, then the same features' up rows
+            feature = rb * F + slot % F
+            rows = gl.where(slot < F, feature, feature + N)
+        else:
+            feature = rb * F + slot
+            rows = feature
+        row_ok = feature < N
+        # rows past the weight's are masked by row_ok in every load; clamped too, which measured faster at 8
+        # rows on an H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)
+        return gl.where(row_ok, rows, 0), row_ok
+
+    @gluon.jit
+    def _ask_l2_for_first_chunks(values_ptr, offsets_ptr, rows, lane, chunks_per_row, EARLY: gl.constexpr):
+        """prefetch.global.L2 of each thread's share of its row's first EARLY chunks (values and offsets), so their
+        first loads after x's copy meet L2 rather than device memory. Weights do not depend on the previous
+        kernel, so this may run before the grid-dependency wait."""
+        for c in gl.static_range(EARLY):        # chunks past the row's last ask for its last again
+            at = rows * (chunks_per_row * 8) + gl.minimum(c, chunks_per_row - 1) * 8 + lane
+            gl.inline_asm_elementwise("prefetch.global.L2 [$1]; prefetch.global.L2 [$2]; mov.b32 $0, 0;",
+                                      "=r,l,l", [values_ptr + at, offsets_ptr + at], dtype=gl.int32,
+                                      is_pure=False, pack=1)
 
     @gluon.jit
     def _stage_x(x_ptr, K: gl.constexpr, K_ALLOC: gl.constexpr, WORDS: gl.constexpr, XB: gl.constexpr,
@@ -368,19 +398,27 @@ if GLUON_SHARED_GATHER:
         HAS_BIAS: gl.constexpr, HAS_RESIDUAL: gl.constexpr, GATED: gl.constexpr, ACTIVATION: gl.constexpr,
         OUT_ROWS: gl.constexpr,                  # > 1: out interleaved by blocks of OUT_ROWS rows
         DIRECT: gl.constexpr,                    # sums to the epilogue from registers (GROUPS == 1)
+        EARLY: gl.constexpr = 0,                 # first chunks a row asked of L2 before x's copy (0: none)
         GRID_DEPENDENCY: gl.constexpr = False,   # launched as a programmatic dependent
     ):
         """Grid (xshared_grid, cdiv(M, rows)): programs loop over row blocks of R = WARPS * 32 / (8 * GROUPS)
         weight rows (when GATED: R / 2 features' gate rows, then the same features' up rows; with DIRECT each
         feature's gate and up rows side by side)."""
         row_group = gl.program_id(1)
-        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         T: gl.constexpr = WARPS * 32
         R: gl.constexpr = T // (8 * GROUPS)
         F: gl.constexpr = R // 2 if GATED else R                                         # features a row block
         word_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [WARPS, 1], [1, 0])    # [T, WORDS]
         thread_layout: gl.constexpr = gl.SliceLayout(1, word_layout)                             # [T]
         sums_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        t = gl.arange(0, T, layout=thread_layout)
+        lane = t % 8
+        group = t // (T // GROUPS)               # warp-uniform
+        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
+        if EARLY:
+            first_rows, _ = _block_rows_of(gl.program_id(0), slot, F, N, GATED, DIRECT)
+            _ask_l2_for_first_chunks(values_ptr, offsets_ptr, first_rows, lane, chunks_per_row, EARLY)
+        _grid_dependency_wait(GRID_DEPENDENCY, row_group)
         # x's row group: K * WORDS words from a compile-time multiple, so the copy loads 16 bytes a thread (a runtime
         # stride here cost 20-25% at 8 rows on an H100); one row: K fp16 values a row, rows contiguous
         if SINGLE:
@@ -392,24 +430,8 @@ if GLUON_SHARED_GATHER:
             x_s = _stage_x(x_ptr + row_group * (K * WORDS), K, K_ALLOC, WORDS, XB, word_layout, SINGLE)
         lo_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
         hi_s = gl.allocate_shared_memory(gl.float32, [R, WORDS], sums_layout)
-        t = gl.arange(0, T, layout=thread_layout)
-        lane = t % 8
-        group = t // (T // GROUPS)               # warp-uniform
-        slot = (t % (T // GROUPS)) // 8          # the thread's weight row within the block
         for rb in range(gl.program_id(0), row_blocks, gl.num_programs(0)):
-            if GATED and DIRECT:           # gate and up rows of a feature in neighbouring slots (8 lanes apart)
-                feature = rb * F + slot // 2
-                rows = gl.where(slot % 2 == 0, feature, feature + N)
-            elif GATED:                    # the block's gate rows, then the same features' up rows
-                feature = rb * F + slot % F
-                rows = gl.where(slot < F, feature, feature + N)
-            else:
-                feature = rb * F + slot
-                rows = feature
-            row_ok = feature < N
-            # rows past the weight's are masked by row_ok in every load; clamped too, which measured faster at 8
-            # rows on an H100 than leaving them (qkv 30.5 against 36.7 us; docs/perf/2026-12-07-xshared-bundles.md)
-            rows = gl.where(row_ok, rows, 0)
+            rows, row_ok = _block_rows_of(rb, slot, F, N, GATED, DIRECT)
             acc_lo, acc_hi = _row_sums(x_s, values_ptr, offsets_ptr, bases_ptr, rows, row_ok, lane, group, 0,
                                        chunks_per_row, chunks_per_row, 0,
                                        gl.zeros([T, WORDS], gl.float32, word_layout),

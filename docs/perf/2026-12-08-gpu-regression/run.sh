@@ -10,6 +10,10 @@
 #   scripts/gpu_model_check.py on a random SmolLM2-shaped bundle compiled there.
 # "second" (call 2, after call 1's bundles part ran out of time and took the xshared check's bundle out): on an H200
 #   "sparse" then "xshared" and "smol"; on an H100 those two alone.
+# "early" (call 3; carry out/xs-early): on an H200 "sparse" first; then the xshared kernels at 4 and 8 rows, each
+#   shape's default beside the same config asking L2 for each row's first 4, 8, 16 or 32 chunks before x's copy
+#   (config "early"), two rounds of the kernel table (KERNELS_ONLY). out/xs-early is built on the CPU machine with
+#   CASES='_m[48]_[a-z]+(_e[0-9]+)?$' KERNELS_ONLY=1 python3 scripts/gpu_xshared_check.py build out/xs-early
 # The CPU machine builds out/xs-reg first:
 #   CASES='_m[1248]_[a-z]+(_bias|_direct)?$' python3 scripts/gpu_xshared_check.py build out/xs-reg
 set -u
@@ -38,6 +42,18 @@ case "${1:-first}" in
     fi
     mkdir -p "$B/bundles"; OUT=$B/bundles timeout "${BUNDLES_S:-240}" bash "$0" xshared
     OUT=$B/bundles timeout "${SMOL_S:-200}" bash "$0" smol
+    cd "$B" && tar czf all.tgz --remove-files $(ls -d */) && ls ;;
+  early)
+    B=$OUT; gpu_txt > "$B/gpu.txt" 2>&1; cat "$B/gpu.txt"
+    if grep -q H200 "$B/gpu.txt"; then
+      mkdir -p "$B/sparse"; OUT=$B/sparse timeout "${SPARSE_S:-330}" bash docs/perf/2026-12-08-wide-grid/run.sh sparse
+    fi
+    mkdir -p "$B/early"
+    for r in 1 2; do
+      KERNELS_ONLY=1 timeout "${EARLY_S:-200}" python3 scripts/gpu_xshared_check.py check out/xs-early \
+        > "$B/early/round$r.log" 2>&1
+      echo "round $r exit $?"; grep -E "^\| (o|down|qkv|gate_up) " "$B/early/round$r.log" | cut -d'|' -f2-4
+    done
     cd "$B" && tar czf all.tgz --remove-files $(ls -d */) && ls ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_linear.py \
