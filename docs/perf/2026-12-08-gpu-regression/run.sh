@@ -49,7 +49,7 @@ case "${1:-first}" in
       mkdir -p "$B/sparse"; OUT=$B/sparse timeout "${SPARSE_S:-330}" bash docs/perf/2026-12-08-wide-grid/run.sh sparse
     fi
     mkdir -p "$B/early"
-    for r in 1 2; do
+    for r in $(seq 1 "${ROUNDS:-2}"); do
       KERNELS_ONLY=1 timeout "${EARLY_S:-200}" python3 scripts/gpu_xshared_check.py check out/xs-early \
         > "$B/early/round$r.log" 2>&1
       echo "round $r exit $?"; grep -E "^\| (o|down|qkv|gate_up) " "$B/early/round$r.log" | cut -d'|' -f2-4
