@@ -65,7 +65,7 @@ O4_VARIANTS = {"w16g2": {"num_warps": 16}, "w4g2": {"num_warps": 4}, "w16g4": {"
 
 
 # each row's first chunks asked of L2 before x's copy (config "early"), at 4 and 8 rows on every shape where x fits
-EARLY_CHUNKS = (4, 8, 16, 32)
+EARLY_VARIANTS = {f"e{chunks}": {"early": chunks} for chunks in (4, 8, 16, 32)}
 
 
 def kernel_cases() -> list[dict]:
@@ -74,7 +74,7 @@ def kernel_cases() -> list[dict]:
     way than their default (config "direct": through shared memory, or for gate/up at 1-4 rows from registers),
     o_proj and down_proj with one warp group and direct sums, gate/up and o_proj at 8 rows with GATE_UP8_VARIANTS'
     and O8_VARIANTS' changes, o_proj at 4 rows with O4_VARIANTS', every shape at 4 and 8 rows asking L2 early for
-    EARLY_CHUNKS' first chunks, and bias variants of qkv and gate/up. CASES (a
+    EARLY_VARIANTS' first chunks, and bias variants of qkv and gate/up. CASES (a
     regex on case_name) filters them."""
     from fdpp.codegen.kernels.chunked_csr_xshared import default_xshared_config
     cases = []
@@ -101,17 +101,15 @@ def kernel_cases() -> list[dict]:
                 config = {**default_xshared_config(n, k, m), "num_warps": warps, "groups": 1, "direct": True}
                 cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
                               "variant": f"w{warps}g1_direct", "config": config})
-    # other configs: gate/up's persistent grid, warps, unroll at 8 rows; o_proj's warps, groups, unroll at 8 and 4
-    for name, m, variants in (("gate_up", 8, GATE_UP8_VARIANTS), ("o", 8, O8_VARIANTS), ("o", 4, O4_VARIANTS)):
+    # other configs: gate/up's persistent grid, warps, unroll at 8 rows; o_proj's warps, groups, unroll at 8 and 4;
+    # every shape's early L2 ask at 4 and 8 rows
+    changed = [("gate_up", 8, GATE_UP8_VARIANTS), ("o", 8, O8_VARIANTS), ("o", 4, O4_VARIANTS)]
+    changed += [(name, m, EARLY_VARIANTS) for name in SHAPES for m in (4, 8)]
+    for name, m, variants in changed:
         n, k = SHAPES[name]
         for tag, change in variants.items():
             cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name], "variant": tag,
                           "config": {**default_xshared_config(n, k, m), **change}})
-    for name, (n, k) in SHAPES.items():
-        for m in (4, 8):
-            for early in EARLY_CHUNKS:
-                cases.append({"shape": name, "n": n, "k": k, "m": m, "epilogue": LAYER_EPILOGUE[name],
-                              "variant": f"e{early}", "config": {**default_xshared_config(n, k, m), "early": early}})
     cases.append({"shape": "qkv", "n": 12288, "k": 4096, "m": 8, "epilogue": "bias"})
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 4, "epilogue": "gated_bias"})   # added after run 3
     cases.append({"shape": "gate_up", "n": 22016, "k": 4096, "m": 8, "epilogue": "gated_bias"})
